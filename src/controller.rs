@@ -1,0 +1,622 @@
+//! The state machine: CP polling, the one-shot import, export scheduling.
+//!
+//! Sans-IO in the quinn-proto style: the shell calls [`Controller::tick`]
+//! with the host's time, and [`Controller::on_response`] /
+//! [`Controller::on_send_failed`] when an outbound call ends; every call
+//! returns the [`Action`]s to carry out. The controller never blocks and
+//! never reads a clock, so tests drive it with a simulated clock and
+//! scripted answers.
+//!
+//! Only the process's driver root context runs a controller (see
+//! [`crate::driver`]); [`Controller::adopt`] hands it what an earlier
+//! driver left in shared data.
+
+use crate::envelope::{self, sha256_hex};
+use crate::gateway::GatewayConfig;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::published::{Meta, Source};
+use crate::settings::{ControlPlaneSettings, Settings};
+use crate::storage::{ObjectStore, PutMode, StorageError};
+use crate::time::Timestamp;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// This build's version: the object path segment and the envelope's
+/// `version`. Importers refuse configs exported by another version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Name of the stored object under `<prefix>/<version>/`.
+pub const CONFIG_OBJECT: &str = "config.json";
+
+#[cfg(test)]
+mod tests;
+
+/// Longest wait between export retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Extra time past a request's own timeout before we consider its answer
+/// lost (the host should always answer; this keeps us from waiting forever
+/// if it does not).
+const LOST_ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+/// Identifies an outbound call between the controller and the shell.
+pub type Token = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Dispatch this call; report its end with `token`.
+    Send {
+        token: Token,
+        request: HttpRequest,
+    },
+    /// Make this config the one every worker serves.
+    Publish {
+        meta: Meta,
+        config: Vec<u8>,
+    },
+    /// Record in shared data that this process has used its one import.
+    MarkImportAttempted,
+    Log {
+        level: Level,
+        message: String,
+    },
+}
+
+/// What an earlier driver of this process left in shared data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inherited {
+    pub published: Option<Meta>,
+    pub import_attempted: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ImportState {
+    Disabled,
+    /// Will import if the CP fails before it ever answered.
+    Armed,
+    InFlight,
+    /// Attempted, or no longer needed: never again in this process.
+    Done,
+}
+
+/// A revision waiting to be exported.
+#[derive(Clone, Debug)]
+struct Candidate {
+    revision: String,
+    config: Vec<u8>,
+    sha256: String,
+    due: Timestamp,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Poll,
+    Import,
+    /// Reading the stored object to learn whether `Candidate` is already there.
+    ExportCheck(Candidate),
+    ExportPut(Candidate),
+}
+
+#[derive(Debug, Default)]
+struct Exporter {
+    queued: Option<Candidate>,
+    in_flight: bool,
+    /// Digest of the config known to be stored; `checked` says whether we
+    /// have looked at all.
+    stored_sha256: Option<String>,
+    checked: bool,
+    failures: u32,
+    retry_at: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct Controller {
+    cp: ControlPlaneSettings,
+    store: Option<ObjectStore>,
+    export_enabled: bool,
+    export_delay: Duration,
+    node_id: String,
+    version: String,
+    next_token: Token,
+    pending: HashMap<Token, (Pending, Timestamp)>,
+    poll_due: Timestamp,
+    poll_in_flight: bool,
+    etag: Option<String>,
+    /// `None` until the CP answered or failed once.
+    cp_available: Option<bool>,
+    import: ImportState,
+    current: Option<Meta>,
+    export: Exporter,
+}
+
+impl Controller {
+    pub fn new(settings: &Settings, node_id: String) -> Self {
+        Controller {
+            cp: settings.control_plane.clone(),
+            store: settings.storage.clone().map(ObjectStore::new),
+            export_enabled: settings.export && settings.storage.is_some(),
+            export_delay: settings.export_delay,
+            node_id,
+            version: VERSION.to_string(),
+            next_token: 1,
+            pending: HashMap::new(),
+            poll_due: Timestamp(0),
+            poll_in_flight: false,
+            etag: None,
+            cp_available: None,
+            import: if settings.import && settings.storage.is_some() {
+                ImportState::Armed
+            } else {
+                ImportState::Disabled
+            },
+            current: None,
+            export: Exporter::default(),
+        }
+    }
+
+    /// Overrides the version (tests of version mismatches).
+    pub fn with_version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    /// Takes over what a previous driver of this process left behind.
+    pub fn adopt(&mut self, inherited: Inherited) {
+        if inherited.import_attempted && self.import == ImportState::Armed {
+            self.import = ImportState::Done;
+        }
+        let newer = match (&self.current, &inherited.published) {
+            (Some(mine), Some(theirs)) => theirs.generation > mine.generation,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if newer {
+            self.current = inherited.published;
+        }
+    }
+
+    /// The config this controller last published or adopted.
+    pub fn current(&self) -> Option<&Meta> {
+        self.current.as_ref()
+    }
+
+    /// Advances timers: polls the CP when due, exports when due, gives up
+    /// on answers that never came.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        let lost: Vec<Token> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in lost {
+            let failure = HttpResponse {
+                status: 0,
+                headers: Vec::new(),
+                body: b"no answer from the proxy".to_vec(),
+            };
+            out.extend(self.on_response(token, failure, now));
+        }
+        if !self.poll_in_flight && now >= self.poll_due {
+            self.poll_due = now.plus(self.cp.poll_interval);
+            let mut headers = Vec::new();
+            if let Some(etag) = &self.etag {
+                headers.push(("if-none-match".to_string(), etag.clone()));
+            }
+            let request = HttpRequest {
+                cluster: self.cp.cluster.clone(),
+                method: "GET".into(),
+                path: self.cp.path.clone(),
+                authority: self.cp.authority.clone(),
+                headers,
+                body: None,
+                timeout: self.cp.timeout,
+            };
+            self.poll_in_flight = true;
+            out.push(self.send(Pending::Poll, request, now));
+        }
+        self.drive_export(now, &mut out);
+        out
+    }
+
+    /// A call dispatched earlier could not even be sent (the host refused
+    /// it); handled like a failed answer.
+    pub fn on_send_failed(&mut self, token: Token, reason: &str, now: Timestamp) -> Vec<Action> {
+        let failure = HttpResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: format!("not sent: {reason}").into_bytes(),
+        };
+        self.on_response(token, failure, now)
+    }
+
+    /// The answer to the call `token`.
+    pub fn on_response(
+        &mut self,
+        token: Token,
+        response: HttpResponse,
+        now: Timestamp,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some((pending, _)) = self.pending.remove(&token) else {
+            return out;
+        };
+        match pending {
+            Pending::Poll => {
+                self.poll_in_flight = false;
+                self.on_poll(response, now, &mut out);
+            }
+            Pending::Import => self.on_import(response, &mut out),
+            Pending::ExportCheck(c) => self.on_export_check(c, response, now, &mut out),
+            Pending::ExportPut(c) => self.on_export_put(c, &response, now, &mut out),
+        }
+        self.drive_export(now, &mut out);
+        out
+    }
+
+    fn send(&mut self, what: Pending, request: HttpRequest, now: Timestamp) -> Action {
+        let token = self.next_token;
+        self.next_token += 1;
+        let deadline = now.plus(request.timeout + LOST_ANSWER_GRACE);
+        self.pending.insert(token, (what, deadline));
+        Action::Send { token, request }
+    }
+
+    // ---- control plane ----
+
+    fn on_poll(&mut self, response: HttpResponse, now: Timestamp, out: &mut Vec<Action>) {
+        match response.status {
+            200 => {
+                let body = trim_json(&response.body);
+                match GatewayConfig::parse(body) {
+                    Ok(config) => {
+                        self.etag = response.header("etag").map(str::to_string);
+                        self.on_cp_config(config, body, now, out);
+                    }
+                    Err(e) => {
+                        self.on_cp_failure(format!("it sent an unusable config: {e}"), now, out)
+                    }
+                }
+            }
+            304 if self.current.is_some() => {
+                if self.cp_available != Some(true) {
+                    log(
+                        out,
+                        Level::Info,
+                        "CP available again; config unchanged".into(),
+                    );
+                }
+                self.cp_available = Some(true);
+            }
+            status => {
+                let reason = if status == 0 {
+                    response.body_excerpt(200)
+                } else {
+                    format!("status {status}: {}", response.body_excerpt(200))
+                };
+                self.on_cp_failure(reason, now, out);
+            }
+        }
+    }
+
+    fn on_cp_config(
+        &mut self,
+        config: GatewayConfig,
+        body: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.cp_available = Some(true);
+        if self.import == ImportState::Armed {
+            self.import = ImportState::Done;
+        }
+        let sha256 = sha256_hex(body);
+        let unchanged = self
+            .current
+            .as_ref()
+            .is_some_and(|m| m.sha256 == sha256 && m.source == Source::ControlPlane);
+        if unchanged {
+            log(
+                out,
+                Level::Debug,
+                format!("CP config unchanged (revision {})", config.revision),
+            );
+            return;
+        }
+        log(
+            out,
+            Level::Info,
+            format!("CP fetched revision {}; applying it", config.revision),
+        );
+        let candidate = Candidate {
+            revision: config.revision.clone(),
+            config: body.to_vec(),
+            sha256: sha256.clone(),
+            due: now.plus(self.export_delay),
+        };
+        self.publish(
+            Source::ControlPlane,
+            config.revision,
+            sha256,
+            body.to_vec(),
+            out,
+        );
+        if self.export_enabled {
+            let revision = candidate.revision.clone();
+            if let Some(old) = self.export.queued.replace(candidate) {
+                let message = format!(
+                    "revision {revision} replaces revision {} awaiting export",
+                    old.revision
+                );
+                log(out, Level::Debug, message);
+            }
+        }
+    }
+
+    fn on_cp_failure(&mut self, reason: String, now: Timestamp, out: &mut Vec<Action>) {
+        let level = if self.cp_available == Some(false) {
+            Level::Debug
+        } else {
+            Level::Info
+        };
+        self.cp_available = Some(false);
+        log(out, level, format!("CP unavailable: {reason}"));
+        if self.import == ImportState::Armed && self.current.is_none() {
+            self.start_import(now, out);
+        }
+    }
+
+    fn publish(
+        &mut self,
+        source: Source,
+        revision: String,
+        sha256: String,
+        config: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
+        let meta = Meta {
+            generation: self.current.as_ref().map_or(1, |m| m.generation + 1),
+            source,
+            revision,
+            sha256,
+        };
+        self.current = Some(meta.clone());
+        out.push(Action::Publish { meta, config });
+    }
+
+    // ---- import ----
+
+    fn start_import(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(store) = &self.store else { return };
+        self.import = ImportState::Done;
+        out.push(Action::MarkImportAttempted);
+        let key = store.key(&self.version, CONFIG_OBJECT);
+        let url = store.url(&key);
+        match store.get(&key, now) {
+            Ok(request) => {
+                log(
+                    out,
+                    Level::Info,
+                    format!("importing fallback config from {url}"),
+                );
+                self.import = ImportState::InFlight;
+                let send = self.send(Pending::Import, request, now);
+                out.push(send);
+            }
+            Err(e) => log(out, Level::Error, format!("import failed: {e} ({url})")),
+        }
+    }
+
+    fn on_import(&mut self, response: HttpResponse, out: &mut Vec<Action>) {
+        self.import = ImportState::Done;
+        let Some(store) = &self.store else { return };
+        let url = store.url(&store.key(&self.version, CONFIG_OBJECT));
+        let opened = store
+            .read_result(response)
+            .map_err(|e| e.to_string())
+            .and_then(|object| {
+                envelope::open(&object.body, &self.version).map_err(|e| e.to_string())
+            });
+        match opened {
+            Err(reason) => log(
+                out,
+                Level::Error,
+                format!("import failed: {reason} ({url}); nothing applied, still polling the CP"),
+            ),
+            Ok(o) if self.current.is_some() => log(
+                out,
+                Level::Info,
+                format!(
+                    "imported revision {} discarded: the CP answered first",
+                    o.revision
+                ),
+            ),
+            Ok(o) => {
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "imported revision {} from {url} (exported at {} by {})",
+                        o.revision, o.exported_at, o.exporter
+                    ),
+                );
+                self.publish(Source::Storage, o.revision, o.sha256, o.config_bytes, out);
+            }
+        }
+    }
+
+    // ---- export ----
+
+    fn drive_export(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if !self.export_enabled || self.export.in_flight || now < self.export.retry_at {
+            return;
+        }
+        let Some(c) = self.export.queued.take_if(|c| now >= c.due) else {
+            return;
+        };
+        if self.export.stored_sha256.as_deref() == Some(c.sha256.as_str()) {
+            log(
+                out,
+                Level::Info,
+                format!(
+                    "export of revision {} skipped: the same config is already stored",
+                    c.revision
+                ),
+            );
+            return;
+        }
+        let key = store.key(&self.version, CONFIG_OBJECT);
+        let (request, pending) = if self.export.checked {
+            let body = envelope::seal(envelope::Export {
+                config: &c.config,
+                revision: &c.revision,
+                version: &self.version,
+                exporter: &self.node_id,
+                exported_at: now,
+            });
+            match body {
+                Ok(body) => (
+                    store.put(&key, body, &PutMode::Overwrite, now),
+                    Pending::ExportPut(c),
+                ),
+                Err(e) => {
+                    // Cannot happen for a config we validated; never retry it.
+                    log(
+                        out,
+                        Level::Error,
+                        format!("export of revision {} failed: {e}", c.revision),
+                    );
+                    return;
+                }
+            }
+        } else {
+            (store.get(&key, now), Pending::ExportCheck(c))
+        };
+        match request {
+            Ok(request) => {
+                self.export.in_flight = true;
+                let send = self.send(pending, request, now);
+                out.push(send);
+            }
+            Err(e) => {
+                if let Pending::ExportCheck(c) | Pending::ExportPut(c) = pending {
+                    self.export_failed(c, &e, now, out);
+                }
+            }
+        }
+    }
+
+    fn on_export_check(
+        &mut self,
+        c: Candidate,
+        response: HttpResponse,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.export.in_flight = false;
+        let Some(store) = &self.store else { return };
+        match store.read_result(response) {
+            Ok(object) => {
+                self.export.checked = true;
+                self.export.stored_sha256 = envelope::open(&object.body, &self.version)
+                    .ok()
+                    .map(|o| o.sha256);
+                self.requeue(c);
+            }
+            Err(StorageError::NotFound) => {
+                self.export.checked = true;
+                self.export.stored_sha256 = None;
+                self.requeue(c);
+            }
+            Err(e) => self.export_failed(c, &e, now, out),
+        }
+    }
+
+    fn on_export_put(
+        &mut self,
+        c: Candidate,
+        response: &HttpResponse,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.export.in_flight = false;
+        let Some(store) = &self.store else { return };
+        match store.write_result(response) {
+            Ok(_) => {
+                self.export.failures = 0;
+                let url = store.url(&store.key(&self.version, CONFIG_OBJECT));
+                log(
+                    out,
+                    Level::Info,
+                    format!("exported revision {} to {url}", c.revision),
+                );
+                self.export.stored_sha256 = Some(c.sha256);
+            }
+            Err(e) => self.export_failed(c, &e, now, out),
+        }
+    }
+
+    /// Puts a candidate back unless a newer revision took its place.
+    fn requeue(&mut self, c: Candidate) {
+        if self.export.queued.is_none() {
+            self.export.queued = Some(c);
+        }
+    }
+
+    fn export_failed(
+        &mut self,
+        c: Candidate,
+        e: &StorageError,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let delay = backoff(self.export.failures);
+        self.export.failures = self.export.failures.saturating_add(1);
+        self.export.retry_at = now.plus(delay);
+        log(
+            out,
+            Level::Warn,
+            format!(
+                "export of revision {} failed: {e}; retrying in {} ms",
+                c.revision,
+                delay.as_millis()
+            ),
+        );
+        self.requeue(c);
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... capped at [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF)
+}
+
+/// The JSON value without surrounding whitespace: what the envelope stores
+/// and what its digest covers.
+fn trim_json(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+fn log(out: &mut Vec<Action>, level: Level, message: String) {
+    out.push(Action::Log { level, message });
+}

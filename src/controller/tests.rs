@@ -1,0 +1,523 @@
+//! The controller driven by a simulated clock and scripted answers.
+
+use super::*;
+use crate::envelope::{open, seal, Export};
+use std::collections::HashMap;
+
+const CFG1: &str =
+    r#"{"revision":"r1","routes":[{"name":"echo","paths":["/echo"],"upstream":"echo_service"}]}"#;
+const CFG2: &str =
+    r#"{"revision":"r2","routes":[{"name":"v2","paths":["/v2"],"upstream":"echo_service"}]}"#;
+
+fn settings(import: bool, export: bool, delay_s: u64) -> Settings {
+    let json = format!(
+        r#"{{"cluster_fallback_config_import":{import},"cluster_fallback_config_export":{export},
+            "cluster_fallback_config_storage":"s3://bkt/pre","cluster_fallback_config_export_delay":{delay_s},
+            "storage":{{"endpoint":"http://127.0.0.1:9000","timeout_ms":1000}},
+            "control_plane":{{"timeout_ms":1000,"poll_interval_ms":5000}}}}"#
+    );
+    let env: HashMap<&str, &str> =
+        [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")].into();
+    Settings::parse(json.as_bytes(), &|k| env.get(k).map(|v| v.to_string())).unwrap()
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_secs(1_800_000_000 + secs)
+}
+
+fn resp(status: u16, body: &str) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn cp_ok(body: &str, etag: &str) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        headers: vec![("etag".into(), etag.into())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn envelope_for(config: &str, revision: &str, version: &str) -> String {
+    String::from_utf8(
+        seal(Export {
+            config: config.as_bytes(),
+            revision,
+            version,
+            exporter: "exp",
+            exported_at: at(0),
+        })
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Splits actions into sends, publishes and log lines for assertions.
+#[derive(Default, Debug)]
+struct Out {
+    sends: Vec<(Token, HttpRequest)>,
+    publishes: Vec<(Meta, Vec<u8>)>,
+    marked: bool,
+    logs: Vec<(Level, String)>,
+}
+
+fn split(actions: Vec<Action>) -> Out {
+    let mut o = Out::default();
+    for a in actions {
+        match a {
+            Action::Send { token, request } => o.sends.push((token, request)),
+            Action::Publish { meta, config } => o.publishes.push((meta, config)),
+            Action::MarkImportAttempted => o.marked = true,
+            Action::Log { level, message } => o.logs.push((level, message)),
+        }
+    }
+    o
+}
+
+impl Out {
+    fn one_send(&self) -> (Token, &HttpRequest) {
+        assert_eq!(self.sends.len(), 1, "expected one request: {self:?}");
+        (self.sends[0].0, &self.sends[0].1)
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.logs.iter().any(|(_, m)| m.contains(needle))
+    }
+}
+
+fn is_cp(r: &HttpRequest) -> bool {
+    r.cluster == "control_plane"
+}
+
+fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn polls_the_cp_at_once_then_every_interval() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let o = split(c.tick(at(0)));
+    let (t, r) = o.one_send();
+    assert!(is_cp(r));
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str(), r.authority.as_str()),
+        ("GET", "/v1/config", "control_plane")
+    );
+    assert_eq!(header(r, "if-none-match"), None);
+    let o = split(c.on_response(t, cp_ok(&format!("  {CFG1}\n"), "\"e1\""), at(0)));
+    assert!(o.sends.is_empty());
+    assert_eq!(o.publishes.len(), 1);
+    let (meta, bytes) = &o.publishes[0];
+    assert_eq!(
+        (meta.generation, meta.source, meta.revision.as_str()),
+        (1, Source::ControlPlane, "r1")
+    );
+    assert_eq!(
+        bytes,
+        CFG1.as_bytes(),
+        "surrounding whitespace trimmed, nothing else"
+    );
+    assert!(o.logged("CP fetched revision r1"));
+    // Not before the interval.
+    assert!(split(c.tick(at(4))).sends.is_empty());
+    let o = split(c.tick(at(5)));
+    let (t, r) = o.one_send();
+    assert_eq!(header(r, "if-none-match"), Some("\"e1\""));
+    let o = split(c.on_response(t, resp(304, ""), at(5)));
+    assert!(o.publishes.is_empty() && o.sends.is_empty());
+    // A new revision is applied with the next generation.
+    let (t, _) = split(c.tick(at(10))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG2, "\"e2\""), at(10)));
+    assert_eq!(o.publishes[0].0.generation, 2);
+    assert_eq!(o.publishes[0].0.revision, "r2");
+    // Same content under a new ETag: nothing to apply.
+    let (t, _) = split(c.tick(at(15))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG2, "\"e3\""), at(15)));
+    assert!(o.publishes.is_empty());
+}
+
+#[test]
+fn no_overlapping_polls() {
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    let o = split(c.tick(at(0)));
+    assert_eq!(o.sends.len(), 1);
+    // Still waiting for the answer at the next due time: no second poll.
+    assert!(split(c.tick(at(5))).sends.is_empty());
+}
+
+#[test]
+fn imports_once_when_the_cp_is_down_at_start() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let o = split(c.on_response(t, resp(503, "upstream connect error"), at(0)));
+    assert!(o.logged("CP unavailable"));
+    assert!(o.marked);
+    let (t, r) = o.one_send();
+    assert_eq!(
+        (r.cluster.as_str(), r.method.as_str()),
+        ("object_storage", "GET")
+    );
+    assert_eq!(r.path, format!("/bkt/pre/{VERSION}/config.json"));
+    assert!(header(r, "authorization").is_some());
+    assert!(o.logged(&format!(
+        "importing fallback config from s3://bkt/pre/{VERSION}/config.json"
+    )));
+    let o = split(c.on_response(t, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(1)));
+    assert_eq!(o.publishes.len(), 1);
+    assert_eq!(o.publishes[0].0.source, Source::Storage);
+    assert_eq!(o.publishes[0].1, CFG1.as_bytes());
+    assert!(o.logged("imported revision r1"));
+    // The CP stays down: it is polled again, storage never again.
+    for i in 1..10 {
+        let o = split(c.tick(at(5 * i)));
+        let (t, r) = o.one_send();
+        assert!(is_cp(r));
+        let o = split(c.on_response(t, resp(504, "upstream request timeout"), at(5 * i)));
+        assert!(o.sends.is_empty() && o.publishes.is_empty() && !o.marked);
+    }
+    // The CP comes back: its config replaces the imported one.
+    let (t, _) = split(c.tick(at(50))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG2, "\"e\""), at(50)));
+    assert_eq!(o.publishes.len(), 1);
+    assert_eq!(
+        (o.publishes[0].0.source, o.publishes[0].0.generation),
+        (Source::ControlPlane, 2)
+    );
+    assert!(o.sends.is_empty());
+}
+
+#[test]
+fn cp_config_identical_to_imported_one_is_still_marked_as_cp() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (t2, _) = split(c.on_response(t, resp(503, ""), at(0))).sends[0].clone();
+    split(c.on_response(t2, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(0)));
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG1, "\"e\""), at(5)));
+    assert_eq!(o.publishes[0].0.source, Source::ControlPlane);
+}
+
+#[test]
+fn refused_imports_apply_nothing_and_are_not_retried() {
+    let wrong_version = envelope_for(CFG1, "r1", "9.9.9");
+    let tampered = envelope_for(CFG1, "r1", VERSION).replace("/echo", "/evil");
+    let cases: [(HttpResponse, &str); 5] = [
+        (
+            resp(404, "<Error><Code>NoSuchKey</Code></Error>"),
+            "not found",
+        ),
+        (resp(200, "{not json"), "does not parse"),
+        (resp(200, &wrong_version), "version mismatch"),
+        (resp(200, &tampered), "sha256 mismatch"),
+        (
+            resp(
+                403,
+                "<Error><Code>AccessDenied</Code><Message>no</Message></Error>",
+            ),
+            "403 AccessDenied",
+        ),
+    ];
+    for (answer, reason) in cases {
+        let mut c = Controller::new(&settings(true, false, 0), "n".into());
+        let (t, _) = split(c.tick(at(0))).sends[0].clone();
+        let (t, _) = split(c.on_response(t, resp(503, ""), at(0))).sends[0].clone();
+        let o = split(c.on_response(t, answer, at(1)));
+        assert!(o.publishes.is_empty(), "{reason}");
+        assert!(
+            o.logged("import failed:") && o.logged(reason),
+            "{reason}: {:?}",
+            o.logs
+        );
+        assert!(o.logs.iter().any(|(l, _)| *l == Level::Error));
+        for i in 1..5 {
+            let o = split(c.tick(at(5 * i)));
+            let (t, r) = o.one_send();
+            assert!(is_cp(r));
+            assert!(split(c.on_response(t, resp(503, ""), at(5 * i)))
+                .sends
+                .is_empty());
+        }
+        // The CP still wins later.
+        let (t, _) = split(c.tick(at(30))).sends[0].clone();
+        assert_eq!(
+            split(c.on_response(t, cp_ok(CFG1, "e"), at(30)))
+                .publishes
+                .len(),
+            1
+        );
+    }
+}
+
+#[test]
+fn cp_answer_during_import_wins() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (import, _) = split(c.on_response(t, resp(503, ""), at(0))).sends[0].clone();
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    assert_eq!(
+        split(c.on_response(t, cp_ok(CFG2, "e"), at(5)))
+            .publishes
+            .len(),
+        1
+    );
+    let o = split(c.on_response(import, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(6)));
+    assert!(o.publishes.is_empty());
+    assert!(o.logged("discarded"));
+    assert_eq!(c.current().unwrap().revision, "r2");
+}
+
+#[test]
+fn no_import_when_cp_answered_first_or_import_off_or_already_attempted() {
+    // CP up at start: later outages never import.
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    split(c.on_response(t, cp_ok(CFG1, "e"), at(0)));
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    assert!(split(c.on_response(t, resp(503, ""), at(5)))
+        .sends
+        .is_empty());
+    // Import off.
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    assert!(split(c.on_response(t, resp(503, ""), at(0)))
+        .sends
+        .is_empty());
+    // Another driver of this process already used the import.
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    c.adopt(Inherited {
+        published: None,
+        import_attempted: true,
+    });
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    assert!(split(c.on_response(t, resp(503, ""), at(0)))
+        .sends
+        .is_empty());
+}
+
+#[test]
+fn unusable_cp_config_counts_as_cp_unavailable() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let o = split(c.on_response(
+        t,
+        cp_ok(r#"{"revision":"r1","routes":[{"name":"x"}]}"#, "e"),
+        at(0),
+    ));
+    assert!(o.publishes.is_empty());
+    assert!(o.logged("CP unavailable: it sent an unusable config"));
+    assert_eq!(o.sends.len(), 1, "import starts");
+}
+
+#[test]
+fn adopted_state_continues_generations() {
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    c.adopt(Inherited {
+        published: Some(Meta {
+            generation: 7,
+            source: Source::ControlPlane,
+            revision: "r1".into(),
+            sha256: sha256_hex(CFG1.as_bytes()),
+        }),
+        import_attempted: false,
+    });
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    assert!(
+        split(c.on_response(t, cp_ok(CFG1, "e"), at(0)))
+            .publishes
+            .is_empty(),
+        "same content"
+    );
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    assert_eq!(
+        split(c.on_response(t, cp_ok(CFG2, "e2"), at(5))).publishes[0]
+            .0
+            .generation,
+        8
+    );
+}
+
+#[test]
+fn lost_answers_are_given_up_on() {
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    let o = split(c.tick(at(0)));
+    assert_eq!(o.sends.len(), 1);
+    // Timeout 1 s + 5 s grace: at 6 s the poll is declared lost and redone.
+    let o = split(c.tick(at(6)));
+    assert!(o.logged("CP unavailable: no answer"));
+    assert_eq!(o.sends.len(), 1);
+    assert!(is_cp(&o.sends[0].1));
+    // A late answer to the lost call is ignored.
+    assert!(split(c.on_response(1, cp_ok(CFG1, "e"), at(7)))
+        .publishes
+        .is_empty());
+}
+
+#[test]
+fn send_failures_count_as_cp_unavailable() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let o = split(c.on_send_failed(t, "BadArgument", at(0)));
+    assert!(o.logged("CP unavailable: not sent: BadArgument"));
+    assert_eq!(o.sends.len(), 1, "import starts");
+}
+
+/// Drives an exporter to its first PUT and returns the controller, the
+/// PUT's token and its request.
+fn exporter_at_first_put(delay_s: u64) -> (Controller, Token, HttpRequest) {
+    let mut c = Controller::new(&settings(false, true, delay_s), "node-7".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let mut o = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)));
+    assert_eq!(o.publishes.len(), 1);
+    if delay_s > 0 {
+        assert!(o.sends.is_empty(), "export waits for the delay");
+        assert!(split(c.tick(at(delay_s) - Duration::from_millis(1)))
+            .sends
+            .iter()
+            .all(|(_, r)| is_cp(r)));
+        o = split(c.tick(at(delay_s)));
+    }
+    let check = o
+        .sends
+        .iter()
+        .find(|(_, r)| !is_cp(r))
+        .cloned()
+        .expect("existence check");
+    assert_eq!(
+        (check.1.method.as_str(), check.1.path.as_str()),
+        ("GET", format!("/bkt/pre/{VERSION}/config.json").as_str())
+    );
+    let o = split(c.on_response(
+        check.0,
+        resp(404, "<Error><Code>NoSuchKey</Code></Error>"),
+        at(delay_s),
+    ));
+    let (t, r) = o.one_send();
+    assert_eq!(r.method, "PUT");
+    (c, t, r.clone())
+}
+
+#[test]
+fn exports_new_revisions_with_a_valid_envelope() {
+    let (mut c, t, put) = exporter_at_first_put(0);
+    assert_eq!(put.path, format!("/bkt/pre/{VERSION}/config.json"));
+    assert_eq!(header(&put, "content-type"), Some("application/json"));
+    assert!(header(&put, "authorization").is_some());
+    let opened = open(put.body.as_deref().unwrap(), VERSION).unwrap();
+    assert_eq!(opened.config_bytes, CFG1.as_bytes());
+    assert_eq!(opened.exporter, "node-7");
+    let o = split(c.on_response(t, resp(200, ""), at(0)));
+    assert!(o.logged(&format!(
+        "exported revision r1 to s3://bkt/pre/{VERSION}/config.json"
+    )));
+    // Next revision: PUT straight away (the store was checked already).
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG2, "e2"), at(5)));
+    let (t, r) = o.one_send();
+    assert_eq!(r.method, "PUT");
+    assert_eq!(
+        open(r.body.as_deref().unwrap(), VERSION).unwrap().revision,
+        "r2"
+    );
+    split(c.on_response(t, resp(200, ""), at(5)));
+    // The CP serves the same content again (new ETag): no request at all.
+    let (t, _) = split(c.tick(at(10))).sends[0].clone();
+    assert!(split(c.on_response(t, cp_ok(CFG2, "e3"), at(10)))
+        .sends
+        .is_empty());
+    // Back to r1 content: exported again (it differs from what is stored).
+    let (t, _) = split(c.tick(at(15))).sends[0].clone();
+    let o = split(c.on_response(t, cp_ok(CFG1, "e4"), at(15)));
+    assert_eq!(o.one_send().1.method, "PUT");
+}
+
+#[test]
+fn unchanged_stored_content_is_not_written_again() {
+    // A restarted exporter finds its config already stored.
+    let mut c = Controller::new(&settings(false, true, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (t, r) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    assert_eq!(r.method, "GET");
+    let o = split(c.on_response(t, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(0)));
+    assert!(o.sends.is_empty(), "{o:?}");
+    assert!(o.logged("skipped"));
+}
+
+#[test]
+fn export_delay_keeps_only_the_newest_revision() {
+    let mut c = Controller::new(&settings(false, true, 10), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    assert!(split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)))
+        .sends
+        .is_empty());
+    let (t, _) = split(c.tick(at(5))).sends[0].clone();
+    assert!(split(c.on_response(t, cp_ok(CFG2, "e2"), at(5)))
+        .sends
+        .is_empty());
+    // r1 would have been due at 10 s; r2 replaced it and is due at 15 s.
+    let o = split(c.tick(at(10)));
+    assert!(o.sends.iter().all(|(_, r)| is_cp(r)));
+    let (cp, _) = o.sends[0].clone();
+    split(c.on_response(cp, resp(304, ""), at(10)));
+    let o = split(c.tick(at(15)));
+    let (t, _) = o.sends.iter().find(|(_, r)| !is_cp(r)).cloned().unwrap();
+    let (t, put) = split(c.on_response(t, resp(404, ""), at(15))).sends[0].clone();
+    assert_eq!(
+        open(put.body.as_deref().unwrap(), VERSION)
+            .unwrap()
+            .revision,
+        "r2"
+    );
+    assert!(split(c.on_response(t, resp(200, ""), at(15))).logged("exported revision r2"));
+}
+
+#[test]
+fn export_failures_are_logged_with_the_code_and_retried_with_backoff() {
+    let (mut c, t, _) = exporter_at_first_put(0);
+    let denied = "<Error><Code>SignatureDoesNotMatch</Code><Message>nope</Message></Error>";
+    let o = split(c.on_response(t, resp(403, denied), at(0)));
+    assert!(
+        o.logged("export of revision r1 failed: storage answered 403 SignatureDoesNotMatch"),
+        "{:?}",
+        o.logs
+    );
+    assert!(o.sends.is_empty());
+    // Retries at +1 s, then +2 s, +4 s ...
+    let mut now = 0;
+    for wait in [1u64, 2, 4, 8] {
+        let before = split(c.tick(at(now + wait) - Duration::from_millis(1)));
+        assert!(
+            before.sends.iter().all(|(_, r)| is_cp(r)),
+            "too early at {now}+{wait}"
+        );
+        for (t, _) in before.sends {
+            split(c.on_response(t, resp(304, ""), at(now)));
+        }
+        now += wait;
+        let o = split(c.tick(at(now)));
+        let (t, r) = o
+            .sends
+            .iter()
+            .find(|(_, r)| !is_cp(r))
+            .cloned()
+            .expect("retry");
+        assert_eq!(r.method, "PUT");
+        for (cp, _) in o.sends.iter().filter(|(_, r)| is_cp(r)) {
+            split(c.on_response(*cp, resp(304, ""), at(now)));
+        }
+        split(c.on_response(t, resp(403, denied), at(now)));
+    }
+    assert_eq!(backoff(30), MAX_BACKOFF);
+}
+
+impl std::ops::Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: Duration) -> Timestamp {
+        Timestamp(self.0 - d.as_millis() as u64)
+    }
+}

@@ -1,0 +1,542 @@
+//! Plugin configuration: the plugin JSON plus environment variables, turned
+//! into validated [`Settings`].
+//!
+//! Every error names the field (or environment variable) at fault, because
+//! a bad plugin config makes `on_configure` fail and the operator only sees
+//! this message. Unknown fields are refused so that a typo never silently
+//! disables import or export.
+
+use crate::secret::Secret;
+use crate::sigv4::Credentials;
+use crate::storage::{S3Addressing, S3Settings, StorageLocation, StorageSettings};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::time::Duration;
+
+/// Validated plugin settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub import: bool,
+    pub export: bool,
+    /// Present whenever `import` or `export` is on.
+    pub storage: Option<StorageSettings>,
+    pub export_delay: Duration,
+    pub node_id: Option<String>,
+    pub control_plane: ControlPlaneSettings,
+    pub upstream_header: String,
+}
+
+/// Where and how the control plane is polled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlaneSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+/// A plugin configuration that cannot be used. `field` is the JSON path
+/// (`storage.timeout_ms`) or the environment variable at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: `{}` {}",
+            self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, SettingsError> {
+    Err(SettingsError {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+/// Default names, chosen to match the example `envoy.yaml`.
+pub const DEFAULT_STORAGE_CLUSTER: &str = "object_storage";
+pub const DEFAULT_CP_CLUSTER: &str = "control_plane";
+pub const DEFAULT_CP_PATH: &str = "/v1/config";
+pub const DEFAULT_UPSTREAM_HEADER: &str = "x-fallback-upstream";
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The environment variables the filter reads (Envoy passes them only when
+/// listed in `vm_config.environment_variables.host_env_keys`).
+pub mod env {
+    pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    pub const REGION: &str = "AWS_REGION";
+    pub const DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+    pub const ENDPOINT: &str = "AWS_CONFIG_STORAGE_ENDPOINT";
+}
+
+impl Settings {
+    /// Parses the plugin JSON. `env` looks up an environment variable (empty
+    /// values count as unset). An empty configuration means all defaults:
+    /// neither import nor export, CP polling only.
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let root = if json.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            match serde_json::from_slice::<Value>(json) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return err("(root)", "must be a JSON object"),
+                Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
+            }
+        };
+        let mut root = Fields::new("", root);
+        let import = root
+            .bool("cluster_fallback_config_import")?
+            .unwrap_or(false);
+        let export = root
+            .bool("cluster_fallback_config_export")?
+            .unwrap_or(false);
+        let storage_url = root.string("cluster_fallback_config_storage")?;
+        let export_delay = Duration::from_secs(
+            root.u64("cluster_fallback_config_export_delay")?
+                .unwrap_or(0),
+        );
+        let node_id = root.string("node_id")?;
+        if node_id.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return err("node_id", "must not be empty when given");
+        }
+        let upstream_header = root
+            .string("upstream_header")?
+            .unwrap_or_else(|| DEFAULT_UPSTREAM_HEADER.to_string());
+        validate_header_name("upstream_header", &upstream_header)?;
+
+        let mut cp = root.object("control_plane")?;
+        let cluster = cp
+            .non_empty("cluster")?
+            .unwrap_or_else(|| DEFAULT_CP_CLUSTER.to_string());
+        let control_plane = ControlPlaneSettings {
+            authority: cp
+                .non_empty("authority")?
+                .unwrap_or_else(|| cluster.clone()),
+            path: cp
+                .string("path")?
+                .unwrap_or_else(|| DEFAULT_CP_PATH.to_string()),
+            timeout: cp.millis("timeout_ms", 2000)?,
+            poll_interval: cp.millis("poll_interval_ms", 5000)?,
+            cluster,
+        };
+        if !control_plane.path.starts_with('/') {
+            return err("control_plane.path", "must start with '/'");
+        }
+        cp.finish()?;
+
+        let mut st = root.object("storage")?;
+        let storage_cluster = st
+            .non_empty("cluster")?
+            .unwrap_or_else(|| DEFAULT_STORAGE_CLUSTER.to_string());
+        let endpoint_field = st.non_empty("endpoint")?;
+        let region_field = st.non_empty("region")?;
+        let storage_timeout = st.millis("timeout_ms", 5000)?;
+        st.finish()?;
+        root.finish()?;
+
+        let storage = match storage_url {
+            None if import || export => {
+                return err(
+                    "cluster_fallback_config_storage",
+                    "is required when cluster_fallback_config_import or cluster_fallback_config_export is on",
+                )
+            }
+            None => None,
+            Some(url) => {
+                let location = StorageLocation::parse(&url).map_err(|reason| SettingsError {
+                    field: "cluster_fallback_config_storage".into(),
+                    reason: reason.to_string(),
+                })?;
+                let region = region_field
+                    .or_else(|| env(env::REGION))
+                    .or_else(|| env(env::DEFAULT_REGION))
+                    .unwrap_or_else(|| DEFAULT_REGION.to_string());
+                let addressing = match (endpoint_field, env(env::ENDPOINT)) {
+                    (Some(e), _) => S3Addressing::parse_endpoint(&e)
+                        .map_err(|r| SettingsError { field: "storage.endpoint".into(), reason: r.into() })?,
+                    (None, Some(e)) => S3Addressing::parse_endpoint(&e).map_err(|r| SettingsError {
+                        field: env::ENDPOINT.into(),
+                        reason: r.into(),
+                    })?,
+                    (None, None) => S3Addressing::VirtualHosted,
+                };
+                let credentials = credentials_from_env(&env)?;
+                Some(StorageSettings {
+                    location,
+                    cluster: storage_cluster,
+                    timeout: storage_timeout,
+                    s3: S3Settings {
+                        addressing,
+                        region,
+                        credentials,
+                    },
+                })
+            }
+        };
+
+        Ok(Settings {
+            import,
+            export,
+            storage,
+            export_delay,
+            node_id,
+            control_plane,
+            upstream_header,
+        })
+    }
+}
+
+/// `None` means anonymous requests (a public bucket); a key id without a
+/// secret (or the reverse) is a mistake worth refusing.
+fn credentials_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Credentials>, SettingsError> {
+    match (env(env::ACCESS_KEY_ID), env(env::SECRET_ACCESS_KEY)) {
+        (Some(id), Some(secret)) => Ok(Some(Credentials {
+            access_key_id: id,
+            secret_access_key: Secret::new(secret),
+            session_token: env(env::SESSION_TOKEN).map(Secret::new),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => err(
+            env::SECRET_ACCESS_KEY,
+            "is not set but AWS_ACCESS_KEY_ID is",
+        ),
+        (None, Some(_)) => err(
+            env::ACCESS_KEY_ID,
+            "is not set but AWS_SECRET_ACCESS_KEY is",
+        ),
+    }
+}
+
+/// An HTTP header name we may set on requests: a lower-case token, not a
+/// pseudo-header.
+fn validate_header_name(field: &str, name: &str) -> Result<(), SettingsError> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        });
+    if ok {
+        Ok(())
+    } else {
+        err(
+            field,
+            "must be a lower-case HTTP header name such as x-fallback-upstream",
+        )
+    }
+}
+
+/// Reads typed fields out of one JSON object, remembering which were read
+/// so that [`Fields::finish`] can refuse the unknown ones.
+struct Fields {
+    path: String,
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    fn new(path: &str, map: Map<String, Value>) -> Self {
+        Fields {
+            path: path.to_string(),
+            map,
+        }
+    }
+
+    fn name(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// Takes a field out; JSON `null` counts as absent.
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key).filter(|v| !v.is_null())
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, SettingsError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => err(
+                self.name(key),
+                format!("must be true or false, got {other}"),
+            ),
+        }
+    }
+
+    fn u64(&mut self, key: &str) -> Result<Option<u64>, SettingsError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) => Ok(Some(n)),
+                None => err(
+                    self.name(key),
+                    format!("must be a non-negative integer, got {v}"),
+                ),
+            },
+        }
+    }
+
+    /// A positive number of milliseconds.
+    fn millis(&mut self, key: &str, default: u64) -> Result<Duration, SettingsError> {
+        match self.u64(key)? {
+            Some(0) => err(self.name(key), "must be greater than 0"),
+            n => Ok(Duration::from_millis(n.unwrap_or(default))),
+        }
+    }
+
+    fn string(&mut self, key: &str) -> Result<Option<String>, SettingsError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => err(self.name(key), format!("must be a string, got {other}")),
+        }
+    }
+
+    fn non_empty(&mut self, key: &str) -> Result<Option<String>, SettingsError> {
+        match self.string(key)? {
+            Some(s) if s.trim().is_empty() => err(self.name(key), "must not be empty when given"),
+            s => Ok(s),
+        }
+    }
+
+    fn object(&mut self, key: &str) -> Result<Fields, SettingsError> {
+        let name = self.name(key);
+        match self.take(key) {
+            None => Ok(Fields::new(&name, Map::new())),
+            Some(Value::Object(m)) => Ok(Fields::new(&name, m)),
+            Some(other) => err(name, format!("must be an object, got {other}")),
+        }
+    }
+
+    /// Refuses any field nobody read.
+    fn finish(self) -> Result<(), SettingsError> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(k) => err(self.name(k), "is not a known field (check its spelling)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse_with(json: &str, vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::parse(json.as_bytes(), &|k| vars.get(k).cloned())
+    }
+
+    fn field_of(json: &str) -> String {
+        parse_with(json, &[]).unwrap_err().field
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let s = parse_with(
+            r#"{
+              "cluster_fallback_config_import": true,
+              "cluster_fallback_config_export": false,
+              "cluster_fallback_config_storage": "s3://my-bucket/some/prefix/",
+              "cluster_fallback_config_export_delay": 3,
+              "node_id": "dp-1",
+              "storage": { "cluster": "s3", "endpoint": "http://127.0.0.1:9000", "region": "eu-west-1", "timeout_ms": 1000 },
+              "control_plane": { "cluster": "cp", "authority": "cp.internal", "path": "/v1/config", "timeout_ms": 2000, "poll_interval_ms": 5000 },
+              "upstream_header": "x-up"
+            }"#,
+            &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK"), ("AWS_SESSION_TOKEN", "T")],
+        )
+        .unwrap();
+        assert!(s.import && !s.export);
+        assert_eq!(s.export_delay, Duration::from_secs(3));
+        assert_eq!(s.node_id.as_deref(), Some("dp-1"));
+        assert_eq!(s.upstream_header, "x-up");
+        assert_eq!(s.control_plane.poll_interval, Duration::from_secs(5));
+        let st = s.storage.unwrap();
+        assert_eq!(st.location.bucket, "my-bucket");
+        assert_eq!(st.location.prefix, "some/prefix");
+        assert_eq!(st.cluster, "s3");
+        assert_eq!(st.timeout, Duration::from_secs(1));
+        assert_eq!(st.s3.region, "eu-west-1");
+        assert_eq!(
+            st.s3.addressing,
+            S3Addressing::PathStyle {
+                authority: "127.0.0.1:9000".into(),
+                base_path: String::new()
+            }
+        );
+        let c = st.s3.credentials.unwrap();
+        assert_eq!(c.access_key_id, "AK");
+        assert_eq!(c.session_token.unwrap().expose(), "T");
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse_with("", &[]).unwrap();
+        assert!(!s.import && !s.export && s.storage.is_none());
+        assert_eq!(s.control_plane.cluster, "control_plane");
+        assert_eq!(s.control_plane.authority, "control_plane");
+        assert_eq!(s.control_plane.path, "/v1/config");
+        assert_eq!(s.control_plane.timeout, Duration::from_secs(2));
+        assert_eq!(s.upstream_header, "x-fallback-upstream");
+        let s = parse_with(
+            r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b"}"#,
+            &[("AWS_DEFAULT_REGION", "ap-south-1")],
+        )
+        .unwrap();
+        let st = s.storage.unwrap();
+        assert_eq!(st.cluster, "object_storage");
+        assert_eq!(st.s3.region, "ap-south-1");
+        assert_eq!(st.s3.addressing, S3Addressing::VirtualHosted);
+        assert!(st.s3.credentials.is_none());
+        assert_eq!(st.location.prefix, "");
+    }
+
+    #[test]
+    fn environment_fills_region_and_endpoint() {
+        let s = parse_with(
+            r#"{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"s3://b/p"}"#,
+            &[
+                ("AWS_REGION", "eu-central-1"),
+                ("AWS_DEFAULT_REGION", "ap-south-1"),
+                ("AWS_CONFIG_STORAGE_ENDPOINT", "https://minio.local:9000/base/"),
+            ],
+        )
+        .unwrap();
+        let st = s.storage.unwrap();
+        assert_eq!(st.s3.region, "eu-central-1");
+        assert_eq!(
+            st.s3.addressing,
+            S3Addressing::PathStyle {
+                authority: "minio.local:9000".into(),
+                base_path: "/base".into()
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field_of(r#"{"cluster_fallback_config_importt":true}"#),
+            "cluster_fallback_config_importt"
+        );
+        assert_eq!(
+            field_of(r#"{"cluster_fallback_config_import":"on"}"#),
+            "cluster_fallback_config_import"
+        );
+        assert_eq!(
+            field_of(r#"{"cluster_fallback_config_import":true}"#),
+            "cluster_fallback_config_storage"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"ftp://b/p"}"#
+            ),
+            "cluster_fallback_config_storage"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3:///p"}"#
+            ),
+            "cluster_fallback_config_storage"
+        );
+        assert_eq!(
+            field_of(r#"{"storage":{"timeout_ms":0}}"#),
+            "storage.timeout_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"storage":{"timeout_ms":-5}}"#),
+            "storage.timeout_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"control_plane":{"poll_interval_ms":0}}"#),
+            "control_plane.poll_interval_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"control_plane":{"path":"v1"}}"#),
+            "control_plane.path"
+        );
+        assert_eq!(
+            field_of(r#"{"control_plane":{"bogus":1}}"#),
+            "control_plane.bogus"
+        );
+        assert_eq!(field_of(r#"{"control_plane":3}"#), "control_plane");
+        assert_eq!(
+            field_of(r#"{"cluster_fallback_config_export_delay":1.5}"#),
+            "cluster_fallback_config_export_delay"
+        );
+        assert_eq!(field_of(r#"{"upstream_header":"X Up"}"#), "upstream_header");
+        assert_eq!(field_of(r#"{"node_id":""}"#), "node_id");
+        assert_eq!(field_of(r#"[1]"#), "(root)");
+        assert_eq!(field_of(r#"{"#), "(root)");
+        let with_storage = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b","storage":{"endpoint":"127.0.0.1:9000"}}"#;
+        assert_eq!(field_of(with_storage), "storage.endpoint");
+        let msg = parse_with(r#"{"storage":{"timeout_ms":0}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`storage.timeout_ms`") && msg.contains("greater than 0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn half_credentials_are_refused() {
+        let json =
+            r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b"}"#;
+        assert_eq!(
+            parse_with(json, &[("AWS_ACCESS_KEY_ID", "AK")])
+                .unwrap_err()
+                .field,
+            "AWS_SECRET_ACCESS_KEY"
+        );
+        assert_eq!(
+            parse_with(json, &[("AWS_SECRET_ACCESS_KEY", "SK")])
+                .unwrap_err()
+                .field,
+            "AWS_ACCESS_KEY_ID"
+        );
+        assert_eq!(
+            parse_with(json, &[("AWS_CONFIG_STORAGE_ENDPOINT", "gopher://x")])
+                .unwrap_err()
+                .field,
+            "AWS_CONFIG_STORAGE_ENDPOINT"
+        );
+    }
+
+    #[test]
+    fn debug_does_not_show_secrets() {
+        let s = parse_with(
+            r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b"}"#,
+            &[
+                ("AWS_ACCESS_KEY_ID", "AK"),
+                ("AWS_SECRET_ACCESS_KEY", "topsecret"),
+                ("AWS_SESSION_TOKEN", "tok3n"),
+            ],
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("topsecret") && !dbg.contains("tok3n"),
+            "{dbg}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! The HTTP context: one per request.
+
+use super::host;
+use crate::controller::Level;
+use crate::gateway::RequestInfo;
+use crate::published::{self, CONFIG_KEY, GENERATION_KEY};
+use crate::worker::{Verdict, WorkerCache};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Filter {
+    pub cache: Rc<RefCell<WorkerCache>>,
+    pub upstream_header: Rc<str>,
+}
+
+impl Filter {
+    /// Loads the published config into this worker's cache if a newer
+    /// generation exists. Reads only the small counter when nothing changed.
+    fn refresh(&self) {
+        let generation = host::shared_get(GENERATION_KEY)
+            .0
+            .and_then(|g| published::decode_generation(&g));
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return;
+        };
+        if !cache.is_stale(generation) {
+            return;
+        }
+        if let (Some(record), _) = host::shared_get(CONFIG_KEY) {
+            if let Err(e) = cache.refresh(&record) {
+                host::log(
+                    Level::Warn,
+                    &format!("cannot load the published config: {e}"),
+                );
+            }
+        }
+    }
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.refresh();
+        let method = host::request_header(":method");
+        let host_header = host::request_header(":authority");
+        let path = host::request_header(":path");
+        let Ok(cache) = self.cache.try_borrow() else {
+            return Action::Continue;
+        };
+        let verdict = cache.decide(RequestInfo {
+            method: &method,
+            host: &host_header,
+            path: &path,
+        });
+        match verdict {
+            Verdict::Forward { upstream } => {
+                if let Err(e) = host::set_request_header(&self.upstream_header, upstream) {
+                    host::log(
+                        Level::Warn,
+                        &format!("cannot set {}: {e:?}", self.upstream_header),
+                    );
+                }
+                Action::Continue
+            }
+            Verdict::Reply { status, body } => {
+                if let Err(e) = host::send_local_reply(status, body) {
+                    host::log(Level::Warn, &format!("cannot send the local reply: {e:?}"));
+                }
+                Action::Pause
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Host calls that cannot panic.
+
+use crate::controller::Level;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::time::Timestamp;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+use std::time::UNIX_EPOCH;
+
+pub fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    };
+    // Nowhere to report a failing log call.
+    let _ = hostcalls::log(level, message);
+}
+
+/// The host's wall clock; the epoch if the host cannot tell (then timers
+/// simply fire late, nothing breaks).
+pub fn now() -> Timestamp {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Timestamp(0), |d| {
+            Timestamp(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+}
+
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A host property as UTF-8 text (`["node", "id"]`).
+pub fn property(path: Vec<&str>) -> Option<String> {
+    let bytes = hostcalls::get_property(path).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// A shared-data value and its CAS.
+pub fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+    hostcalls::set_shared_data(key, Some(value), cas)
+}
+
+/// Dispatches a call; the answer arrives in `on_http_call_response` with
+/// the returned token.
+pub fn dispatch(request: &HttpRequest) -> Result<u32, Status> {
+    let length = request.body.as_ref().map(|b| b.len().to_string());
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", &request.method),
+        (":path", &request.path),
+        (":authority", &request.authority),
+    ];
+    headers.extend(
+        request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if let Some(length) = &length {
+        headers.push(("content-length", length));
+    }
+    hostcalls::dispatch_http_call(
+        &request.cluster,
+        headers,
+        request.body.as_deref(),
+        Vec::new(),
+        request.timeout,
+    )
+}
+
+/// The answer of the call whose callback is running. Transport failures
+/// arrive as a status (Envoy: 503 connect error, 504 timeout); a missing
+/// `:status` is reported as 0.
+pub fn call_response(body_size: usize) -> HttpResponse {
+    let all = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let status = all
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let headers = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(':'))
+        .collect();
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn request_header(name: &str) -> String {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+pub fn send_local_reply(status: u32, body: &str) -> Result<(), Status> {
+    hostcalls::send_http_response(
+        status,
+        vec![("content-type", "application/json")],
+        Some(body.as_bytes()),
+    )
+}

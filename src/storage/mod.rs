@@ -1,0 +1,154 @@
+//! Object storage as data: where the fallback config lives, the requests
+//! that read and write it, and what the answers mean.
+//!
+//! Export and import talk to [`ObjectStore`] only, in terms of object keys,
+//! typed write modes and typed outcomes; which cloud answers is the
+//! backend's business. S3 (and S3-compatible stores) is the one backend so
+//! far.
+
+mod location;
+pub mod s3;
+
+pub use location::{LocationError, StorageLocation};
+pub use s3::{S3Addressing, S3Settings};
+
+use crate::http::{HttpRequest, HttpResponse};
+use crate::sigv4::SigningError;
+use crate::time::Timestamp;
+use std::fmt;
+use std::time::Duration;
+
+/// Everything needed to reach the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageSettings {
+    pub location: StorageLocation,
+    /// The proxy cluster that carries object API calls.
+    pub cluster: String,
+    pub timeout: Duration,
+    pub s3: S3Settings,
+}
+
+/// How a write treats an existing object (object_store's `PutMode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Write only if no object exists (`If-None-Match: *`).
+    Create,
+    /// Write only if the object still has this ETag (`If-Match`).
+    Update { etag: String },
+}
+
+/// An object that was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub body: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// Why a storage request did not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    /// No such object (404).
+    NotFound,
+    /// A conditional write lost (412).
+    PreconditionFailed,
+    /// The store answered with an error status; `code` is its error code
+    /// (`SignatureDoesNotMatch`, `AccessDenied`, ...) when it sent one.
+    Status {
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+    },
+    /// The request could not be signed.
+    Signing(SigningError),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::NotFound => f.write_str("not found (404)"),
+            StorageError::PreconditionFailed => f.write_str("precondition failed (412)"),
+            StorageError::Status {
+                status,
+                code,
+                message,
+            } => {
+                write!(f, "storage answered {status}")?;
+                if let Some(c) = code {
+                    write!(f, " {c}")?;
+                }
+                if let Some(m) = message {
+                    write!(f, ": {m}")?;
+                }
+                Ok(())
+            }
+            StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// The store of one fallback-config deployment: builds requests for object
+/// keys relative to the configured prefix and classifies the answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectStore {
+    settings: StorageSettings,
+}
+
+impl ObjectStore {
+    pub fn new(settings: StorageSettings) -> Self {
+        ObjectStore { settings }
+    }
+
+    /// `<prefix>/<version>/<name>`: the full object key.
+    pub fn key(&self, version: &str, name: &str) -> String {
+        self.settings.location.key(&format!("{version}/{name}"))
+    }
+
+    /// A URL naming the object, for log lines (`s3://bucket/key`).
+    pub fn url(&self, key: &str) -> String {
+        self.settings.location.url(key)
+    }
+
+    pub fn get(&self, key: &str, now: Timestamp) -> Result<HttpRequest, StorageError> {
+        s3::request(&self.settings, "GET", key, None, &[], now).map_err(StorageError::Signing)
+    }
+
+    pub fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        mode: &PutMode,
+        now: Timestamp,
+    ) -> Result<HttpRequest, StorageError> {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        match mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => headers.push(("if-none-match".into(), "*".into())),
+            PutMode::Update { etag } => headers.push(("if-match".into(), etag.clone())),
+        }
+        s3::request(&self.settings, "PUT", key, Some(body), &headers, now)
+            .map_err(StorageError::Signing)
+    }
+
+    /// The outcome of a GET.
+    pub fn read_result(&self, response: HttpResponse) -> Result<Object, StorageError> {
+        match response.status {
+            200 => Ok(Object {
+                etag: response.header("etag").map(str::to_string),
+                body: response.body,
+            }),
+            _ => Err(s3::classify_error(&response)),
+        }
+    }
+
+    /// The outcome of a PUT: the new ETag, when the store sent one.
+    pub fn write_result(&self, response: &HttpResponse) -> Result<Option<String>, StorageError> {
+        match response.status {
+            200..=299 => Ok(response.header("etag").map(str::to_string)),
+            _ => Err(s3::classify_error(response)),
+        }
+    }
+}

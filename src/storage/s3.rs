@@ -1,0 +1,300 @@
+//! Amazon S3 and S3-compatible stores: request building (addressing and
+//! SigV4 with S3's rules) and error classification.
+
+use super::{StorageError, StorageSettings};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
+use crate::time::Timestamp;
+
+/// How the bucket is addressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum S3Addressing {
+    /// AWS: `<bucket>.s3.<region>.amazonaws.com/<key>`.
+    VirtualHosted,
+    /// An explicit endpoint (MinIO, s3s, GCS interoperability, ...):
+    /// `<authority><base_path>/<bucket>/<key>`.
+    PathStyle {
+        authority: String,
+        base_path: String,
+    },
+}
+
+impl S3Addressing {
+    /// Parses `http(s)://host[:port][/base]`. The scheme only documents
+    /// intent: TLS is the proxy cluster's business.
+    pub fn parse_endpoint(endpoint: &str) -> Result<Self, &'static str> {
+        let rest = endpoint
+            .trim()
+            .strip_prefix("http://")
+            .or_else(|| endpoint.trim().strip_prefix("https://"))
+            .ok_or("must start with http:// or https://")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains(['?', '#', '@', ' ']) {
+            return Err("must name a host, as in http://127.0.0.1:9000");
+        }
+        Ok(S3Addressing::PathStyle {
+            authority: authority.to_string(),
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// S3-specific settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct S3Settings {
+    pub addressing: S3Addressing,
+    pub region: String,
+    /// `None`: anonymous requests (public bucket).
+    pub credentials: Option<Credentials>,
+}
+
+/// Builds a (signed, when credentials are set) object request.
+pub(super) fn request(
+    settings: &StorageSettings,
+    method: &str,
+    key: &str,
+    body: Option<Vec<u8>>,
+    extra_headers: &[(String, String)],
+    now: Timestamp,
+) -> Result<HttpRequest, SigningError> {
+    let s3 = &settings.s3;
+    let bucket = &settings.location.bucket;
+    let encoded_key = sigv4::uri_encode(key, false);
+    let (authority, path) = match &s3.addressing {
+        S3Addressing::VirtualHosted => (
+            format!("{bucket}.s3.{}.amazonaws.com", s3.region),
+            format!("/{encoded_key}"),
+        ),
+        S3Addressing::PathStyle {
+            authority,
+            base_path,
+        } => (
+            authority.clone(),
+            format!(
+                "{}/{}/{encoded_key}",
+                sigv4::uri_encode(base_path, false),
+                sigv4::uri_encode(bucket, true)
+            ),
+        ),
+    };
+    let mut headers = extra_headers.to_vec();
+    if let Some(credentials) = &s3.credentials {
+        let mut to_sign = headers.clone();
+        to_sign.push(("host".to_string(), authority.clone()));
+        let payload = body.as_deref().unwrap_or_default();
+        let signed = sigv4::sign(
+            &SignableRequest {
+                method,
+                path: &path,
+                query: "",
+                headers: &to_sign,
+            },
+            &SigningParams::s3(credentials, &s3.region, now, PayloadHash::Body(payload)),
+        )?;
+        headers.extend(signed.headers);
+    }
+    Ok(HttpRequest {
+        cluster: settings.cluster.clone(),
+        method: method.to_string(),
+        path,
+        authority,
+        headers,
+        body,
+        timeout: settings.timeout,
+    })
+}
+
+/// Maps an error answer to a [`StorageError`], reading S3's XML error body
+/// (`<Error><Code>…</Code><Message>…</Message></Error>`) when there is one.
+pub(super) fn classify_error(response: &HttpResponse) -> StorageError {
+    let body = String::from_utf8_lossy(&response.body);
+    let code = xml_element(&body, "Code");
+    match response.status {
+        404 => StorageError::NotFound,
+        412 => StorageError::PreconditionFailed,
+        status => StorageError::Status {
+            status,
+            message: xml_element(&body, "Message").or_else(|| {
+                // Not an S3 answer (e.g. the proxy's own "upstream connect error").
+                (code.is_none() && !response.body.is_empty()).then(|| response.body_excerpt(200))
+            }),
+            code,
+        },
+    }
+}
+
+/// The text of the first `<name>…</name>`; enough for S3's flat error
+/// documents, which never nest or escape what we read.
+fn xml_element(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let len = body.get(start..)?.find(&format!("</{name}>"))?;
+    let text = body.get(start..start + len)?.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::storage::{ObjectStore, PutMode, StorageLocation};
+    use std::time::Duration;
+
+    fn store(addressing: S3Addressing, credentials: Option<Credentials>) -> ObjectStore {
+        ObjectStore::new(StorageSettings {
+            location: StorageLocation::parse("s3://bkt/pre/fix").unwrap(),
+            cluster: "object_storage".into(),
+            timeout: Duration::from_secs(5),
+            s3: S3Settings {
+                addressing,
+                region: "us-east-1".into(),
+                credentials,
+            },
+        })
+    }
+
+    fn creds() -> Credentials {
+        Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            session_token: Some(Secret::new("token")),
+        }
+    }
+
+    fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn path_style_get_is_signed() {
+        let s = store(
+            S3Addressing::parse_endpoint("http://127.0.0.1:9000/").unwrap(),
+            Some(creds()),
+        );
+        let key = s.key("0.1.0", "config.json");
+        assert_eq!(key, "pre/fix/0.1.0/config.json");
+        let r = s.get(&key, Timestamp::from_secs(1_440_938_160)).unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.authority, "127.0.0.1:9000");
+        assert_eq!(r.path, "/bkt/pre/fix/0.1.0/config.json");
+        assert_eq!(r.cluster, "object_storage");
+        assert_eq!(header(&r, "x-amz-date"), Some("20150830T123600Z"));
+        assert_eq!(header(&r, "x-amz-security-token"), Some("token"));
+        assert_eq!(
+            header(&r, "x-amz-content-sha256"),
+            Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        );
+        let auth = header(&r, "authorization").unwrap();
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/s3/aws4_request"
+            ),
+            "{auth}"
+        );
+        assert!(
+            auth.contains(
+                "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
+            ),
+            "{auth}"
+        );
+        assert!(!format!("{r:?}").contains("wJalr"));
+    }
+
+    #[test]
+    fn virtual_hosted_put_with_modes() {
+        let s = store(S3Addressing::VirtualHosted, Some(creds()));
+        let r = s
+            .put(
+                "a b/c+d.json",
+                b"{}".to_vec(),
+                &PutMode::Create,
+                Timestamp(0),
+            )
+            .unwrap();
+        assert_eq!(r.authority, "bkt.s3.us-east-1.amazonaws.com");
+        assert_eq!(r.path, "/a%20b/c%2Bd.json");
+        assert_eq!(header(&r, "if-none-match"), Some("*"));
+        assert!(header(&r, "authorization")
+            .unwrap()
+            .contains("if-none-match"));
+        let r = s
+            .put(
+                "k",
+                b"{}".to_vec(),
+                &PutMode::Update {
+                    etag: "\"e\"".into(),
+                },
+                Timestamp(0),
+            )
+            .unwrap();
+        assert_eq!(header(&r, "if-match"), Some("\"e\""));
+        assert_eq!(r.body.as_deref(), Some(&b"{}"[..]));
+    }
+
+    #[test]
+    fn anonymous_requests_are_unsigned() {
+        let s = store(S3Addressing::VirtualHosted, None);
+        let r = s.get("k", Timestamp(0)).unwrap();
+        assert!(header(&r, "authorization").is_none());
+    }
+
+    #[test]
+    fn endpoint_parsing() {
+        assert_eq!(
+            S3Addressing::parse_endpoint("https://s.example:443/base/"),
+            Ok(S3Addressing::PathStyle {
+                authority: "s.example:443".into(),
+                base_path: "/base".into()
+            })
+        );
+        assert!(S3Addressing::parse_endpoint("127.0.0.1:9000").is_err());
+        assert!(S3Addressing::parse_endpoint("http://").is_err());
+        assert!(S3Addressing::parse_endpoint("http:///x").is_err());
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let resp = |status, body: &str| HttpResponse {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        };
+        let s = store(S3Addressing::VirtualHosted, None);
+        let denied = resp(
+            403,
+            "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>",
+        );
+        let e = s.read_result(denied).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "storage answered 403 SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert_eq!(
+            s.read_result(resp(404, "<Error><Code>NoSuchKey</Code></Error>")),
+            Err(StorageError::NotFound)
+        );
+        assert_eq!(
+            s.write_result(&resp(412, "")),
+            Err(StorageError::PreconditionFailed)
+        );
+        let e = s
+            .read_result(resp(503, "upstream connect error or disconnect"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "storage answered 503: upstream connect error or disconnect"
+        );
+        let ok = HttpResponse {
+            status: 200,
+            headers: vec![("ETag".into(), "\"x\"".into())],
+            body: b"hi".to_vec(),
+        };
+        assert_eq!(s.read_result(ok).unwrap().etag.as_deref(), Some("\"x\""));
+    }
+}
