@@ -535,7 +535,7 @@ impl Controller {
                     .map(|o| o.sha256);
                 self.requeue(c);
             }
-            Err(StorageError::NotFound) => {
+            Err(StorageError::NotFound { .. }) => {
                 self.export.checked = true;
                 self.export.stored_sha256 = None;
                 self.requeue(c);

@@ -49,8 +49,9 @@ pub struct Object {
 /// Why a storage request did not do what was asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageError {
-    /// No such object (404).
-    NotFound,
+    /// No such object (404); `code` as the store named it (`NoSuchKey`,
+    /// `NoSuchBucket`).
+    NotFound { code: Option<String> },
     /// A conditional write lost (412).
     PreconditionFailed,
     /// The store answered with an error status; `code` is its error code
@@ -67,7 +68,8 @@ pub enum StorageError {
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StorageError::NotFound => f.write_str("not found (404)"),
+            StorageError::NotFound { code: None } => f.write_str("not found (404)"),
+            StorageError::NotFound { code: Some(c) } => write!(f, "not found (404 {c})"),
             StorageError::PreconditionFailed => f.write_str("precondition failed (412)"),
             StorageError::Status {
                 status,

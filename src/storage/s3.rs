@@ -113,7 +113,7 @@ pub(super) fn classify_error(response: &HttpResponse) -> StorageError {
     let body = String::from_utf8_lossy(&response.body);
     let code = xml_element(&body, "Code");
     match response.status {
-        404 => StorageError::NotFound,
+        404 => StorageError::NotFound { code },
         412 => StorageError::PreconditionFailed,
         status => StorageError::Status {
             status,
@@ -277,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             s.read_result(resp(404, "<Error><Code>NoSuchKey</Code></Error>")),
-            Err(StorageError::NotFound)
+            Err(StorageError::NotFound { code: Some("NoSuchKey".into()) })
         );
         assert_eq!(
             s.write_result(&resp(412, "")),
