@@ -277,7 +277,9 @@ mod tests {
         );
         assert_eq!(
             s.read_result(resp(404, "<Error><Code>NoSuchKey</Code></Error>")),
-            Err(StorageError::NotFound { code: Some("NoSuchKey".into()) })
+            Err(StorageError::NotFound {
+                code: Some("NoSuchKey".into())
+            })
         );
         assert_eq!(
             s.write_result(&resp(412, "")),

@@ -1,0 +1,99 @@
+//! The filter's plugin configuration (the JSON passed to Envoy as a
+//! `google.protobuf.StringValue`).
+
+/// All plugin settings; [`PluginConfig::to_json`] renders the document.
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    pub import: bool,
+    pub export: bool,
+    /// `s3://bucket/prefix`.
+    pub storage_url: String,
+    /// Seconds.
+    pub export_delay: u64,
+    pub node_id: Option<String>,
+    pub storage_cluster: String,
+    pub storage_endpoint: String,
+    pub region: String,
+    pub storage_timeout_ms: u64,
+    pub cp_cluster: String,
+    pub cp_authority: String,
+    pub cp_path: String,
+    pub cp_timeout_ms: u64,
+    pub poll_interval_ms: u64,
+    pub upstream_header: String,
+}
+
+impl PluginConfig {
+    /// Test defaults: short CP timeout (1 s) and poll interval (500 ms),
+    /// import and export off.
+    pub fn new(storage_url: &str, storage_endpoint: &str) -> PluginConfig {
+        PluginConfig {
+            import: false,
+            export: false,
+            storage_url: storage_url.into(),
+            export_delay: 0,
+            node_id: None,
+            storage_cluster: "object_storage".into(),
+            storage_endpoint: storage_endpoint.into(),
+            region: "us-east-1".into(),
+            storage_timeout_ms: 2000,
+            cp_cluster: "control_plane".into(),
+            cp_authority: "cp.internal".into(),
+            cp_path: "/v1/config".into(),
+            cp_timeout_ms: 1000,
+            poll_interval_ms: 500,
+            upstream_header: "x-fallback-upstream".into(),
+        }
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::json!({
+            "cluster_fallback_config_import": self.import,
+            "cluster_fallback_config_export": self.export,
+            "cluster_fallback_config_storage": self.storage_url,
+            "cluster_fallback_config_export_delay": self.export_delay,
+            "storage": {
+                "cluster": self.storage_cluster,
+                "endpoint": self.storage_endpoint,
+                "region": self.region,
+                "timeout_ms": self.storage_timeout_ms,
+            },
+            "control_plane": {
+                "cluster": self.cp_cluster,
+                "authority": self.cp_authority,
+                "path": self.cp_path,
+                "timeout_ms": self.cp_timeout_ms,
+                "poll_interval_ms": self.poll_interval_ms,
+            },
+            "upstream_header": self.upstream_header,
+        });
+        if let (Some(id), Some(o)) = (&self.node_id, v.as_object_mut()) {
+            o.insert("node_id".into(), id.clone().into());
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_spec_fields() {
+        let mut p = PluginConfig::new("s3://b/p", "http://127.0.0.1:9000");
+        p.export = true;
+        p.node_id = Some("n1".into());
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["cluster_fallback_config_export"], true);
+        assert_eq!(v["cluster_fallback_config_import"], false);
+        assert_eq!(v["cluster_fallback_config_storage"], "s3://b/p");
+        assert_eq!(v["cluster_fallback_config_export_delay"], 0);
+        assert_eq!(v["node_id"], "n1");
+        assert_eq!(v["storage"]["endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(v["control_plane"]["poll_interval_ms"], 500);
+        assert_eq!(v["upstream_header"], "x-fallback-upstream");
+        let p2 = PluginConfig::new("s3://b/p", "e");
+        assert!(p2.to_json().find("node_id").is_none());
+    }
+}

@@ -1,0 +1,301 @@
+//! Exporter scenarios: an Envoy with export on stores every newly applied
+//! CP revision in s3s-fs (which verifies the SigV4 signatures).
+//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+
+use envoy_test::control_plane::{gateway_config, Route};
+use envoy_test::envelope::{now_unix, parse_rfc3339};
+use envoy_test::envoy::log_line_time;
+use envoy_test::sha256;
+use envoy_test::stack::{
+    expect_healthy, expect_proxied, wait_status, Stack, ECHO, POLL_INTERVAL, SECRET_KEY,
+};
+use envoy_test::wait::{self, TIMEOUT};
+use std::time::{Duration, Instant};
+
+#[track_caller]
+fn ok<T>(r: Result<T, String>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Scenario 1: the stored envelope has the right fields and the CP's bytes.
+#[test]
+fn exporter_stores_envelope_of_cp_config() {
+    let stack = Stack::new("export-envelope", true);
+    let started = now_unix();
+    let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-export-1"));
+
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
+    let env = ok(stack.wait_envelope("r1", TIMEOUT));
+    ok(envoy.wait_log("exported revision r1", TIMEOUT));
+
+    let served = stack.cp.config().expect("CP config");
+    assert_eq!(env.format, serde_json::json!(1), "format");
+    assert_eq!(env.version, "0.1.0", "version");
+    assert_eq!(env.revision, "r1", "revision");
+    assert_eq!(
+        env.exporter, "node-export-1",
+        "exporter must be the configured node_id"
+    );
+    assert_eq!(
+        env.config_raw,
+        served.trim(),
+        "config must be the CP's bytes verbatim (not re-serialised)"
+    );
+    assert_eq!(
+        env.sha256,
+        sha256::hex(served.trim().as_bytes()),
+        "sha256 of the config bytes"
+    );
+    let t = parse_rfc3339(&env.exported_at)
+        .unwrap_or_else(|| panic!("exported_at {:?} is not RFC 3339", env.exported_at));
+    assert!(
+        env.exported_at.ends_with('Z') || env.exported_at.ends_with("+00:00"),
+        "exported_at {:?} is not UTC",
+        env.exported_at
+    );
+    assert!(
+        t >= started - 2.0 && t <= now_unix() + 2.0,
+        "exported_at {} is not recent (test started at {started})",
+        env.exported_at
+    );
+
+    // The exporter serves traffic from the CP config meanwhile.
+    ok(wait_status(&envoy, "/echo/a", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/a", &[], ECHO);
+    assert!(envoy.upstream_rq_total("control_plane") >= 1);
+    expect_healthy(&mut envoy);
+}
+
+/// Scenario 2: a new revision is exported; the same content under a new
+/// ETag is not written again.
+#[test]
+fn exporter_writes_new_revision_and_skips_unchanged_content() {
+    let stack = Stack::new("export-revisions", true);
+    let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-export-2"));
+    ok(stack.wait_envelope("r1", TIMEOUT));
+
+    let r2 = gateway_config(
+        "r2",
+        &[
+            Route::new("echo", &["/echo"], ECHO),
+            Route::new("v2", &["/v2"], ECHO),
+        ],
+    );
+    stack.cp.set_config(&r2);
+    let env = ok(stack.wait_envelope("r2", TIMEOUT));
+    ok(envoy.wait_log("exported revision r2", TIMEOUT));
+    assert_eq!(env.config_raw, r2.trim());
+    assert_eq!(env.sha256, sha256::hex(r2.trim().as_bytes()));
+    assert_eq!(env.exporter, "node-export-2");
+
+    // Steady state after r2: remember what is stored and how many storage
+    // requests the filter made.
+    let bytes = stack.object();
+    let mtime = stack
+        .s3
+        .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+    let storage_rq = envoy.upstream_rq_total("object_storage");
+    let served_200 = stack.cp.count_status(200);
+
+    // The CP re-publishes identical content under a new ETag.
+    let new_etag = stack.cp.bump_etag();
+    wait::until(
+        "the filter to fetch the re-published config",
+        TIMEOUT,
+        || {
+            if stack.cp.count_status(200) > served_200 {
+                Ok(())
+            } else {
+                Err(format!("CP requests: {:?}", stack.cp.requests().last()))
+            }
+        },
+    );
+    wait::holds_for(
+        "no storage request and no rewrite for identical content",
+        POLL_INTERVAL * 5,
+        || {
+            let rq = envoy.upstream_rq_total("object_storage");
+            if rq != storage_rq {
+                return Err(format!(
+                    "object_storage upstream_rq_total {storage_rq} -> {rq}"
+                ));
+            }
+            if stack.object() != bytes {
+                return Err("stored object changed".into());
+            }
+            let m = stack
+                .s3
+                .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+            if m != mtime {
+                return Err(format!("object mtime changed {mtime:?} -> {m:?}"));
+            }
+            Ok(())
+        },
+    );
+    let exports = envoy.log_lines("exported revision r2");
+    assert_eq!(
+        exports.len(),
+        1,
+        "revision r2 exported more than once:\n{}",
+        exports.join("\n")
+    );
+    // The filter keeps polling after that (it is not stuck).
+    let n = stack.cp.request_count();
+    wait::until("more CP polls", TIMEOUT, || {
+        if stack.cp.request_count() > n {
+            Ok(())
+        } else {
+            Err(format!("{n} CP requests"))
+        }
+    });
+    eprintln!(
+        "info: CP answered {} x 304 (If-None-Match {} used)",
+        stack.cp.count_status(304),
+        new_etag
+    );
+    expect_healthy(&mut envoy);
+}
+
+/// A new exporter process finding the same content already stored does
+/// not rewrite it (it may GET it once to compare).
+#[test]
+fn restarted_exporter_does_not_rewrite_unchanged_object() {
+    let stack = Stack::new("export-restart", true);
+    let mut first = stack.start_envoy("exporter-a", &stack.exporter_plugin("node-a"));
+    let env = ok(stack.wait_envelope("r1", TIMEOUT));
+    assert_eq!(env.exporter, "node-a");
+    expect_healthy(&mut first);
+    first.stop();
+
+    let bytes = stack.object();
+    let mtime = stack
+        .s3
+        .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+    let mut second = stack.start_envoy("exporter-b", &stack.exporter_plugin("node-b"));
+    ok(second.wait_log("CP fetched revision r1", TIMEOUT));
+    wait::holds_for("stored object unchanged", POLL_INTERVAL * 6, || {
+        let m = stack
+            .s3
+            .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+        if stack.object() != bytes || m != mtime {
+            Err(format!(
+                "object rewritten by exporter-b: {:?}",
+                stack
+                    .envelope()
+                    .map(|e| e.map(|e| (e.exporter, e.exported_at)))
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    let rq = second.upstream_rq_total("object_storage");
+    assert!(
+        rq <= 1,
+        "exporter-b made {rq} storage requests for unchanged content (at most 1 GET allowed)"
+    );
+    assert!(second.log_lines("exported revision r1").is_empty());
+    expect_healthy(&mut second);
+}
+
+/// `cluster_fallback_config_export_delay` postpones the export.
+#[test]
+fn export_waits_for_export_delay() {
+    let stack = Stack::new("export-delay", true);
+    let mut plugin = stack.exporter_plugin("node-delay");
+    plugin.export_delay = 3;
+    let mut envoy = stack.start_envoy("exporter", &plugin);
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
+    let fetched = Instant::now();
+    wait::holds_for(
+        "no object during the export delay",
+        Duration::from_millis(1500),
+        || match stack.object() {
+            None => Ok(()),
+            Some(_) => Err("object already stored".into()),
+        },
+    );
+    ok(stack.wait_envelope("r1", TIMEOUT));
+    let waited = fetched.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000),
+        "exported {waited:?} after the CP fetch, export_delay is 3 s"
+    );
+    expect_healthy(&mut envoy);
+}
+
+/// Scenario 7: wrong secret -> 403 SignatureDoesNotMatch logged, nothing
+/// stored, no crash, traffic still served from the CP config.
+#[test]
+fn exporter_with_wrong_secret_logs_signature_error_and_keeps_serving() {
+    let stack = Stack::new("export-bad-secret", true);
+    let env = stack.aws_env_with_secret("not-the-right-secret");
+    let mut envoy =
+        stack.start_envoy_with_env("exporter", &stack.exporter_plugin("node-bad"), &env);
+    let line = ok(envoy.wait_log("export of revision r1 failed:", TIMEOUT));
+    assert!(
+        line.contains("403"),
+        "failure line lacks the status 403: {line}"
+    );
+    assert!(
+        line.contains("SignatureDoesNotMatch"),
+        "failure line lacks the S3 error code SignatureDoesNotMatch: {line}"
+    );
+    assert!(
+        stack.object().is_none(),
+        "an object was stored with a wrong secret"
+    );
+    assert!(envoy.log_lines("exported revision r1").is_empty());
+    ok(wait_status(&envoy, "/echo/b", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/b", &[], ECHO);
+    expect_healthy(&mut envoy);
+}
+
+/// Export failures are retried with growing delays, and the export
+/// succeeds once storage accepts the signature.
+#[test]
+fn export_failures_are_retried_with_backoff_until_storage_accepts() {
+    let mut stack = Stack::new("export-retry", true);
+    // s3s-fs now expects another secret than the one Envoy has.
+    ok(stack.s3.restart_with_secret("rotated-secret"));
+    let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-retry"));
+    let failures = wait::until("three failed export attempts", TIMEOUT, || {
+        let lines = envoy.log_lines("export of revision r1 failed:");
+        if lines.len() >= 3 {
+            Ok(lines)
+        } else {
+            Err(format!("{} so far", lines.len()))
+        }
+    });
+    for l in &failures {
+        assert!(
+            l.contains("403") && l.contains("SignatureDoesNotMatch"),
+            "{l}"
+        );
+    }
+    let t: Vec<f64> = failures[..3]
+        .iter()
+        .map(|l| log_line_time(l).unwrap_or_else(|| panic!("no time stamp in {l}")))
+        .collect();
+    let (gap1, gap2) = (t[1] - t[0], t[2] - t[1]);
+    assert!(
+        gap1 >= 0.8,
+        "retried after {gap1:.2}s: no backoff\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        gap2 > gap1 + 0.4,
+        "retry delays {gap1:.2}s then {gap2:.2}s do not grow\n{}",
+        failures.join("\n")
+    );
+    assert!(stack.object().is_none());
+
+    // Storage accepts the filter's secret again: the next retry succeeds.
+    ok(stack.s3.restart_with_secret(SECRET_KEY));
+    let env = ok(stack.wait_envelope("r1", TIMEOUT));
+    assert_eq!(env.exporter, "node-retry");
+    ok(envoy.wait_log("exported revision r1", TIMEOUT));
+    expect_healthy(&mut envoy);
+}

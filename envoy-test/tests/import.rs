@@ -1,0 +1,336 @@
+//! Importer scenarios: an Envoy with import on whose first CP fetch fails
+//! reads `<prefix>/0.1.0/config.json` from s3s-fs once, verifies it and
+//! serves it until the CP answers.
+//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+
+use envoy_test::control_plane::{gateway_config, Route};
+use envoy_test::envelope::{self, VERSION};
+use envoy_test::envoy::Envoy;
+use envoy_test::stack::{
+    echo_config, expect_healthy, expect_local_reply, expect_proxied, wait_status, Stack, BUCKET,
+    ECHO, OTHER, POLL_INTERVAL, PREFIX,
+};
+use envoy_test::wait::{self, TIMEOUT};
+use std::time::Duration;
+
+const NO_CONFIG: &str = "no configuration available";
+const NO_ROUTE: &str = "no Route matched with those values";
+
+#[track_caller]
+fn ok<T>(r: Result<T, String>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[track_caller]
+fn storage_rq_stays(envoy: &Envoy, expected: u64, period: Duration) {
+    wait::holds_for(
+        &format!("object_storage upstream_rq_total == {expected}"),
+        period,
+        || match envoy.upstream_rq_total("object_storage") {
+            n if n == expected => Ok(()),
+            n => Err(format!("it is {n}")),
+        },
+    );
+}
+
+/// Waits for the import, then: the first request is answered by the
+/// upstream (allowing ~2 s for the config to reach every worker), and so
+/// are the next ten.
+#[track_caller]
+fn expect_serves_after_import(envoy: &Envoy, revision: &str) {
+    ok(envoy.wait_log(&format!("imported revision {revision}"), TIMEOUT));
+    let r = ok(wait_status(
+        envoy,
+        "/echo/first",
+        200,
+        Duration::from_secs(2),
+    ));
+    assert_eq!(r.text(), "echo_service /echo/first");
+    for i in 0..10 {
+        expect_proxied(envoy, "GET", &format!("/echo/{i}"), &[], ECHO);
+    }
+}
+
+/// Scenarios 3 and 4: CP down -> import once -> serve; CP back with a new
+/// revision -> the CP config replaces the imported one; storage read once.
+#[test]
+fn importer_with_cp_down_serves_stored_config_then_cp_config() {
+    let stack = Stack::new("import-then-cp", false);
+    stack.write_envelope("r1", &echo_config("r1"));
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+
+    ok(envoy.wait_log("CP unavailable", TIMEOUT));
+    ok(envoy.wait_log(
+        &format!("importing fallback config from s3://{BUCKET}/{PREFIX}/{VERSION}/config.json"),
+        TIMEOUT,
+    ));
+    expect_serves_after_import(&envoy, "r1");
+    assert!(stack.echo.request_count() >= 11);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    storage_rq_stays(&envoy, 1, POLL_INTERVAL * 5);
+    // The filter keeps polling the (down) CP. upstream_rq_total does not
+    // count requests that never got a connection; pending_total does.
+    wait::until(
+        "the filter to keep polling the down CP",
+        TIMEOUT,
+        || match envoy.upstream_rq_attempts("control_plane") {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} CP request attempts")),
+        },
+    );
+    expect_proxied(&envoy, "GET", "/echo/still", &[], ECHO);
+
+    // Scenario 4: the CP comes back with r2 (/v2 only).
+    let r2 = gateway_config("r2", &[Route::new("v2", &["/v2"], ECHO)]);
+    stack.cp.set_config(&r2);
+    stack.cp.up().unwrap();
+    ok(envoy.wait_log("CP fetched revision r2", TIMEOUT));
+    wait::until("/v2 -> 200 and /echo -> 404", TIMEOUT, || {
+        let a = envoy.get("/v2/x", &[]).map_err(|e| e.to_string())?;
+        let b = envoy.get("/echo", &[]).map_err(|e| e.to_string())?;
+        if a.status == 200 && b.status == 404 {
+            Ok(())
+        } else {
+            Err(format!("/v2/x: {}; /echo: {}", a.summary(), b.summary()))
+        }
+    });
+    for _ in 0..5 {
+        expect_proxied(&envoy, "GET", "/v2/x", &[], ECHO);
+        expect_local_reply(&envoy, "GET", "/echo", &[], 404, NO_ROUTE);
+    }
+    assert_eq!(
+        envoy.upstream_rq_total("object_storage"),
+        1,
+        "storage read again after the CP came back"
+    );
+    assert_eq!(envoy.log_lines("importing fallback config").len(), 1);
+    expect_healthy(&mut envoy);
+}
+
+/// The end-to-end story: an exporter stores the CP config; later, with the
+/// CP down, a brand-new importer Envoy serves it.
+#[test]
+fn fresh_importer_serves_what_an_exporter_stored() {
+    let stack = Stack::new("export-then-import", true);
+    {
+        let mut exporter = stack.start_envoy("exporter", &stack.exporter_plugin("node-exp"));
+        ok(stack.wait_envelope("r1", TIMEOUT));
+        expect_healthy(&mut exporter);
+    }
+    stack.cp.down();
+    let mut importer = stack.start_envoy("importer", &stack.importer_plugin());
+    expect_serves_after_import(&importer, "r1");
+    assert_eq!(importer.upstream_rq_total("object_storage"), 1);
+    expect_healthy(&mut importer);
+}
+
+/// Scenario 5: with the CP up, the importer never reads storage (even
+/// though the bucket holds a valid, different config).
+#[test]
+fn importer_with_cp_up_never_reads_storage() {
+    let stack = Stack::new("import-cp-up", true);
+    stack.write_envelope(
+        "stored",
+        &gateway_config("stored", &[Route::new("stored", &["/stored"], OTHER)]),
+    );
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
+    ok(wait_status(&envoy, "/echo/x", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/x", &[], ECHO);
+    expect_local_reply(&envoy, "GET", "/stored", &[], 404, NO_ROUTE);
+    storage_rq_stays(&envoy, 0, POLL_INTERVAL * 5);
+    assert!(envoy.log_lines("importing fallback config").is_empty());
+    assert_eq!(stack.other.request_count(), 0);
+    expect_healthy(&mut envoy);
+}
+
+/// Scenario 6 and its variants: the import fails -> 503 with the JSON
+/// message, `import failed: <reason>` logged, Envoy alive, storage read once;
+/// then the CP comes up -> 200.
+fn import_fails(test: &str, object: Option<Vec<u8>>, reason: &str) {
+    let stack = Stack::new(test, false);
+    if let Some(bytes) = &object {
+        stack.write_object(bytes);
+    }
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+    let line = ok(envoy.wait_log("import failed:", TIMEOUT));
+    assert!(
+        line.contains(reason),
+        "expected reason {reason:?} in: {line}"
+    );
+    expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+    // A client cannot pick an upstream itself while there is no config.
+    expect_local_reply(
+        &envoy,
+        "GET",
+        "/echo",
+        &[("x-fallback-upstream", ECHO)],
+        503,
+        NO_CONFIG,
+    );
+    assert_eq!(stack.echo.request_count(), 0);
+    expect_healthy(&mut envoy);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    storage_rq_stays(&envoy, 1, POLL_INTERVAL * 4);
+    expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+
+    stack.cp.up().unwrap();
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
+    ok(wait_status(&envoy, "/echo/back", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/back", &[], ECHO);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    expect_healthy(&mut envoy);
+}
+
+#[test]
+fn import_fails_when_bucket_is_empty() {
+    import_fails("import-empty", None, "not found");
+}
+
+#[test]
+fn import_fails_when_object_is_not_json() {
+    let valid = envelope::build(
+        VERSION,
+        "r1",
+        "t",
+        "2026-01-01T00:00:00Z",
+        &echo_config("r1"),
+    );
+    let truncated = valid.as_bytes()[..valid.len() / 2].to_vec();
+    import_fails("import-corrupt", Some(truncated), "does not parse");
+}
+
+#[test]
+fn import_fails_when_sha256_does_not_match() {
+    // A valid envelope whose config was changed after hashing.
+    let valid = envelope::build(
+        VERSION,
+        "r1",
+        "t",
+        "2026-01-01T00:00:00Z",
+        &echo_config("r1"),
+    );
+    let tampered = valid.replace("\"/echo\"", "\"/ech0\"");
+    assert_ne!(valid, tampered);
+    import_fails("import-sha", Some(tampered.into_bytes()), "sha256 mismatch");
+}
+
+#[test]
+fn import_fails_when_version_differs() {
+    let other = envelope::build(
+        "9.9.9",
+        "r1",
+        "t",
+        "2026-01-01T00:00:00Z",
+        &echo_config("r1"),
+    );
+    import_fails(
+        "import-version",
+        Some(other.into_bytes()),
+        "version mismatch",
+    );
+}
+
+/// Routing by the CP config: longest path prefix, hosts, methods; no route
+/// -> 404 JSON; a client-sent x-fallback-upstream does not override the
+/// filter's choice.
+#[test]
+fn routes_by_longest_prefix_host_and_method() {
+    let stack = Stack::new("routing", true);
+    stack.cp.set_config(&gateway_config(
+        "routes-1",
+        &[
+            Route::new("api", &["/api"], ECHO),
+            Route::new("api-v2", &["/api/v2"], OTHER),
+            Route::new("admin", &["/host"], OTHER).hosts(&["admin.example.com"]),
+            Route::new("post", &["/post"], OTHER).methods(&["POST"]),
+        ],
+    ));
+    let mut envoy = stack.start_envoy("router", &stack.plugin());
+    ok(envoy.wait_log("CP fetched revision routes-1", TIMEOUT));
+    ok(wait_status(&envoy, "/api/x", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/api/x", &[], ECHO);
+    expect_proxied(&envoy, "GET", "/api/v2/x", &[], OTHER);
+    expect_proxied(
+        &envoy,
+        "GET",
+        "/host/a",
+        &[("host", "admin.example.com")],
+        OTHER,
+    );
+    expect_local_reply(
+        &envoy,
+        "GET",
+        "/host/a",
+        &[("host", "www.example.com")],
+        404,
+        NO_ROUTE,
+    );
+    expect_proxied(&envoy, "POST", "/post/a", &[], OTHER);
+    expect_local_reply(&envoy, "GET", "/post/a", &[], 404, NO_ROUTE);
+    expect_local_reply(&envoy, "GET", "/nothing", &[], 404, NO_ROUTE);
+    // The filter's choice wins over a header sent by the client.
+    expect_proxied(
+        &envoy,
+        "GET",
+        "/api/y",
+        &[("x-fallback-upstream", OTHER)],
+        ECHO,
+    );
+    expect_local_reply(
+        &envoy,
+        "GET",
+        "/nothing",
+        &[("x-fallback-upstream", ECHO)],
+        404,
+        NO_ROUTE,
+    );
+    expect_healthy(&mut envoy);
+}
+
+/// A CP that accepts connections but never answers counts as unavailable
+/// (after the CP timeout): the importer imports, then switches to the CP
+/// once it answers again.
+#[test]
+fn importer_imports_when_cp_hangs() {
+    let stack = Stack::new("import-cp-hangs", true);
+    stack.cp.set_hang(true);
+    stack.write_envelope("stored-1", &echo_config("stored-1"));
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+    ok(envoy.wait_log("CP unavailable", TIMEOUT));
+    expect_serves_after_import(&envoy, "stored-1");
+    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+
+    stack.cp.set_hang(false);
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/cp", &[], ECHO);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    expect_healthy(&mut envoy);
+}
+
+/// Storage that accepts connections but never answers (s3s-fs SIGSTOPped):
+/// the import fails after the storage timeout, Envoy keeps running and
+/// answers 503, storage is not read again, and the CP config is used later.
+#[test]
+fn import_fails_when_storage_does_not_answer() {
+    let mut stack = Stack::new("import-storage-hangs", false);
+    stack.write_envelope("r1", &echo_config("r1"));
+    stack.s3.process().pause().unwrap();
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+    ok(envoy.wait_log("import failed:", TIMEOUT));
+    expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+    expect_healthy(&mut envoy);
+    stack.s3.process().resume().unwrap();
+    assert_eq!(envoy.upstream_rq_attempts("object_storage"), 1);
+    storage_rq_stays(&envoy, 1, POLL_INTERVAL * 4);
+    expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+
+    stack.cp.up().unwrap();
+    ok(wait_status(&envoy, "/echo/x", 200, TIMEOUT));
+    expect_proxied(&envoy, "GET", "/echo/x", &[], ECHO);
+    assert_eq!(envoy.upstream_rq_attempts("object_storage"), 1);
+    expect_healthy(&mut envoy);
+}
