@@ -73,7 +73,8 @@ pub enum Action {
 /// What an earlier driver of this process left in shared data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inherited {
-    pub published: Option<Meta>,
+    /// The published config: its meta and bytes.
+    pub published: Option<(Meta, Vec<u8>)>,
     pub import_attempted: bool,
 }
 
@@ -135,6 +136,8 @@ pub struct Controller {
     import: ImportState,
     current: Option<Meta>,
     export: Exporter,
+    /// Latest time seen, to notice a wall clock set back.
+    last_now: Timestamp,
 }
 
 impl Controller {
@@ -159,6 +162,7 @@ impl Controller {
             },
             current: None,
             export: Exporter::default(),
+            last_now: Timestamp(0),
         }
     }
 
@@ -168,19 +172,65 @@ impl Controller {
         self
     }
 
-    /// Takes over what a previous driver of this process left behind.
-    pub fn adopt(&mut self, inherited: Inherited) {
+    /// Takes over what a previous driver of this process left behind. A
+    /// CP config it published is queued for export (the existence check
+    /// keeps that from writing what is already stored), so a revision
+    /// whose export was pending in the old driver is not lost.
+    pub fn adopt(&mut self, inherited: Inherited, now: Timestamp) {
         if inherited.import_attempted && self.import == ImportState::Armed {
             self.import = ImportState::Done;
         }
-        let newer = match (&self.current, &inherited.published) {
-            (Some(mine), Some(theirs)) => theirs.generation > mine.generation,
-            (None, Some(_)) => true,
-            _ => false,
+        let Some((meta, config)) = inherited.published else {
+            return;
         };
-        if newer {
-            self.current = inherited.published;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|m| m.generation >= meta.generation)
+        {
+            return;
         }
+        if meta.source == Source::ControlPlane {
+            // The CP answered this process before: no import any more.
+            if self.import == ImportState::Armed {
+                self.import = ImportState::Done;
+            }
+            if self.export_enabled {
+                self.export.queued = Some(Candidate {
+                    revision: meta.revision.clone(),
+                    sha256: meta.sha256.clone(),
+                    config,
+                    due: now.plus(self.export_delay),
+                });
+            }
+        }
+        self.current = Some(meta);
+    }
+
+    /// This root no longer drives the process: forget calls in flight
+    /// (their answers will be ignored) so that nothing is published or
+    /// written on the strength of a lease it lost. Timers restart when it
+    /// drives again.
+    pub fn demote(&mut self) {
+        self.pending.clear();
+        self.poll_in_flight = false;
+        self.poll_due = Timestamp(0);
+        self.export.retry_at = Timestamp(0);
+        self.export.in_flight = false;
+        if self.import == ImportState::InFlight {
+            self.import = ImportState::Done;
+        }
+        self.export.queued = None;
+        self.export.checked = false;
+        self.current = None;
+        self.etag = None;
+    }
+
+    /// Publishing failed in the host: forget that it happened, so that the
+    /// next CP answer (fetched without `If-None-Match`) publishes again.
+    pub fn publish_failed(&mut self) {
+        self.current = None;
+        self.etag = None;
     }
 
     /// The config this controller last published or adopted.
@@ -192,6 +242,7 @@ impl Controller {
     /// on answers that never came.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
+        self.observe_time(now, &mut out);
         let lost: Vec<Token> = self
             .pending
             .iter()
@@ -207,7 +258,14 @@ impl Controller {
             out.extend(self.on_response(token, failure, now));
         }
         if !self.poll_in_flight && now >= self.poll_due {
-            self.poll_due = now.plus(self.cp.poll_interval);
+            // Keep the schedule (due + interval) so tick granularity does not
+            // stretch the interval; restart it after a long gap.
+            let next = self.poll_due.plus(self.cp.poll_interval);
+            self.poll_due = if next > now {
+                next
+            } else {
+                now.plus(self.cp.poll_interval)
+            };
             let mut headers = Vec::new();
             if let Some(etag) = &self.etag {
                 headers.push(("if-none-match".to_string(), etag.clone()));
@@ -261,6 +319,35 @@ impl Controller {
         }
         self.drive_export(now, &mut out);
         out
+    }
+
+    /// Timers are wall-clock instants (the host offers no monotonic
+    /// clock). If the clock was set back, move every timer back by the
+    /// same amount so polling and retries do not stall until the clock
+    /// catches up; a jump forward only fires timers early.
+    fn observe_time(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if now < self.last_now {
+            let back = self.last_now.since(now);
+            let rebase =
+                |t: &mut Timestamp| *t = Timestamp(t.0.saturating_sub(back.as_millis() as u64));
+            rebase(&mut self.poll_due);
+            rebase(&mut self.export.retry_at);
+            if let Some(c) = self.export.queued.as_mut() {
+                rebase(&mut c.due);
+            }
+            for (_, deadline) in self.pending.values_mut() {
+                rebase(deadline);
+            }
+            log(
+                out,
+                Level::Warn,
+                format!(
+                    "the host clock went back by {} ms; timers moved with it",
+                    back.as_millis()
+                ),
+            );
+        }
+        self.last_now = now;
     }
 
     fn send(&mut self, what: Pending, request: HttpRequest, now: Timestamp) -> Action {
@@ -352,6 +439,12 @@ impl Controller {
         );
         if self.export_enabled {
             let revision = candidate.revision.clone();
+            // A newer revision replaces the pending one but keeps its due
+            // time: a CP changing faster than the delay still gets exported.
+            let mut candidate = candidate;
+            if let Some(pending) = &self.export.queued {
+                candidate.due = candidate.due.min(pending.due);
+            }
             if let Some(old) = self.export.queued.replace(candidate) {
                 let message = format!(
                     "revision {revision} replaces revision {} awaiting export",
@@ -536,6 +629,24 @@ impl Controller {
                 self.requeue(c);
             }
             Err(StorageError::NotFound { .. }) => {
+                self.export.checked = true;
+                self.export.stored_sha256 = None;
+                self.requeue(c);
+            }
+            // Without s3:ListBucket, S3 answers a missing key with 403
+            // AccessDenied: the exporter cannot tell whether the object
+            // exists, so it writes (a wrong key is SignatureDoesNotMatch or
+            // InvalidAccessKeyId and fails below).
+            Err(StorageError::Status {
+                status: 403,
+                code: Some(code),
+                ..
+            }) if code == "AccessDenied" => {
+                log(
+                    out,
+                    Level::Debug,
+                    "cannot read the stored config (403 AccessDenied); writing it".into(),
+                );
                 self.export.checked = true;
                 self.export.stored_sha256 = None;
                 self.requeue(c);

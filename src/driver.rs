@@ -12,6 +12,24 @@
 use crate::time::Timestamp;
 use std::time::Duration;
 
+/// How often every root context wakes up. The controller's timers are
+/// data; this only bounds their resolution (and the delay of the first CP
+/// fetch: the first tick seeds the lease, the second claims it and polls).
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// A driver that stops renewing (its thread stuck, its root replaced by a
+/// config update) is taken over after this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// A lease with no owner that has already expired: the seed, and what a
+/// leaving driver writes so that another root takes over at its next tick.
+pub fn released() -> Lease {
+    Lease {
+        owner: String::new(),
+        expires: Timestamp(0),
+    }
+}
+
 /// A decoded lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -56,10 +74,7 @@ pub fn decide(current: Option<&Lease>, me: &str, now: Timestamp, ttl: Duration) 
         expires: now.plus(ttl),
     };
     match current {
-        None => Decision::Seed(Lease {
-            owner: String::new(),
-            expires: Timestamp(0),
-        }),
+        None => Decision::Seed(released()),
         Some(l) if l.owner == me => Decision::Take {
             lease,
             newly: false,

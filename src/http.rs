@@ -5,10 +5,14 @@
 //! `dispatch_http_call` and its callback. A native client could drive the
 //! same core with the same types.
 
+use std::fmt;
 use std::time::Duration;
 
 /// One outbound call: which upstream cluster, what to send, how long to wait.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` masks credential-bearing headers ([`SENSITIVE_HEADERS`]) and
+/// prints only the body's length.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// The proxy's upstream cluster that carries the call.
     pub cluster: String,
@@ -20,6 +24,32 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
+}
+
+/// Headers whose values are credentials (a signature is as good as the
+/// key for replaying the request; a session token is a key).
+pub const SENSITIVE_HEADERS: &[&str] = &["authorization", "x-amz-security-token"];
+
+impl fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let masked = SENSITIVE_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (k.as_str(), if masked { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("HttpRequest")
+            .field("cluster", &self.cluster)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("authority", &self.authority)
+            .field("headers", &headers)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What came back. Transport failures reach us as synthetic statuses (Envoy
@@ -53,6 +83,35 @@ impl HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_masks_credentials() {
+        let r = HttpRequest {
+            cluster: "c".into(),
+            method: "GET".into(),
+            path: "/p".into(),
+            authority: "a".into(),
+            headers: vec![
+                (
+                    "Authorization".into(),
+                    "AWS4-HMAC-SHA256 Signature=deadbeef".into(),
+                ),
+                ("x-amz-security-token".into(), "tok3n".into()),
+                ("x-amz-date".into(), "20260101T000000Z".into()),
+            ],
+            body: Some(b"secret-ish body".to_vec()),
+            timeout: Duration::from_secs(1),
+        };
+        let d = format!("{r:?}");
+        assert!(
+            !d.contains("deadbeef") && !d.contains("tok3n") && !d.contains("secret-ish"),
+            "{d}"
+        );
+        assert!(
+            d.contains("20260101T000000Z") && d.contains("body_len: Some(15)"),
+            "{d}"
+        );
+    }
 
     #[test]
     fn header_lookup_ignores_case() {

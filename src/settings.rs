@@ -104,10 +104,19 @@ impl Settings {
             .bool("cluster_fallback_config_export")?
             .unwrap_or(false);
         let storage_url = root.string("cluster_fallback_config_storage")?;
-        let export_delay = Duration::from_secs(
-            root.u64("cluster_fallback_config_export_delay")?
-                .unwrap_or(0),
-        );
+        let delay_s = root
+            .u64("cluster_fallback_config_export_delay")?
+            .unwrap_or(0);
+        if delay_s > MAX_MILLIS / 1000 {
+            return err(
+                "cluster_fallback_config_export_delay",
+                format!(
+                    "must be at most {} seconds (one day), got {delay_s}",
+                    MAX_MILLIS / 1000
+                ),
+            );
+        }
+        let export_delay = Duration::from_secs(delay_s);
         let node_id = root.string("node_id")?;
         if node_id.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return err("node_id", "must not be empty when given");
@@ -135,6 +144,7 @@ impl Settings {
         if !control_plane.path.starts_with('/') {
             return err("control_plane.path", "must start with '/'");
         }
+        check_token("control_plane.path", control_plane.path.clone())?;
         cp.finish()?;
 
         let mut st = root.object("storage")?;
@@ -160,10 +170,21 @@ impl Settings {
                     field: "cluster_fallback_config_storage".into(),
                     reason: reason.to_string(),
                 })?;
-                let region = region_field
-                    .or_else(|| env(env::REGION))
-                    .or_else(|| env(env::DEFAULT_REGION))
-                    .unwrap_or_else(|| DEFAULT_REGION.to_string());
+                let (region_source, region) = [
+                    ("storage.region", region_field),
+                    (env::REGION, env(env::REGION)),
+                    (env::DEFAULT_REGION, env(env::DEFAULT_REGION)),
+                ]
+                .into_iter()
+                .find_map(|(field, v)| v.map(|v| (field, v)))
+                .unwrap_or(("storage.region", DEFAULT_REGION.to_string()));
+                // The region is part of the SigV4 scope `<day>/<region>/s3/...`.
+                let region_ok = region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                if !region_ok {
+                    return err(region_source, "must hold only letters, digits, '-', '_' and '.'");
+                }
                 let addressing = match (endpoint_field, env(env::ENDPOINT)) {
                     (Some(e), _) => S3Addressing::parse_endpoint(&e)
                         .map_err(|r| SettingsError { field: "storage.endpoint".into(), reason: r.into() })?,
@@ -199,17 +220,57 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The node id: `node_id` from the plugin config, else the host's node
+    /// id (Envoy: `node.id`), else one made from `random`.
+    pub fn resolve_node_id(&self, host_node_id: Option<String>, random: u64) -> String {
+        self.node_id
+            .clone()
+            .or(host_node_id.filter(|n| !n.trim().is_empty()))
+            .unwrap_or_else(|| format!("node-{random:016x}"))
+    }
+}
+
+/// Longest accepted timeout or interval, in milliseconds: one day.
+pub const MAX_MILLIS: u64 = 86_400_000;
+
+/// Refuses white space and control characters.
+fn check_token(field: &str, value: String) -> Result<String, SettingsError> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err(field, "must not contain spaces or control characters");
+    }
+    Ok(value)
+}
+
 /// `None` means anonymous requests (a public bucket); a key id without a
 /// secret (or the reverse) is a mistake worth refusing.
 fn credentials_from_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Credentials>, SettingsError> {
     match (env(env::ACCESS_KEY_ID), env(env::SECRET_ACCESS_KEY)) {
-        (Some(id), Some(secret)) => Ok(Some(Credentials {
-            access_key_id: id,
-            secret_access_key: Secret::new(secret),
-            session_token: env(env::SESSION_TOKEN).map(Secret::new),
-        })),
+        (Some(id), Some(secret)) => {
+            // The key id goes into `Credential=<id>/<scope>`.
+            if id.contains(['/', ',', '=']) {
+                return err(env::ACCESS_KEY_ID, "must not contain '/', ',' or '='");
+            }
+            let id = check_token(env::ACCESS_KEY_ID, id)?;
+            let token = env(env::SESSION_TOKEN);
+            if token
+                .as_deref()
+                .is_some_and(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                // Not echoed: the value is a secret.
+                return err(
+                    env::SESSION_TOKEN,
+                    "must not contain spaces or control characters",
+                );
+            }
+            Ok(Some(Credentials {
+                access_key_id: id,
+                secret_access_key: Secret::new(secret),
+                session_token: token.map(Secret::new),
+            }))
+        }
         (None, None) => Ok(None),
         (Some(_), None) => err(
             env::SECRET_ACCESS_KEY,
@@ -291,10 +352,15 @@ impl Fields {
         }
     }
 
-    /// A positive number of milliseconds.
+    /// A positive number of milliseconds, at most [`MAX_MILLIS`] (hosts
+    /// take timeouts as 32-bit milliseconds; anything longer is a typo).
     fn millis(&mut self, key: &str, default: u64) -> Result<Duration, SettingsError> {
         match self.u64(key)? {
             Some(0) => err(self.name(key), "must be greater than 0"),
+            Some(n) if n > MAX_MILLIS => err(
+                self.name(key),
+                format!("must be at most {MAX_MILLIS} (one day), got {n}"),
+            ),
             n => Ok(Duration::from_millis(n.unwrap_or(default))),
         }
     }
@@ -307,10 +373,14 @@ impl Fields {
         }
     }
 
+    /// A non-empty string without white space or control characters:
+    /// cluster names, authorities, endpoints, regions. Refused here
+    /// rather than by the host at the first call.
     fn non_empty(&mut self, key: &str) -> Result<Option<String>, SettingsError> {
         match self.string(key)? {
             Some(s) if s.trim().is_empty() => err(self.name(key), "must not be empty when given"),
-            s => Ok(s),
+            Some(s) => check_token(&self.name(key), s).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -496,6 +566,70 @@ mod tests {
             msg.contains("`storage.timeout_ms`") && msg.contains("greater than 0"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn values_the_host_would_refuse_later_are_refused_now() {
+        let storage =
+            r#""cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b""#;
+        let f = |json: &str, vars: &[(&str, &str)]| parse_with(json, vars).unwrap_err().field;
+        assert_eq!(
+            f(
+                &format!(r#"{{{storage},"storage":{{"region":"us east"}}}}"#),
+                &[]
+            ),
+            "storage.region"
+        );
+        assert_eq!(
+            f(&format!(r#"{{{storage}}}"#), &[("AWS_REGION", "eu/1")]),
+            "AWS_REGION"
+        );
+        assert_eq!(
+            f(r#"{"control_plane":{"authority":"cp\ninternal"}}"#, &[]),
+            "control_plane.authority"
+        );
+        assert_eq!(
+            f(r#"{"control_plane":{"path":"/v1 x"}}"#, &[]),
+            "control_plane.path"
+        );
+        assert_eq!(
+            f(r#"{"control_plane":{"cluster":"a b"}}"#, &[]),
+            "control_plane.cluster"
+        );
+        assert_eq!(
+            f(r#"{"control_plane":{"timeout_ms":4294967296}}"#, &[]),
+            "control_plane.timeout_ms"
+        );
+        assert_eq!(
+            f(r#"{"cluster_fallback_config_export_delay":100000000}"#, &[]),
+            "cluster_fallback_config_export_delay"
+        );
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AK/1"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+        ];
+        assert_eq!(f(&format!(r#"{{{storage}}}"#), &keys), "AWS_ACCESS_KEY_ID");
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+            ("AWS_SESSION_TOKEN", "to ken-secret"),
+        ];
+        let e = parse_with(&format!(r#"{{{storage}}}"#), &keys).unwrap_err();
+        assert_eq!(e.field, "AWS_SESSION_TOKEN");
+        assert!(!e.to_string().contains("ken-secret"));
+    }
+
+    #[test]
+    fn node_id_precedence() {
+        let s = parse_with(r#"{"node_id":"mine"}"#, &[]).unwrap();
+        assert_eq!(s.resolve_node_id(Some("host".into()), 1), "mine");
+        let s = parse_with("{}", &[]).unwrap();
+        assert_eq!(s.resolve_node_id(Some("host".into()), 1), "host");
+        assert_eq!(
+            s.resolve_node_id(Some(" ".into()), 255),
+            "node-00000000000000ff"
+        );
+        assert_eq!(s.resolve_node_id(None, 255), "node-00000000000000ff");
     }
 
     #[test]

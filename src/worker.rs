@@ -15,6 +15,10 @@ pub const NO_CONFIG_BODY: &str = r#"{"message": "no configuration available"}"#;
 /// Body of the 404 sent when no route matches.
 pub const NO_ROUTE_BODY: &str = r#"{"message": "no Route matched with those values"}"#;
 
+/// Body of the 500 sent when the chosen upstream cannot be set on the
+/// request (the request must not continue with a client-chosen upstream).
+pub const INTERNAL_ERROR_BODY: &str = r#"{"message": "An unexpected error occurred"}"#;
+
 /// What to do with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {

@@ -290,10 +290,13 @@ fn no_import_when_cp_answered_first_or_import_off_or_already_attempted() {
         .is_empty());
     // Another driver of this process already used the import.
     let mut c = Controller::new(&settings(true, false, 0), "n".into());
-    c.adopt(Inherited {
-        published: None,
-        import_attempted: true,
-    });
+    c.adopt(
+        Inherited {
+            published: None,
+            import_attempted: true,
+        },
+        at(0),
+    );
     let (t, _) = split(c.tick(at(0))).sends[0].clone();
     assert!(split(c.on_response(t, resp(503, ""), at(0)))
         .sends
@@ -317,15 +320,21 @@ fn unusable_cp_config_counts_as_cp_unavailable() {
 #[test]
 fn adopted_state_continues_generations() {
     let mut c = Controller::new(&settings(false, false, 0), "n".into());
-    c.adopt(Inherited {
-        published: Some(Meta {
-            generation: 7,
-            source: Source::ControlPlane,
-            revision: "r1".into(),
-            sha256: sha256_hex(CFG1.as_bytes()),
-        }),
-        import_attempted: false,
-    });
+    c.adopt(
+        Inherited {
+            published: Some((
+                Meta {
+                    generation: 7,
+                    source: Source::ControlPlane,
+                    revision: "r1".into(),
+                    sha256: sha256_hex(CFG1.as_bytes()),
+                },
+                CFG1.as_bytes().to_vec(),
+            )),
+            import_attempted: false,
+        },
+        at(0),
+    );
     let (t, _) = split(c.tick(at(0))).sends[0].clone();
     assert!(
         split(c.on_response(t, cp_ok(CFG1, "e"), at(0)))
@@ -449,7 +458,7 @@ fn unchanged_stored_content_is_not_written_again() {
 }
 
 #[test]
-fn export_delay_keeps_only_the_newest_revision() {
+fn export_delay_keeps_only_the_newest_revision_and_the_first_due_time() {
     let mut c = Controller::new(&settings(false, true, 10), "n".into());
     let (t, _) = split(c.tick(at(0))).sends[0].clone();
     assert!(split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)))
@@ -459,21 +468,124 @@ fn export_delay_keeps_only_the_newest_revision() {
     assert!(split(c.on_response(t, cp_ok(CFG2, "e2"), at(5)))
         .sends
         .is_empty());
-    // r1 would have been due at 10 s; r2 replaced it and is due at 15 s.
+    // r2 replaced r1 but keeps r1's due time (10 s), so a CP changing
+    // faster than the delay cannot starve the export.
+    let early = split(c.tick(at(10) - Duration::from_millis(1)));
+    assert!(early.sends.iter().all(|(_, r)| is_cp(r)));
     let o = split(c.tick(at(10)));
-    assert!(o.sends.iter().all(|(_, r)| is_cp(r)));
-    let (cp, _) = o.sends[0].clone();
-    split(c.on_response(cp, resp(304, ""), at(10)));
-    let o = split(c.tick(at(15)));
     let (t, _) = o.sends.iter().find(|(_, r)| !is_cp(r)).cloned().unwrap();
-    let (t, put) = split(c.on_response(t, resp(404, ""), at(15))).sends[0].clone();
+    for (cp, _) in o.sends.iter().filter(|(_, r)| is_cp(r)) {
+        split(c.on_response(*cp, resp(304, ""), at(10)));
+    }
+    let (t, put) = split(c.on_response(t, resp(404, ""), at(10))).sends[0].clone();
     assert_eq!(
         open(put.body.as_deref().unwrap(), VERSION)
             .unwrap()
             .revision,
         "r2"
     );
-    assert!(split(c.on_response(t, resp(200, ""), at(15))).logged("exported revision r2"));
+    assert!(split(c.on_response(t, resp(200, ""), at(10))).logged("exported revision r2"));
+}
+
+#[test]
+fn access_denied_on_the_existence_check_still_writes() {
+    let mut c = Controller::new(&settings(false, true, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (t, r) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    assert_eq!(r.method, "GET");
+    let denied = resp(
+        403,
+        "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+    );
+    let o = split(c.on_response(t, denied, at(0)));
+    assert_eq!(o.one_send().1.method, "PUT");
+    // A bad signature is a failure, not "absent".
+    let mut c = Controller::new(&settings(false, true, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (t, _) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    let bad = resp(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>");
+    let o = split(c.on_response(t, bad, at(0)));
+    assert!(o.sends.is_empty() && o.logged("SignatureDoesNotMatch"));
+}
+
+fn inherited(source: Source, generation: u64, attempted: bool) -> Inherited {
+    let meta = Meta {
+        generation,
+        source,
+        revision: "r1".into(),
+        sha256: sha256_hex(CFG1.as_bytes()),
+    };
+    Inherited {
+        published: Some((meta, CFG1.as_bytes().to_vec())),
+        import_attempted: attempted,
+    }
+}
+
+#[test]
+fn a_new_driver_exports_what_the_old_one_published() {
+    let mut c = Controller::new(&settings(false, true, 0), "n".into());
+    c.adopt(inherited(Source::ControlPlane, 3, false), at(0));
+    let o = split(c.tick(at(0)));
+    let check = o
+        .sends
+        .iter()
+        .find(|(_, r)| !is_cp(r))
+        .cloned()
+        .expect("existence check");
+    let (t, put) = split(c.on_response(check.0, resp(404, ""), at(0))).sends[0].clone();
+    let opened = open(put.body.as_deref().unwrap(), VERSION).unwrap();
+    assert_eq!(opened.config_bytes, CFG1.as_bytes());
+    assert!(split(c.on_response(t, resp(200, ""), at(0))).logged("exported revision r1"));
+    // An imported config is not exported.
+    let mut c = Controller::new(&settings(true, true, 0), "n".into());
+    c.adopt(inherited(Source::Storage, 1, true), at(0));
+    assert!(split(c.tick(at(0))).sends.iter().all(|(_, r)| is_cp(r)));
+}
+
+#[test]
+fn a_demoted_controller_ignores_late_answers() {
+    let mut c = Controller::new(&settings(true, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    c.demote();
+    assert!(split(c.on_response(t, cp_ok(CFG1, "e"), at(0)))
+        .publishes
+        .is_empty());
+    // Driving again starts over with a fresh poll.
+    let o = split(c.tick(at(1)));
+    assert!(is_cp(o.one_send().1));
+}
+
+#[test]
+fn a_failed_publish_is_retried_with_the_next_answer() {
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    assert_eq!(
+        split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)))
+            .publishes
+            .len(),
+        1
+    );
+    c.publish_failed();
+    let o = split(c.tick(at(5)));
+    let (t, r) = o.one_send();
+    assert_eq!(header(r, "if-none-match"), None);
+    assert_eq!(
+        split(c.on_response(t, cp_ok(CFG1, "e1"), at(5)))
+            .publishes
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_clock_set_back_does_not_stall_polling() {
+    let mut c = Controller::new(&settings(false, false, 0), "n".into());
+    let (t, _) = split(c.tick(at(3600))).sends[0].clone();
+    split(c.on_response(t, resp(304, ""), at(3600)));
+    // The clock goes back an hour: the next poll is still 5 s away, not 1 h.
+    let o = split(c.tick(at(1)));
+    assert!(o.sends.is_empty() && o.logged("clock went back"));
+    assert!(is_cp(split(c.tick(at(6))).one_send().1));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use super::host;
 use crate::controller::Level;
 use crate::gateway::RequestInfo;
 use crate::published::{self, CONFIG_KEY, GENERATION_KEY};
-use crate::worker::{Verdict, WorkerCache};
+use crate::worker::{Verdict, WorkerCache, INTERNAL_ERROR_BODY};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -58,10 +58,11 @@ impl HttpContext for Filter {
         match verdict {
             Verdict::Forward { upstream } => {
                 if let Err(e) = host::set_request_header(&self.upstream_header, upstream) {
-                    host::log(
-                        Level::Warn,
-                        &format!("cannot set {}: {e:?}", self.upstream_header),
-                    );
+                    // Continuing would let a client-sent header pick the upstream.
+                    let message = format!("cannot set {}: {e:?}", self.upstream_header);
+                    host::log(Level::Warn, &message);
+                    let _ = host::send_local_reply(500, INTERNAL_ERROR_BODY);
+                    return Action::Pause;
                 }
                 Action::Continue
             }

@@ -82,7 +82,12 @@ pub fn dispatch(request: &HttpRequest) -> Result<u32, Status> {
 /// arrive as a status (Envoy: 503 connect error, 504 timeout); a missing
 /// `:status` is reported as 0.
 pub fn call_response(body_size: usize) -> HttpResponse {
-    let all = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    // The byte variant: the text one panics on a non-UTF-8 value.
+    let all: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
     let status = all
         .iter()
         .find(|(k, _)| k == ":status")
@@ -103,10 +108,12 @@ pub fn call_response(body_size: usize) -> HttpResponse {
     }
 }
 
+/// A request header as text (lossy: the text hostcall panics on non-UTF-8).
 pub fn request_header(name: &str) -> String {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_default()
 }
 

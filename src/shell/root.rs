@@ -3,7 +3,7 @@
 use super::filter::Filter;
 use super::host;
 use crate::controller::{Action, Controller, Inherited, Level, Token};
-use crate::driver::{self, Decision, Lease};
+use crate::driver::{self, Decision, Lease, LEASE_TTL, TICK};
 use crate::published::{self, CONFIG_KEY, DRIVER_KEY, GENERATION_KEY, IMPORT_ATTEMPTED_KEY};
 use crate::settings::Settings;
 use crate::worker::WorkerCache;
@@ -14,15 +14,6 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::time::Duration;
-
-/// How often every root wakes up. Timers of the core are finer-grained
-/// data; this only bounds their resolution (and the delay of the first CP
-/// fetch after start-up).
-const TICK: Duration = Duration::from_millis(200);
-/// A driver that stops renewing (its thread stuck, its root replaced by a
-/// config update) is taken over after this long.
-const LEASE_TTL: Duration = Duration::from_secs(2);
 
 pub struct Root {
     context_id: u32,
@@ -49,11 +40,13 @@ impl Root {
         }
     }
 
-    /// Carries out actions, feeding synchronous dispatch failures back to
-    /// the controller.
+    /// Carries out actions, feeding failures back to the controller.
     fn execute(&mut self, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
+            let Some(controller) = self.controller.as_mut() else {
+                return;
+            };
             match action {
                 Action::Send { token, request } => match host::dispatch(&request) {
                     Ok(host_token) => {
@@ -62,34 +55,26 @@ impl Root {
                     Err(status) => {
                         let reason =
                             format!("{status:?} (does the cluster `{}` exist?)", request.cluster);
-                        if let Some(c) = self.controller.as_mut() {
-                            queue.extend(c.on_send_failed(token, &reason, host::now()));
-                        }
+                        queue.extend(controller.on_send_failed(token, &reason, host::now()));
                     }
                 },
                 Action::Publish { meta, config } => {
                     let record = published::encode(&meta, &config);
-                    // The record first, then the counter readers poll.
+                    // The record first, then the counter that readers poll.
+                    let generation = meta.generation.to_string();
                     let done = host::shared_set(CONFIG_KEY, &record, None).and_then(|()| {
-                        host::shared_set(
-                            GENERATION_KEY,
-                            meta.generation.to_string().as_bytes(),
-                            None,
-                        )
+                        host::shared_set(GENERATION_KEY, generation.as_bytes(), None)
                     });
                     if let Err(e) = done {
-                        host::log(
-                            Level::Error,
-                            &format!("cannot publish revision {}: {e:?}", meta.revision),
-                        );
+                        let message = format!("cannot publish revision {}: {e:?}", meta.revision);
+                        host::log(Level::Error, &message);
+                        controller.publish_failed();
                     }
                 }
                 Action::MarkImportAttempted => {
                     if let Err(e) = host::shared_set(IMPORT_ATTEMPTED_KEY, b"1", None) {
-                        host::log(
-                            Level::Warn,
-                            &format!("cannot record the import attempt: {e:?}"),
-                        );
+                        let message = format!("cannot record the import attempt: {e:?}");
+                        host::log(Level::Warn, &message);
                     }
                 }
                 Action::Log { level, message } => host::log(level, &message),
@@ -121,20 +106,21 @@ impl Root {
 
     /// Hands the controller what an earlier driver published.
     fn inherit(&mut self) {
-        let published = host::shared_get(CONFIG_KEY)
-            .0
-            .and_then(|record| published::decode(&record).ok().map(|(meta, _)| meta));
+        let published = host::shared_get(CONFIG_KEY).0.and_then(|record| {
+            published::decode(&record)
+                .ok()
+                .map(|(meta, config)| (meta, config.to_vec()))
+        });
         let import_attempted = host::shared_get(IMPORT_ATTEMPTED_KEY).0.is_some();
         if let Some(c) = self.controller.as_mut() {
-            c.adopt(Inherited {
+            let inherited = Inherited {
                 published,
                 import_attempted,
-            });
+            };
+            c.adopt(inherited, host::now());
         }
-        host::log(
-            Level::Debug,
-            &format!("root context {} now drives this process", self.context_id),
-        );
+        let message = format!("root context {} now drives this process", self.context_id);
+        host::log(Level::Debug, &message);
     }
 }
 
@@ -156,6 +142,22 @@ impl Context for Root {
         let actions = controller.on_response(token, response, host::now());
         self.execute(actions);
     }
+
+    /// Hands the lease over at once instead of letting it expire.
+    fn on_done(&mut self) -> bool {
+        if self.driving {
+            let (bytes, cas) = host::shared_get(DRIVER_KEY);
+            let mine = bytes
+                .as_deref()
+                .and_then(Lease::decode)
+                .is_some_and(|l| l.owner == self.owner);
+            if mine {
+                let _ = host::shared_set(DRIVER_KEY, &driver::released().encode(), cas);
+            }
+            self.driving = false;
+        }
+        true
+    }
 }
 
 impl RootContext for Root {
@@ -169,24 +171,18 @@ impl RootContext for Root {
             }
         };
         let random = RandomState::new().hash_one(self.context_id);
-        let node_id = settings
-            .node_id
-            .clone()
-            .or_else(|| host::property(vec!["node", "id"]).filter(|n| !n.is_empty()))
-            .unwrap_or_else(|| format!("node-{random:016x}"));
+        let node_id = settings.resolve_node_id(host::property(vec!["node", "id"]), random);
         self.owner = format!("{node_id}/{}/{random:016x}", self.context_id);
         self.upstream_header = Rc::from(settings.upstream_header.as_str());
         let storage = settings
             .storage
             .as_ref()
             .map_or_else(|| "none".to_string(), |s| s.location.url(""));
-        host::log(
-            Level::Debug,
-            &format!(
-                "configured: import={} export={} storage={storage} node_id={node_id}",
-                settings.import, settings.export
-            ),
+        let message = format!(
+            "configured: import={} export={} storage={storage} node_id={node_id}",
+            settings.import, settings.export
         );
+        host::log(Level::Debug, &message);
         self.controller = Some(Controller::new(&settings, node_id));
         // Network and shared-data work waits for the first tick: the canary
         // VM Envoy configures and throws away never ticks.
@@ -204,13 +200,15 @@ impl RootContext for Root {
         let was = self.driving;
         self.driving = self.claim_driver();
         if was && !self.driving {
-            host::log(
-                Level::Info,
-                &format!(
-                    "root context {} no longer drives this process",
-                    self.context_id
-                ),
+            if let Some(c) = self.controller.as_mut() {
+                c.demote();
+            }
+            self.calls.clear();
+            let message = format!(
+                "root context {} no longer drives this process",
+                self.context_id
             );
+            host::log(Level::Info, &message);
         }
         if !self.driving {
             return;

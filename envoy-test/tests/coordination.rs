@@ -1,0 +1,30 @@
+//! One poll per interval per process, whatever Envoy's thread count.
+//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+
+use envoy_test::stack::{expect_healthy, Stack, POLL_INTERVAL};
+use envoy_test::wait::TIMEOUT;
+
+/// Envoy runs `--concurrency 2`: three long-lived root contexts (main
+/// thread + two workers), each ticking. Only the driver polls, so the CP
+/// sees one request per interval, not three.
+#[test]
+fn one_cp_poll_per_interval_per_process() {
+    let stack = Stack::new("one-poll-per-interval", true);
+    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+    if let Err(e) = envoy.wait_log("CP fetched revision r1", TIMEOUT) {
+        panic!("{e}");
+    }
+    let before = stack.cp.request_count();
+    let intervals = 8u32;
+    std::thread::sleep(POLL_INTERVAL * intervals);
+    let polls = stack.cp.request_count() - before;
+    // The driver polls every interval (tick resolution 200 ms): 8 ± 1.
+    // Three independent pollers would make about 24.
+    assert!(
+        (intervals as usize - 1..=intervals as usize + 1).contains(&polls),
+        "{polls} CP requests in {intervals} poll intervals"
+    );
+    // Storage was never read: the CP answered.
+    assert_eq!(envoy.upstream_rq_attempts("object_storage"), 0);
+    expect_healthy(&mut envoy);
+}
