@@ -11,10 +11,12 @@
 //! [`crate::driver`]); [`Controller::adopt`] hands it what an earlier
 //! driver left in shared data.
 
+use crate::election::{Change, Election, Step, WriteKind, LEASE_OBJECT};
 use crate::envelope::{self, sha256_hex};
 use crate::gateway::GatewayConfig;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::published::{Meta, Source};
+use crate::settings::ElectionSettings;
 use crate::settings::{ControlPlaneSettings, Settings};
 use crate::storage::{ObjectStore, PutMode, StorageError};
 use crate::time::Timestamp;
@@ -68,6 +70,19 @@ pub enum Action {
         level: Level,
         message: String,
     },
+    /// Update a metric the proxy exposes (Envoy: in its stats).
+    Metric(Metric),
+}
+
+/// Observable counters and gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// A `config.json` write succeeded (counter).
+    ExportWritten,
+    /// A request to the store was sent (counter).
+    StorageRequest,
+    /// This node leads in `Some(term)`, or does not (gauges).
+    Leader(Option<u64>),
 }
 
 /// What an earlier driver of this process left in shared data.
@@ -104,6 +119,11 @@ enum Pending {
     /// Reading the stored object to learn whether `Candidate` is already there.
     ExportCheck(Candidate),
     ExportPut(Candidate),
+    LeaseRead,
+    LeaseWrite {
+        kind: WriteKind,
+        sent_at: Timestamp,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -114,8 +134,15 @@ struct Exporter {
     /// have looked at all.
     stored_sha256: Option<String>,
     checked: bool,
+    /// The condition of the next `config.json` write, from what this node
+    /// last read or wrote: `Update` with its ETag, `Create` when it was
+    /// absent, `None` (overwrite) when it could not be read.
+    write_mode: Option<PutMode>,
     failures: u32,
     retry_at: Timestamp,
+    /// The newest CP config, kept by followers ready to write when they
+    /// become leader.
+    latest: Option<Candidate>,
 }
 
 #[derive(Debug)]
@@ -138,6 +165,13 @@ pub struct Controller {
     export: Exporter,
     /// Latest time seen, to notice a wall clock set back.
     last_now: Timestamp,
+    /// Exporters elect the one that writes; `None` when export is off.
+    election: Option<Election>,
+    election_settings: ElectionSettings,
+    /// The CP answered this process at least once: exporters take part in
+    /// the election only then (an importer-and-exporter node that imported
+    /// has nothing of the CP's to export).
+    cp_answered: bool,
 }
 
 impl Controller {
@@ -163,6 +197,9 @@ impl Controller {
             current: None,
             export: Exporter::default(),
             last_now: Timestamp(0),
+            election: None,
+            election_settings: settings.election,
+            cp_answered: false,
         }
     }
 
@@ -195,13 +232,16 @@ impl Controller {
             if self.import == ImportState::Armed {
                 self.import = ImportState::Done;
             }
+            self.cp_answered = true;
             if self.export_enabled {
-                self.export.queued = Some(Candidate {
+                let candidate = Candidate {
                     revision: meta.revision.clone(),
                     sha256: meta.sha256.clone(),
                     config,
                     due: now.plus(self.export_delay),
-                });
+                };
+                self.export.latest = Some(candidate.clone());
+                self.export.queued = Some(candidate);
             }
         }
         self.current = Some(meta);
@@ -211,7 +251,16 @@ impl Controller {
     /// (their answers will be ignored) so that nothing is published or
     /// written on the strength of a lease it lost. Timers restart when it
     /// drives again.
-    pub fn demote(&mut self) {
+    pub fn demote(&mut self, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self
+            .election
+            .as_ref()
+            .and_then(|e| e.leader_term(now))
+            .is_some()
+        {
+            out.push(Action::Metric(Metric::Leader(None)));
+        }
         self.pending.clear();
         self.poll_in_flight = false;
         self.poll_due = Timestamp(0);
@@ -224,6 +273,11 @@ impl Controller {
         self.export.checked = false;
         self.current = None;
         self.etag = None;
+        self.cp_answered = false;
+        // A new election state: its lease (if it held one) names this node,
+        // which it may take over at once when it drives again.
+        self.election = None;
+        out
     }
 
     /// Publishing failed in the host: forget that it happened, so that the
@@ -280,8 +334,9 @@ impl Controller {
                 timeout: self.cp.timeout,
             };
             self.poll_in_flight = true;
-            out.push(self.send(Pending::Poll, request, now));
+            self.send(Pending::Poll, request, now, &mut out);
         }
+        self.drive_election(now, &mut out);
         self.drive_export(now, &mut out);
         out
     }
@@ -316,7 +371,25 @@ impl Controller {
             Pending::Import => self.on_import(response, &mut out),
             Pending::ExportCheck(c) => self.on_export_check(c, response, now, &mut out),
             Pending::ExportPut(c) => self.on_export_put(c, &response, now, &mut out),
+            Pending::LeaseRead => {
+                let mut next = None;
+                if let (Some(store), Some(election)) = (&self.store, self.election.as_mut()) {
+                    next = election.on_read(store.read_result(response), now, &mut out);
+                }
+                if let Some((step, kind)) = next {
+                    self.send_lease_step(step, kind, now, &mut out);
+                }
+                self.react_to_election(now, &mut out);
+            }
+            Pending::LeaseWrite { kind, sent_at } => {
+                if let (Some(store), Some(election)) = (&self.store, self.election.as_mut()) {
+                    let result = store.write_result(&response);
+                    election.on_write(kind, result, sent_at, now, &mut out);
+                }
+                self.react_to_election(now, &mut out);
+            }
         }
+        self.drive_election(now, &mut out);
         self.drive_export(now, &mut out);
         out
     }
@@ -350,12 +423,125 @@ impl Controller {
         self.last_now = now;
     }
 
-    fn send(&mut self, what: Pending, request: HttpRequest, now: Timestamp) -> Action {
+    fn send(&mut self, what: Pending, request: HttpRequest, now: Timestamp, out: &mut Vec<Action>) {
         let token = self.next_token;
         self.next_token += 1;
         let deadline = now.plus(request.timeout + LOST_ANSWER_GRACE);
+        if !matches!(what, Pending::Poll) {
+            out.push(Action::Metric(Metric::StorageRequest));
+        }
         self.pending.insert(token, (what, deadline));
-        Action::Send { token, request }
+        out.push(Action::Send { token, request });
+    }
+
+    // ---- election ----
+
+    /// Runs the election once this exporter has something of the CP's.
+    fn drive_election(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if !self.export_enabled || !self.cp_answered {
+            return;
+        }
+        let node_id = self.node_id.clone();
+        let settings = self.election_settings;
+        let election = self
+            .election
+            .get_or_insert_with(|| Election::new(settings, node_id));
+        if let Some((step, kind)) = election.poll(now, out) {
+            self.send_lease_step(step, kind, now, out);
+        }
+        self.react_to_election(now, out);
+    }
+
+    fn send_lease_step(
+        &mut self,
+        step: Step,
+        kind: Option<WriteKind>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(store) = &self.store else { return };
+        let key = store.key(&self.version, LEASE_OBJECT);
+        let (request, pending) = match (step, kind) {
+            (Step::Write { mode, record }, Some(kind)) => {
+                let body = serde_json::to_vec(&record).unwrap_or_default();
+                (
+                    store.put(&key, body, &mode, now),
+                    Pending::LeaseWrite { kind, sent_at: now },
+                )
+            }
+            _ => (store.get(&key, now), Pending::LeaseRead),
+        };
+        match request {
+            Ok(request) => self.send(pending, request, now, out),
+            Err(e) => {
+                log(
+                    out,
+                    Level::Error,
+                    format!("election: cannot build the lease request: {e}"),
+                );
+                // Let the election try again at its next interval.
+                let failed = HttpResponse {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                };
+                if let (Some(store), Some(election)) = (&self.store, self.election.as_mut()) {
+                    match pending {
+                        Pending::LeaseWrite { kind, sent_at } => {
+                            election.on_write(kind, store.write_result(&failed), sent_at, now, out)
+                        }
+                        _ => {
+                            let _ = election.on_read(store.read_result(failed), now, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the election's role changes: a new leader re-reads
+    /// `config.json` before writing and writes the newest CP config it has.
+    fn react_to_election(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let changes = self
+            .election
+            .as_mut()
+            .map(Election::take_changes)
+            .unwrap_or_default();
+        for change in changes {
+            match change {
+                Change::BecameLeader { term } => {
+                    out.push(Action::Metric(Metric::Leader(Some(term))));
+                    self.export.checked = false;
+                    self.export.failures = 0;
+                    self.export.retry_at = now;
+                    if self.export.queued.is_none() {
+                        self.export.queued = self.export.latest.clone().map(|mut c| {
+                            c.due = now;
+                            c
+                        });
+                    }
+                }
+                Change::LostLeadership { .. } => {
+                    out.push(Action::Metric(Metric::Leader(None)));
+                    self.export.checked = false;
+                }
+                Change::Failed {
+                    doing,
+                    error,
+                    retry_in,
+                } => {
+                    let what = match &self.export.latest {
+                        Some(c) => format!("export of revision {} failed", c.revision),
+                        None => "election failed".to_string(),
+                    };
+                    let message = format!(
+                        "{what}: {error} ({doing}); retrying in {} ms",
+                        retry_in.as_millis()
+                    );
+                    log(out, Level::Warn, message);
+                }
+            }
+        }
     }
 
     // ---- control plane ----
@@ -403,6 +589,7 @@ impl Controller {
         out: &mut Vec<Action>,
     ) {
         self.cp_available = Some(true);
+        self.cp_answered = true;
         if self.import == ImportState::Armed {
             self.import = ImportState::Done;
         }
@@ -438,6 +625,7 @@ impl Controller {
             out,
         );
         if self.export_enabled {
+            self.export.latest = Some(candidate.clone());
             let revision = candidate.revision.clone();
             // A newer revision replaces the pending one but keeps its due
             // time: a CP changing faster than the delay still gets exported.
@@ -502,8 +690,7 @@ impl Controller {
                     format!("importing fallback config from {url}"),
                 );
                 self.import = ImportState::InFlight;
-                let send = self.send(Pending::Import, request, now);
-                out.push(send);
+                self.send(Pending::Import, request, now, out);
             }
             Err(e) => log(out, Level::Error, format!("import failed: {e} ({url})")),
         }
@@ -556,6 +743,10 @@ impl Controller {
         if !self.export_enabled || self.export.in_flight || now < self.export.retry_at {
             return;
         }
+        // Only the elected leader writes; followers keep the candidate.
+        let Some(term) = self.election.as_ref().and_then(|e| e.leader_term(now)) else {
+            return;
+        };
         let Some(c) = self.export.queued.take_if(|c| now >= c.due) else {
             return;
         };
@@ -578,12 +769,11 @@ impl Controller {
                 version: &self.version,
                 exporter: &self.node_id,
                 exported_at: now,
+                term,
             });
+            let mode = self.export.write_mode.clone().unwrap_or(PutMode::Overwrite);
             match body {
-                Ok(body) => (
-                    store.put(&key, body, &PutMode::Overwrite, now),
-                    Pending::ExportPut(c),
-                ),
+                Ok(body) => (store.put(&key, body, &mode, now), Pending::ExportPut(c)),
                 Err(e) => {
                     // Cannot happen for a config we validated; never retry it.
                     log(
@@ -600,8 +790,7 @@ impl Controller {
         match request {
             Ok(request) => {
                 self.export.in_flight = true;
-                let send = self.send(pending, request, now);
-                out.push(send);
+                self.send(pending, request, now, out);
             }
             Err(e) => {
                 if let Pending::ExportCheck(c) | Pending::ExportPut(c) = pending {
@@ -622,15 +811,32 @@ impl Controller {
         let Some(store) = &self.store else { return };
         match store.read_result(response) {
             Ok(object) => {
+                // The fence: a config.json written in a newer term means a
+                // newer leader exists, whatever this node believes.
+                let stored_term = envelope::stored_term(&object.body).unwrap_or(0);
+                let my_term = self
+                    .election
+                    .as_ref()
+                    .and_then(|e| e.leader_term(now))
+                    .unwrap_or(0);
+                if stored_term > my_term {
+                    let reason =
+                        format!("config.json holds term {stored_term}, newer than term {my_term}");
+                    self.stand_down(stored_term, &reason, now, out);
+                    self.requeue(c);
+                    return;
+                }
                 self.export.checked = true;
                 self.export.stored_sha256 = envelope::open(&object.body, &self.version)
                     .ok()
                     .map(|o| o.sha256);
+                self.export.write_mode = object.etag.map(|etag| PutMode::Update { etag });
                 self.requeue(c);
             }
             Err(StorageError::NotFound { .. }) => {
                 self.export.checked = true;
                 self.export.stored_sha256 = None;
+                self.export.write_mode = Some(PutMode::Create);
                 self.requeue(c);
             }
             // Without s3:ListBucket, S3 answers a missing key with 403
@@ -649,10 +855,22 @@ impl Controller {
                 );
                 self.export.checked = true;
                 self.export.stored_sha256 = None;
+                self.export.write_mode = None;
                 self.requeue(c);
             }
             Err(e) => self.export_failed(c, &e, now, out),
         }
+    }
+
+    /// Stops writing: a newer term or a lost precondition shows another
+    /// leader. Re-reads `config.json` before any later write.
+    fn stand_down(&mut self, seen_term: u64, reason: &str, now: Timestamp, out: &mut Vec<Action>) {
+        self.export.checked = false;
+        self.export.write_mode = None;
+        if let Some(e) = self.election.as_mut() {
+            e.stand_down(seen_term, reason, out);
+        }
+        self.react_to_election(now, out);
     }
 
     fn on_export_put(
@@ -665,7 +883,7 @@ impl Controller {
         self.export.in_flight = false;
         let Some(store) = &self.store else { return };
         match store.write_result(response) {
-            Ok(_) => {
+            Ok(etag) => {
                 self.export.failures = 0;
                 let url = store.url(&store.key(&self.version, CONFIG_OBJECT));
                 log(
@@ -673,7 +891,21 @@ impl Controller {
                     Level::Info,
                     format!("exported revision {} to {url}", c.revision),
                 );
+                out.push(Action::Metric(Metric::ExportWritten));
                 self.export.stored_sha256 = Some(c.sha256);
+                // Without the new ETag the next write must read first.
+                self.export.checked = etag.is_some();
+                self.export.write_mode = etag.map(|etag| PutMode::Update { etag });
+            }
+            Err(StorageError::PreconditionFailed) => {
+                let term = self
+                    .election
+                    .as_ref()
+                    .and_then(|e| e.leader_term(now))
+                    .unwrap_or(0);
+                let reason = "config.json changed since this node last read or wrote it (412)";
+                self.stand_down(term, reason, now, out);
+                self.requeue(c);
             }
             Err(e) => self.export_failed(c, &e, now, out),
         }

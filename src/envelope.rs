@@ -27,6 +27,8 @@ struct EnvelopeOut<'a> {
     revision: &'a str,
     exported_at: String,
     exporter: &'a str,
+    /// The writer's leader term: the fence against stale leaders.
+    term: u64,
     sha256: String,
     config: &'a RawValue,
 }
@@ -38,6 +40,9 @@ struct EnvelopeIn<'a> {
     revision: String,
     exported_at: String,
     exporter: String,
+    /// Absent in envelopes written before leader election existed.
+    #[serde(default)]
+    term: u64,
     sha256: String,
     #[serde(borrow)]
     config: &'a RawValue,
@@ -52,6 +57,7 @@ pub struct Export<'a> {
     pub version: &'a str,
     pub exporter: &'a str,
     pub exported_at: Timestamp,
+    pub term: u64,
 }
 
 /// Builds the `config.json` bytes.
@@ -66,6 +72,7 @@ pub fn seal(export: Export<'_>) -> Result<Vec<u8>, EnvelopeError> {
         revision: export.revision,
         exported_at: export.exported_at.rfc3339(),
         exporter: export.exporter,
+        term: export.term,
         sha256: sha256_hex(raw.get().as_bytes()),
         config: &raw,
     };
@@ -78,6 +85,7 @@ pub struct Opened {
     pub revision: String,
     pub exported_at: String,
     pub exporter: String,
+    pub term: u64,
     pub sha256: String,
     /// The config bytes exactly as stored (and as the CP sent them).
     pub config_bytes: Vec<u8>,
@@ -126,6 +134,16 @@ impl fmt::Display for EnvelopeError {
 
 impl std::error::Error for EnvelopeError {}
 
+/// The `term` of a stored envelope, read without verifying anything else:
+/// a leader must respect the fence even when the rest is unusable.
+pub fn stored_term(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Term {
+        term: u64,
+    }
+    serde_json::from_slice::<Term>(bytes).ok().map(|t| t.term)
+}
+
 /// Parses and verifies `config.json` for an importer of `version`.
 pub fn open(bytes: &[u8], version: &str) -> Result<Opened, EnvelopeError> {
     let env: EnvelopeIn<'_> =
@@ -159,6 +177,7 @@ pub fn open(bytes: &[u8], version: &str) -> Result<Opened, EnvelopeError> {
         revision: env.revision,
         exported_at: env.exported_at,
         exporter: env.exporter,
+        term: env.term,
         sha256: actual,
         config_bytes: config_bytes.to_vec(),
         config,
@@ -179,6 +198,7 @@ mod tests {
             version: "0.1.0",
             exporter: "node-a",
             exported_at: Timestamp::from_secs(1_440_938_160),
+            term: 4,
         })
         .unwrap()
     }
@@ -200,6 +220,12 @@ mod tests {
         assert_eq!(o.revision, "r1");
         assert_eq!(o.exporter, "node-a");
         assert_eq!(o.config.routes[0].upstream, "echo_service");
+        assert_eq!(o.term, 4);
+        assert_eq!(stored_term(&bytes), Some(4));
+        // Envelopes from before leader election have no term: 0.
+        let old = String::from_utf8(bytes).unwrap().replace("\"term\":4,", "");
+        assert_eq!(open(old.as_bytes(), "0.1.0").unwrap().term, 0);
+        assert_eq!(stored_term(old.as_bytes()), None);
     }
 
     #[test]
@@ -241,6 +267,7 @@ mod tests {
             version: "0.1.0",
             exporter: "n",
             exported_at: Timestamp(0),
+            term: 1,
         })
         .unwrap();
         let e = open(&sealed_bad, "0.1.0").unwrap_err();
@@ -255,6 +282,7 @@ mod tests {
             version: "v",
             exporter: "e",
             exported_at: Timestamp(0),
+            term: 0,
         });
         assert!(matches!(r, Err(EnvelopeError::Parse(_))));
     }

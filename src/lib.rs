@@ -11,6 +11,7 @@
 
 pub mod controller;
 pub mod driver;
+pub mod election;
 pub mod envelope;
 pub mod gateway;
 pub mod http;

@@ -24,6 +24,16 @@ pub struct Settings {
     pub node_id: Option<String>,
     pub control_plane: ControlPlaneSettings,
     pub upstream_header: String,
+    pub election: ElectionSettings,
+}
+
+/// Leader election among exporters (see [`crate::election`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionSettings {
+    /// A lease not renewed for this long may be taken over.
+    pub lease_ttl: Duration,
+    /// How often the leader renews and followers look at the lease.
+    pub renew_interval: Duration,
 }
 
 /// Where and how the control plane is polled.
@@ -147,6 +157,22 @@ impl Settings {
         check_token("control_plane.path", control_plane.path.clone())?;
         cp.finish()?;
 
+        let mut el = root.object("election")?;
+        let election = ElectionSettings {
+            lease_ttl: el.millis("lease_ttl_ms", 30_000)?,
+            renew_interval: el.millis("renew_interval_ms", 10_000)?,
+        };
+        if election.renew_interval >= election.lease_ttl {
+            return err(
+                "election.renew_interval_ms",
+                format!(
+                    "must be less than election.lease_ttl_ms ({} ms)",
+                    election.lease_ttl.as_millis()
+                ),
+            );
+        }
+        el.finish()?;
+
         let mut st = root.object("storage")?;
         let storage_cluster = st
             .non_empty("cluster")?
@@ -216,6 +242,7 @@ impl Settings {
             node_id,
             control_plane,
             upstream_header,
+            election,
         })
     }
 }
@@ -617,6 +644,32 @@ mod tests {
         let e = parse_with(&format!(r#"{{{storage}}}"#), &keys).unwrap_err();
         assert_eq!(e.field, "AWS_SESSION_TOKEN");
         assert!(!e.to_string().contains("ken-secret"));
+    }
+
+    #[test]
+    fn election_defaults_and_checks() {
+        let s = parse_with("{}", &[]).unwrap();
+        assert_eq!(s.election.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.election.renew_interval, Duration::from_secs(10));
+        let s = parse_with(
+            r#"{"election":{"lease_ttl_ms":3000,"renew_interval_ms":1000}}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.election.lease_ttl, Duration::from_secs(3));
+        assert_eq!(
+            field_of(r#"{"election":{"lease_ttl_ms":1000,"renew_interval_ms":1000}}"#),
+            "election.renew_interval_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"election":{"renew_interval_ms":0}}"#),
+            "election.renew_interval_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"election":{"lease_ttl_ms":0}}"#),
+            "election.lease_ttl_ms"
+        );
+        assert_eq!(field_of(r#"{"election":{"ttl":1}}"#), "election.ttl");
     }
 
     #[test]

@@ -80,6 +80,51 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses an HTTP date in its preferred form (RFC 9110 IMF-fixdate,
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`), as sent in `Date` and
+    /// `Last-Modified`. Other forms give `None`.
+    pub fn parse_http_date(s: &str) -> Option<Timestamp> {
+        let mut parts = s.trim().split(' ');
+        let _weekday = parts.next()?.strip_suffix(',')?;
+        let day: u32 = parts.next()?.parse().ok()?;
+        let month = parts.next()?;
+        let year: i64 = parts.next()?.parse().ok()?;
+        let mut hms = parts.next()?.split(':');
+        let (h, m, sec): (u64, u64, u64) = (
+            hms.next()?.parse().ok()?,
+            hms.next()?.parse().ok()?,
+            hms.next()?.parse().ok()?,
+        );
+        if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
+            return None;
+        }
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+        if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
+            return None;
+        }
+        let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+        Some(Timestamp::from_secs(
+            days * 86_400 + h * 3600 + m * 60 + sec,
+        ))
+    }
+}
+
+/// (year, month, day) to days since 1970-01-01; inverse of
+/// [`civil_from_days`] (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Broken-down UTC time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Civil {
@@ -127,6 +172,30 @@ mod tests {
             Timestamp::from_secs(1_798_761_599).rfc3339(),
             "2026-12-31T23:59:59Z"
         );
+    }
+
+    #[test]
+    fn parses_http_dates() {
+        let t = Timestamp::parse_http_date("Sun, 30 Aug 2015 12:36:00 GMT").unwrap();
+        assert_eq!(t, Timestamp::from_secs(1_440_938_160));
+        let t = Timestamp::parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT").unwrap();
+        assert_eq!(t.rfc3339(), "2000-02-29T00:00:00Z");
+        for bad in [
+            "",
+            "Sun 30 Aug 2015 12:36:00 GMT",
+            "Sun, 30 Foo 2015 12:36:00 GMT",
+            "Sun, 30 Aug 2015 12:36 GMT",
+            "Sun, 30 Aug 2015 12:36:00 UTC",
+            "Sun, 32 Aug 2015 12:36:00 GMT",
+        ] {
+            assert_eq!(Timestamp::parse_http_date(bad), None, "{bad}");
+        }
+        // Round trip over many days.
+        for days in (0..40_000u64).step_by(37) {
+            let t = Timestamp::from_secs(days * 86_400 + 3_723);
+            let c = t.civil();
+            assert_eq!(days_from_civil(c.year, c.month, c.day), days as i64);
+        }
     }
 
     #[test]

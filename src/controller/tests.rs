@@ -49,6 +49,7 @@ fn envelope_for(config: &str, revision: &str, version: &str) -> String {
             version,
             exporter: "exp",
             exported_at: at(0),
+            term: 1,
         })
         .unwrap(),
     )
@@ -62,6 +63,7 @@ struct Out {
     publishes: Vec<(Meta, Vec<u8>)>,
     marked: bool,
     logs: Vec<(Level, String)>,
+    metrics: Vec<Metric>,
 }
 
 fn split(actions: Vec<Action>) -> Out {
@@ -72,9 +74,64 @@ fn split(actions: Vec<Action>) -> Out {
             Action::Publish { meta, config } => o.publishes.push((meta, config)),
             Action::MarkImportAttempted => o.marked = true,
             Action::Log { level, message } => o.logs.push((level, message)),
+            Action::Metric(m) => o.metrics.push(m),
         }
     }
     o
+}
+
+/// A successful PUT, with the new ETag as S3 sends it.
+fn put_ok() -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        headers: vec![("etag".into(), "\"written\"".into())],
+        body: vec![],
+    }
+}
+
+fn is_lease(r: &HttpRequest) -> bool {
+    r.path.ends_with("/election/lease.json")
+}
+
+/// Plays a store in which this node is the only exporter: answers its
+/// lease requests (absent, then every conditional write succeeds) and
+/// returns everything else the controller did meanwhile.
+fn lead(c: &mut Controller, mut o: Out, now: Timestamp) -> Out {
+    while let Some(i) = o.sends.iter().position(|(_, r)| is_lease(r)) {
+        let (t, r) = o.sends.remove(i);
+        let answer = match r.method.as_str() {
+            "GET" => resp(404, "<Error><Code>NoSuchKey</Code></Error>"),
+            _ => HttpResponse {
+                status: 200,
+                headers: vec![("etag".into(), "\"lease\"".into())],
+                body: vec![],
+            },
+        };
+        let more = split(c.on_response(t, answer, now));
+        o.sends.extend(more.sends);
+        o.publishes.extend(more.publishes);
+        o.logs.extend(more.logs);
+        o.metrics.extend(more.metrics);
+    }
+    o
+}
+
+/// The controller of a sole exporter, its lease requests answered.
+trait SoleExporter {
+    fn tick_led(&mut self, now: Timestamp) -> Out;
+    fn respond_led(&mut self, token: Token, response: HttpResponse, now: Timestamp) -> Out;
+}
+
+impl SoleExporter for Controller {
+    fn tick_led(&mut self, now: Timestamp) -> Out {
+        let o = split(self.tick(now));
+        lead(self, o, now)
+    }
+
+    fn respond_led(&mut self, token: Token, response: HttpResponse, now: Timestamp) -> Out {
+        let o = split(self.on_response(token, response, now));
+        lead(self, o, now)
+    }
 }
 
 impl Out {
@@ -380,16 +437,16 @@ fn send_failures_count_as_cp_unavailable() {
 /// PUT's token and its request.
 fn exporter_at_first_put(delay_s: u64) -> (Controller, Token, HttpRequest) {
     let mut c = Controller::new(&settings(false, true, delay_s), "node-7".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    let mut o = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)));
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    let mut o = c.respond_led(t, cp_ok(CFG1, "e1"), at(0));
     assert_eq!(o.publishes.len(), 1);
     if delay_s > 0 {
         assert!(o.sends.is_empty(), "export waits for the delay");
-        assert!(split(c.tick(at(delay_s) - Duration::from_millis(1)))
+        assert!((c.tick_led(at(delay_s) - Duration::from_millis(1)))
             .sends
             .iter()
             .all(|(_, r)| is_cp(r)));
-        o = split(c.tick(at(delay_s)));
+        o = c.tick_led(at(delay_s));
     }
     let check = o
         .sends
@@ -401,11 +458,11 @@ fn exporter_at_first_put(delay_s: u64) -> (Controller, Token, HttpRequest) {
         (check.1.method.as_str(), check.1.path.as_str()),
         ("GET", format!("/bkt/pre/{VERSION}/config.json").as_str())
     );
-    let o = split(c.on_response(
+    let o = c.respond_led(
         check.0,
         resp(404, "<Error><Code>NoSuchKey</Code></Error>"),
         at(delay_s),
-    ));
+    );
     let (t, r) = o.one_send();
     assert_eq!(r.method, "PUT");
     (c, t, r.clone())
@@ -420,28 +477,28 @@ fn exports_new_revisions_with_a_valid_envelope() {
     let opened = open(put.body.as_deref().unwrap(), VERSION).unwrap();
     assert_eq!(opened.config_bytes, CFG1.as_bytes());
     assert_eq!(opened.exporter, "node-7");
-    let o = split(c.on_response(t, resp(200, ""), at(0)));
+    let o = c.respond_led(t, put_ok(), at(0));
     assert!(o.logged(&format!(
         "exported revision r1 to s3://bkt/pre/{VERSION}/config.json"
     )));
     // Next revision: PUT straight away (the store was checked already).
-    let (t, _) = split(c.tick(at(5))).sends[0].clone();
-    let o = split(c.on_response(t, cp_ok(CFG2, "e2"), at(5)));
+    let (t, _) = (c.tick_led(at(5))).sends[0].clone();
+    let o = c.respond_led(t, cp_ok(CFG2, "e2"), at(5));
     let (t, r) = o.one_send();
     assert_eq!(r.method, "PUT");
     assert_eq!(
         open(r.body.as_deref().unwrap(), VERSION).unwrap().revision,
         "r2"
     );
-    split(c.on_response(t, resp(200, ""), at(5)));
+    (c.respond_led(t, put_ok(), at(5)));
     // The CP serves the same content again (new ETag): no request at all.
-    let (t, _) = split(c.tick(at(10))).sends[0].clone();
-    assert!(split(c.on_response(t, cp_ok(CFG2, "e3"), at(10)))
+    let (t, _) = (c.tick_led(at(10))).sends[0].clone();
+    assert!((c.respond_led(t, cp_ok(CFG2, "e3"), at(10)))
         .sends
         .is_empty());
     // Back to r1 content: exported again (it differs from what is stored).
-    let (t, _) = split(c.tick(at(15))).sends[0].clone();
-    let o = split(c.on_response(t, cp_ok(CFG1, "e4"), at(15)));
+    let (t, _) = (c.tick_led(at(15))).sends[0].clone();
+    let o = c.respond_led(t, cp_ok(CFG1, "e4"), at(15));
     assert_eq!(o.one_send().1.method, "PUT");
 }
 
@@ -449,10 +506,10 @@ fn exports_new_revisions_with_a_valid_envelope() {
 fn unchanged_stored_content_is_not_written_again() {
     // A restarted exporter finds its config already stored.
     let mut c = Controller::new(&settings(false, true, 0), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    let (t, r) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    let (t, r) = (c.respond_led(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
     assert_eq!(r.method, "GET");
-    let o = split(c.on_response(t, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(0)));
+    let o = c.respond_led(t, resp(200, &envelope_for(CFG1, "r1", VERSION)), at(0));
     assert!(o.sends.is_empty(), "{o:?}");
     assert!(o.logged("skipped"));
 }
@@ -460,51 +517,51 @@ fn unchanged_stored_content_is_not_written_again() {
 #[test]
 fn export_delay_keeps_only_the_newest_revision_and_the_first_due_time() {
     let mut c = Controller::new(&settings(false, true, 10), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    assert!(split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)))
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    assert!((c.respond_led(t, cp_ok(CFG1, "e1"), at(0)))
         .sends
         .is_empty());
-    let (t, _) = split(c.tick(at(5))).sends[0].clone();
-    assert!(split(c.on_response(t, cp_ok(CFG2, "e2"), at(5)))
+    let (t, _) = (c.tick_led(at(5))).sends[0].clone();
+    assert!((c.respond_led(t, cp_ok(CFG2, "e2"), at(5)))
         .sends
         .is_empty());
     // r2 replaced r1 but keeps r1's due time (10 s), so a CP changing
     // faster than the delay cannot starve the export.
-    let early = split(c.tick(at(10) - Duration::from_millis(1)));
+    let early = c.tick_led(at(10) - Duration::from_millis(1));
     assert!(early.sends.iter().all(|(_, r)| is_cp(r)));
-    let o = split(c.tick(at(10)));
+    let o = c.tick_led(at(10));
     let (t, _) = o.sends.iter().find(|(_, r)| !is_cp(r)).cloned().unwrap();
     for (cp, _) in o.sends.iter().filter(|(_, r)| is_cp(r)) {
-        split(c.on_response(*cp, resp(304, ""), at(10)));
+        (c.respond_led(*cp, resp(304, ""), at(10)));
     }
-    let (t, put) = split(c.on_response(t, resp(404, ""), at(10))).sends[0].clone();
+    let (t, put) = (c.respond_led(t, resp(404, ""), at(10))).sends[0].clone();
     assert_eq!(
         open(put.body.as_deref().unwrap(), VERSION)
             .unwrap()
             .revision,
         "r2"
     );
-    assert!(split(c.on_response(t, resp(200, ""), at(10))).logged("exported revision r2"));
+    assert!((c.respond_led(t, put_ok(), at(10))).logged("exported revision r2"));
 }
 
 #[test]
 fn access_denied_on_the_existence_check_still_writes() {
     let mut c = Controller::new(&settings(false, true, 0), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    let (t, r) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    let (t, r) = (c.respond_led(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
     assert_eq!(r.method, "GET");
     let denied = resp(
         403,
         "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
     );
-    let o = split(c.on_response(t, denied, at(0)));
+    let o = c.respond_led(t, denied, at(0));
     assert_eq!(o.one_send().1.method, "PUT");
     // A bad signature is a failure, not "absent".
     let mut c = Controller::new(&settings(false, true, 0), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    let (t, _) = split(c.on_response(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    let (t, _) = (c.respond_led(t, cp_ok(CFG1, "e1"), at(0))).sends[0].clone();
     let bad = resp(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>");
-    let o = split(c.on_response(t, bad, at(0)));
+    let o = c.respond_led(t, bad, at(0));
     assert!(o.sends.is_empty() && o.logged("SignatureDoesNotMatch"));
 }
 
@@ -525,54 +582,50 @@ fn inherited(source: Source, generation: u64, attempted: bool) -> Inherited {
 fn a_new_driver_exports_what_the_old_one_published() {
     let mut c = Controller::new(&settings(false, true, 0), "n".into());
     c.adopt(inherited(Source::ControlPlane, 3, false), at(0));
-    let o = split(c.tick(at(0)));
+    let o = c.tick_led(at(0));
     let check = o
         .sends
         .iter()
         .find(|(_, r)| !is_cp(r))
         .cloned()
         .expect("existence check");
-    let (t, put) = split(c.on_response(check.0, resp(404, ""), at(0))).sends[0].clone();
+    let (t, put) = (c.respond_led(check.0, resp(404, ""), at(0))).sends[0].clone();
     let opened = open(put.body.as_deref().unwrap(), VERSION).unwrap();
     assert_eq!(opened.config_bytes, CFG1.as_bytes());
-    assert!(split(c.on_response(t, resp(200, ""), at(0))).logged("exported revision r1"));
+    assert!((c.respond_led(t, put_ok(), at(0))).logged("exported revision r1"));
     // An imported config is not exported.
     let mut c = Controller::new(&settings(true, true, 0), "n".into());
     c.adopt(inherited(Source::Storage, 1, true), at(0));
-    assert!(split(c.tick(at(0))).sends.iter().all(|(_, r)| is_cp(r)));
+    assert!((c.tick_led(at(0))).sends.iter().all(|(_, r)| is_cp(r)));
 }
 
 #[test]
 fn a_demoted_controller_ignores_late_answers() {
     let mut c = Controller::new(&settings(true, false, 0), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
-    c.demote();
-    assert!(split(c.on_response(t, cp_ok(CFG1, "e"), at(0)))
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
+    assert!(c.demote(at(0)).is_empty());
+    assert!((c.respond_led(t, cp_ok(CFG1, "e"), at(0)))
         .publishes
         .is_empty());
     // Driving again starts over with a fresh poll.
-    let o = split(c.tick(at(1)));
+    let o = c.tick_led(at(1));
     assert!(is_cp(o.one_send().1));
 }
 
 #[test]
 fn a_failed_publish_is_retried_with_the_next_answer() {
     let mut c = Controller::new(&settings(false, false, 0), "n".into());
-    let (t, _) = split(c.tick(at(0))).sends[0].clone();
+    let (t, _) = (c.tick_led(at(0))).sends[0].clone();
     assert_eq!(
-        split(c.on_response(t, cp_ok(CFG1, "e1"), at(0)))
-            .publishes
-            .len(),
+        (c.respond_led(t, cp_ok(CFG1, "e1"), at(0))).publishes.len(),
         1
     );
     c.publish_failed();
-    let o = split(c.tick(at(5)));
+    let o = c.tick_led(at(5));
     let (t, r) = o.one_send();
     assert_eq!(header(r, "if-none-match"), None);
     assert_eq!(
-        split(c.on_response(t, cp_ok(CFG1, "e1"), at(5)))
-            .publishes
-            .len(),
+        (c.respond_led(t, cp_ok(CFG1, "e1"), at(5))).publishes.len(),
         1
     );
 }
@@ -580,19 +633,19 @@ fn a_failed_publish_is_retried_with_the_next_answer() {
 #[test]
 fn a_clock_set_back_does_not_stall_polling() {
     let mut c = Controller::new(&settings(false, false, 0), "n".into());
-    let (t, _) = split(c.tick(at(3600))).sends[0].clone();
-    split(c.on_response(t, resp(304, ""), at(3600)));
+    let (t, _) = (c.tick_led(at(3600))).sends[0].clone();
+    (c.respond_led(t, resp(304, ""), at(3600)));
     // The clock goes back an hour: the next poll is still 5 s away, not 1 h.
-    let o = split(c.tick(at(1)));
+    let o = c.tick_led(at(1));
     assert!(o.sends.is_empty() && o.logged("clock went back"));
-    assert!(is_cp(split(c.tick(at(6))).one_send().1));
+    assert!(is_cp((c.tick_led(at(6))).one_send().1));
 }
 
 #[test]
 fn export_failures_are_logged_with_the_code_and_retried_with_backoff() {
     let (mut c, t, _) = exporter_at_first_put(0);
     let denied = "<Error><Code>SignatureDoesNotMatch</Code><Message>nope</Message></Error>";
-    let o = split(c.on_response(t, resp(403, denied), at(0)));
+    let o = c.respond_led(t, resp(403, denied), at(0));
     assert!(
         o.logged("export of revision r1 failed: storage answered 403 SignatureDoesNotMatch"),
         "{:?}",
@@ -602,16 +655,16 @@ fn export_failures_are_logged_with_the_code_and_retried_with_backoff() {
     // Retries at +1 s, then +2 s, +4 s ...
     let mut now = 0;
     for wait in [1u64, 2, 4, 8] {
-        let before = split(c.tick(at(now + wait) - Duration::from_millis(1)));
+        let before = c.tick_led(at(now + wait) - Duration::from_millis(1));
         assert!(
             before.sends.iter().all(|(_, r)| is_cp(r)),
             "too early at {now}+{wait}"
         );
         for (t, _) in before.sends {
-            split(c.on_response(t, resp(304, ""), at(now)));
+            (c.respond_led(t, resp(304, ""), at(now)));
         }
         now += wait;
-        let o = split(c.tick(at(now)));
+        let o = c.tick_led(at(now));
         let (t, r) = o
             .sends
             .iter()
@@ -620,9 +673,9 @@ fn export_failures_are_logged_with_the_code_and_retried_with_backoff() {
             .expect("retry");
         assert_eq!(r.method, "PUT");
         for (cp, _) in o.sends.iter().filter(|(_, r)| is_cp(r)) {
-            split(c.on_response(*cp, resp(304, ""), at(now)));
+            (c.respond_led(*cp, resp(304, ""), at(now)));
         }
-        split(c.on_response(t, resp(403, denied), at(now)));
+        (c.respond_led(t, resp(403, denied), at(now)));
     }
     assert_eq!(backoff(30), MAX_BACKOFF);
 }

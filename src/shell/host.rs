@@ -1,10 +1,10 @@
 //! Host calls that cannot panic.
 
-use crate::controller::Level;
+use crate::controller::{Level, Metric};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::time::Timestamp;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use std::time::UNIX_EPOCH;
 
 pub fn log(level: Level, message: &str) {
@@ -127,4 +127,47 @@ pub fn send_local_reply(status: u32, body: &str) -> Result<(), Status> {
         vec![("content-type", "application/json")],
         Some(body.as_bytes()),
     )
+}
+
+/// The filter's metrics (Envoy shows them in its stats).
+pub struct Metrics {
+    exports: Option<u32>,
+    storage_requests: Option<u32>,
+    is_leader: Option<u32>,
+    leader_term: Option<u32>,
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        let define = |t, name: &str| hostcalls::define_metric(t, name).ok();
+        Metrics {
+            exports: define(MetricType::Counter, "fallback_config.exports_total"),
+            storage_requests: define(
+                MetricType::Counter,
+                "fallback_config.storage_requests_total",
+            ),
+            is_leader: define(MetricType::Gauge, "fallback_config.is_leader"),
+            leader_term: define(MetricType::Gauge, "fallback_config.leader_term"),
+        }
+    }
+
+    pub fn record(&self, metric: Metric) {
+        // Metrics are best effort: a failing host call changes nothing else.
+        let _ = match metric {
+            Metric::ExportWritten => self.increment(self.exports),
+            Metric::StorageRequest => self.increment(self.storage_requests),
+            Metric::Leader(term) => {
+                let _ = self.set(self.is_leader, u64::from(term.is_some()));
+                self.set(self.leader_term, term.unwrap_or(0))
+            }
+        };
+    }
+
+    fn increment(&self, id: Option<u32>) -> Result<(), Status> {
+        id.map_or(Ok(()), |id| hostcalls::increment_metric(id, 1))
+    }
+
+    fn set(&self, id: Option<u32>, value: u64) -> Result<(), Status> {
+        id.map_or(Ok(()), |id| hostcalls::record_metric(id, value))
+    }
 }

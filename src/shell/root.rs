@@ -25,6 +25,7 @@ pub struct Root {
     calls: HashMap<u32, Token>,
     cache: Rc<RefCell<WorkerCache>>,
     upstream_header: Rc<str>,
+    metrics: Option<host::Metrics>,
 }
 
 impl Root {
@@ -37,6 +38,7 @@ impl Root {
             calls: HashMap::new(),
             cache: Rc::new(RefCell::new(WorkerCache::default())),
             upstream_header: Rc::from(crate::settings::DEFAULT_UPSTREAM_HEADER),
+            metrics: None,
         }
     }
 
@@ -78,6 +80,11 @@ impl Root {
                     }
                 }
                 Action::Log { level, message } => host::log(level, &message),
+                Action::Metric(metric) => {
+                    if let Some(m) = &self.metrics {
+                        m.record(metric);
+                    }
+                }
             }
         }
     }
@@ -184,6 +191,7 @@ impl RootContext for Root {
         );
         host::log(Level::Debug, &message);
         self.controller = Some(Controller::new(&settings, node_id));
+        self.metrics = Some(host::Metrics::define());
         // Network and shared-data work waits for the first tick: the canary
         // VM Envoy configures and throws away never ticks.
         if let Err(e) = proxy_wasm::hostcalls::set_tick_period(TICK) {
@@ -201,7 +209,8 @@ impl RootContext for Root {
         self.driving = self.claim_driver();
         if was && !self.driving {
             if let Some(c) = self.controller.as_mut() {
-                c.demote();
+                let actions = c.demote(host::now());
+                self.execute(actions);
             }
             self.calls.clear();
             let message = format!(

@@ -44,6 +44,11 @@ pub enum PutMode {
 pub struct Object {
     pub body: Vec<u8>,
     pub etag: Option<String>,
+    /// `Last-Modified`, by the store's clock.
+    pub last_modified: Option<Timestamp>,
+    /// The answer's `Date`, by the store's clock: with `last_modified` it
+    /// gives the object's age free of any skew of our own clock.
+    pub date: Option<Timestamp>,
 }
 
 /// Why a storage request did not do what was asked.
@@ -140,6 +145,10 @@ impl ObjectStore {
         match response.status {
             200 => Ok(Object {
                 etag: response.header("etag").map(str::to_string),
+                last_modified: response
+                    .header("last-modified")
+                    .and_then(Timestamp::parse_http_date),
+                date: response.header("date").and_then(Timestamp::parse_http_date),
                 body: response.body,
             }),
             _ => Err(s3::classify_error(&response)),

@@ -1,0 +1,445 @@
+//! Leader election among exporters, through one object in the store.
+//!
+//! The lease is `<prefix>/<version>/election/lease.json`:
+//! `{"holder", "term", "renewals", "ttl_ms", "renewed_at"}`. Every write
+//! is conditional, so the store serialises all contenders:
+//!
+//! ```text
+//!  follower ──GET lease (every renew interval)──▶ store
+//!     │  absent:                 PUT If-None-Match: *   term 1
+//!     │  older than its ttl:     PUT If-Match: <etag>   term + 1
+//!     ▼  (412: someone else won; read again)
+//!  leader ──PUT If-Match: <etag> (every renew interval)──▶ store
+//!        412, or no successful renewal for ttl − margin: not leader
+//! ```
+//!
+//! The lease's age is judged by the store's clock (`Date` − `Last-Modified`
+//! of the GET), so clock skew between nodes does not matter; a follower
+//! also counts, by its own clock, how long it has seen the same ETag, which
+//! covers stores without those headers. A leader considers itself leader
+//! only until `sent_at + ttl − margin` of its last successful renewal,
+//! measured from when it *sent* that renewal.
+//!
+//! Leadership alone never authorises a write of `config.json`: that write
+//! is itself conditional on the ETag the leader last read or wrote, and
+//! carries the leader's term (see [`crate::controller`]), which fences out
+//! a stale leader that has not noticed it lost the lease.
+
+use crate::controller::{Action, Level};
+use crate::settings::ElectionSettings;
+use crate::storage::{Object, PutMode, StorageError};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The lease object, relative to `<prefix>/<version>/`.
+pub const LEASE_OBJECT: &str = "election/lease.json";
+
+/// Time a leader gives up before its lease could be judged expired by
+/// others: covers the 1-second resolution of HTTP dates and tick delays.
+const MAX_MARGIN: Duration = Duration::from_secs(2);
+
+/// The stored lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub term: u64,
+    /// Grows with every renewal, so every write changes the object (stores
+    /// such as s3s-fs derive the ETag from the content).
+    pub renewals: u64,
+    pub ttl_ms: u64,
+    /// By the holder's clock; for people reading the object.
+    pub renewed_at: String,
+}
+
+/// What the election wants sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Read,
+    Write { mode: PutMode, record: LeaseRecord },
+}
+
+/// Why a write was sent, to interpret its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Acquire { term: u64 },
+    Renew { term: u64 },
+}
+
+/// What the controller learns from the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    BecameLeader {
+        term: u64,
+    },
+    LostLeadership {
+        term: u64,
+    },
+    /// A lease request failed (not a lost race): exporting is blocked
+    /// until a retry in `retry_in` succeeds. `doing` says which request.
+    Failed {
+        doing: &'static str,
+        error: StorageError,
+        retry_in: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    Follower,
+    Leader {
+        term: u64,
+        /// `None` after a renewal whose answer had no ETag: read to learn it.
+        etag: Option<String>,
+        renewals: u64,
+        valid_until: Timestamp,
+    },
+}
+
+/// The lease as last seen by a follower.
+#[derive(Clone, Debug)]
+struct Observed {
+    etag: String,
+    first_seen: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct Election {
+    settings: ElectionSettings,
+    node_id: String,
+    role: Role,
+    next_at: Timestamp,
+    in_flight: bool,
+    observed: Option<Observed>,
+    /// Terms at or below this are known to be used: never acquire them.
+    min_term: u64,
+    /// Until the first read: a lease naming this node is a previous
+    /// incarnation of it (a restart) and may be taken over at once.
+    fresh: bool,
+    /// Role changes not yet collected by [`Election::take_changes`].
+    changes: Vec<Change>,
+    /// Consecutive failed lease requests, for the retry backoff.
+    failures: u32,
+}
+
+impl Election {
+    pub fn new(settings: ElectionSettings, node_id: String) -> Self {
+        Election {
+            settings,
+            node_id,
+            role: Role::Follower,
+            next_at: Timestamp(0),
+            in_flight: false,
+            observed: None,
+            min_term: 0,
+            fresh: true,
+            changes: Vec::new(),
+            failures: 0,
+        }
+    }
+
+    /// The term this node leads in, if it may act as leader at `now`.
+    pub fn leader_term(&self, now: Timestamp) -> Option<u64> {
+        match &self.role {
+            Role::Leader {
+                term, valid_until, ..
+            } if now < *valid_until => Some(*term),
+            _ => None,
+        }
+    }
+
+    /// The request to send now, if any. At most one is in flight.
+    pub fn poll(
+        &mut self,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Option<(Step, Option<WriteKind>)> {
+        self.expire(now, out);
+        if self.in_flight || now < self.next_at {
+            return None;
+        }
+        self.next_at = now.plus(self.settings.renew_interval);
+        self.in_flight = true;
+        Some(match &self.role {
+            Role::Leader {
+                term,
+                etag: Some(etag),
+                renewals,
+                ..
+            } => (
+                Step::Write {
+                    mode: PutMode::Update { etag: etag.clone() },
+                    record: self.record(*term, renewals + 1, now),
+                },
+                Some(WriteKind::Renew { term: *term }),
+            ),
+            _ => (Step::Read, None),
+        })
+    }
+
+    /// The answer to a read. May return a write to send at once (an
+    /// acquisition).
+    pub fn on_read(
+        &mut self,
+        result: Result<Object, StorageError>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Option<(Step, Option<WriteKind>)> {
+        self.in_flight = false;
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        let object = match result {
+            Ok(o) => o,
+            Err(StorageError::NotFound { .. }) => {
+                if matches!(self.role, Role::Leader { .. }) {
+                    self.lose("the lease object disappeared", out);
+                }
+                let term = self.min_term + 1;
+                return self.acquire(PutMode::Create, term, now);
+            }
+            Err(e) => {
+                self.failed("reading the election lease", e, now);
+                return None;
+            }
+        };
+        self.failures = 0;
+        let record: Option<LeaseRecord> = serde_json::from_slice(&object.body).ok();
+        let etag = object.etag.clone().unwrap_or_default();
+        // A leader that lost track of its lease's ETag learns it here.
+        if let Role::Leader { term, .. } = self.role {
+            let still_mine = record
+                .as_ref()
+                .is_some_and(|r| r.holder == self.node_id && r.term == term);
+            if still_mine {
+                if let Role::Leader { etag: mine, .. } = &mut self.role {
+                    *mine = object.etag.clone();
+                }
+                return None;
+            }
+            self.lose("the lease names another holder", out);
+        }
+        let Some(record) = record else {
+            log(
+                out,
+                Level::Warn,
+                "election: the lease object does not parse; taking it over".into(),
+            );
+            let term = self.min_term + 1;
+            return self.acquire(PutMode::Update { etag }, term, now);
+        };
+        self.min_term = self.min_term.max(record.term);
+        if fresh && record.holder == self.node_id {
+            // This node restarted: its old lease is its own to replace.
+            return self.acquire(PutMode::Update { etag }, self.min_term + 1, now);
+        }
+        let seen_since = match &self.observed {
+            Some(o) if o.etag == etag => o.first_seen,
+            _ => {
+                self.observed = Some(Observed {
+                    etag: etag.clone(),
+                    first_seen: now,
+                });
+                now
+            }
+        };
+        let ttl = match record.ttl_ms {
+            0 => self.settings.lease_ttl,
+            ms => Duration::from_millis(ms),
+        };
+        let server_age = match (object.date, object.last_modified) {
+            (Some(date), Some(modified)) => Some(date.since(modified)),
+            _ => None,
+        };
+        // Expired by the store's clock, or unchanged for ttl plus a renew
+        // interval by ours (stores without Date/Last-Modified).
+        let expired = server_age.is_some_and(|age| age >= ttl)
+            || now.since(seen_since) >= ttl + self.settings.renew_interval;
+        if !expired {
+            return None;
+        }
+        log(
+            out,
+            Level::Info,
+            format!(
+                "election: lease of {} (term {}) expired; trying to take over",
+                record.holder, record.term
+            ),
+        );
+        self.acquire(PutMode::Update { etag }, self.min_term + 1, now)
+    }
+
+    /// The answer to a write sent at `sent_at`.
+    pub fn on_write(
+        &mut self,
+        kind: WriteKind,
+        result: Result<Option<String>, StorageError>,
+        sent_at: Timestamp,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.in_flight = false;
+        let valid_until = sent_at.plus(self.settings.lease_ttl - self.margin());
+        match (kind, result) {
+            (WriteKind::Acquire { term }, Ok(etag)) => {
+                self.failures = 0;
+                self.min_term = self.min_term.max(term);
+                self.role = Role::Leader {
+                    term,
+                    etag,
+                    renewals: 0,
+                    valid_until,
+                };
+                self.observed = None;
+                self.next_at = now.plus(self.settings.renew_interval);
+                log(
+                    out,
+                    Level::Info,
+                    format!("became leader (term {term}) node={}", self.node_id),
+                );
+                self.changes.push(Change::BecameLeader { term });
+            }
+            (WriteKind::Acquire { term }, Err(e)) => {
+                self.min_term = self.min_term.max(term);
+                if e == StorageError::PreconditionFailed {
+                    // Another node won this term; look again at once.
+                    log(
+                        out,
+                        Level::Debug,
+                        format!("election: lost the race for term {term}"),
+                    );
+                    self.next_at = now;
+                } else {
+                    self.failed("taking the election lease", e, now);
+                }
+            }
+            (WriteKind::Renew { term }, Ok(etag)) => {
+                self.failures = 0;
+                if let Role::Leader {
+                    term: t,
+                    etag: e,
+                    renewals,
+                    valid_until: v,
+                } = &mut self.role
+                {
+                    if *t == term {
+                        *e = etag;
+                        *renewals += 1;
+                        *v = valid_until;
+                    }
+                }
+            }
+            (WriteKind::Renew { .. }, Err(StorageError::PreconditionFailed)) => {
+                self.lose("the lease was taken over", out);
+                self.next_at = now;
+            }
+            (WriteKind::Renew { .. }, Err(e)) => {
+                self.failed("renewing the election lease", e, now);
+            }
+        }
+    }
+
+    /// Stops acting as leader because a write of `config.json` showed that
+    /// a newer term exists (`seen_term`) or lost its precondition.
+    pub fn stand_down(&mut self, seen_term: u64, reason: &str, out: &mut Vec<Action>) {
+        self.min_term = self.min_term.max(seen_term);
+        if let Role::Leader { term, .. } = self.role {
+            log(
+                out,
+                Level::Info,
+                format!("stood down (term {term}) node={}: {reason}", self.node_id),
+            );
+            self.role = Role::Follower;
+            self.changes.push(Change::LostLeadership { term });
+        }
+    }
+
+    /// A leader that has not renewed in time is no longer leader.
+    fn expire(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        match self.role {
+            Role::Leader {
+                term, valid_until, ..
+            } if now >= valid_until => {
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "lost leadership (term {term}) node={}: no successful renewal within the lease ttl",
+                        self.node_id
+                    ),
+                );
+                self.role = Role::Follower;
+                self.next_at = now;
+                self.changes.push(Change::LostLeadership { term });
+            }
+            _ => {}
+        }
+    }
+
+    fn lose(&mut self, reason: &str, out: &mut Vec<Action>) {
+        if let Role::Leader { term, .. } = self.role {
+            log(
+                out,
+                Level::Info,
+                format!(
+                    "lost leadership (term {term}) node={}: {reason}",
+                    self.node_id
+                ),
+            );
+            self.role = Role::Follower;
+            self.changes.push(Change::LostLeadership { term });
+        }
+    }
+
+    fn acquire(
+        &mut self,
+        mode: PutMode,
+        term: u64,
+        now: Timestamp,
+    ) -> Option<(Step, Option<WriteKind>)> {
+        self.in_flight = true;
+        Some((
+            Step::Write {
+                mode,
+                record: self.record(term, 0, now),
+            },
+            Some(WriteKind::Acquire { term }),
+        ))
+    }
+
+    fn record(&self, term: u64, renewals: u64, now: Timestamp) -> LeaseRecord {
+        LeaseRecord {
+            holder: self.node_id.clone(),
+            term,
+            renewals,
+            ttl_ms: u64::try_from(self.settings.lease_ttl.as_millis()).unwrap_or(u64::MAX),
+            renewed_at: now.rfc3339(),
+        }
+    }
+
+    /// Retries sooner than the renew interval after a failure (1 s, 2 s,
+    /// 4 s, ... up to the interval), so a fixed credential or a store
+    /// back up is noticed quickly.
+    fn failed(&mut self, doing: &'static str, error: StorageError, now: Timestamp) {
+        let retry_in =
+            Duration::from_secs(1u64 << self.failures.min(16)).min(self.settings.renew_interval);
+        self.failures = self.failures.saturating_add(1);
+        self.next_at = now.plus(retry_in);
+        self.changes.push(Change::Failed {
+            doing,
+            error,
+            retry_in,
+        });
+    }
+
+    fn margin(&self) -> Duration {
+        (self.settings.lease_ttl / 4).min(MAX_MARGIN)
+    }
+
+    /// Role changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+}
+
+fn log(out: &mut Vec<Action>, level: Level, message: String) {
+    out.push(Action::Log { level, message });
+}
