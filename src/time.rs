@@ -70,6 +70,21 @@ impl Timestamp {
         format!("{:04}{:02}{:02}", c.year, c.month, c.day)
     }
 
+    /// HTTP date (RFC 9110 IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`.
+    pub fn http_date(self) -> String {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let c = self.civil();
+        let weekday = DAYS[(self.as_secs() / 86_400 % 7) as usize];
+        let month = MONTHS[(c.month as usize).saturating_sub(1) % 12];
+        format!(
+            "{weekday}, {:02} {month} {:04} {:02}:{:02}:{:02} GMT",
+            c.day, c.year, c.hour, c.minute, c.second
+        )
+    }
+
     /// RFC 3339 UTC at second precision: `YYYY-MM-DDTHH:MM:SSZ`.
     pub fn rfc3339(self) -> String {
         let c = self.civil();
@@ -178,7 +193,10 @@ mod tests {
     fn parses_http_dates() {
         let t = Timestamp::parse_http_date("Sun, 30 Aug 2015 12:36:00 GMT").unwrap();
         assert_eq!(t, Timestamp::from_secs(1_440_938_160));
+        assert_eq!(t.http_date(), "Sun, 30 Aug 2015 12:36:00 GMT");
+        assert_eq!(Timestamp(0).http_date(), "Thu, 01 Jan 1970 00:00:00 GMT");
         let t = Timestamp::parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT").unwrap();
+        assert_eq!(t.http_date(), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(t.rfc3339(), "2000-02-29T00:00:00Z");
         for bad in [
             "",
