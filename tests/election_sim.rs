@@ -5,6 +5,8 @@
 //! answers, skewed local clocks. Every scenario checks the fencing
 //! invariants on the history of `config.json` writes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use fallback_config::controller::{Action, Controller, Metric, Token};
 use fallback_config::envelope;
 use fallback_config::http::{HttpRequest, HttpResponse};
@@ -46,7 +48,6 @@ struct Stored {
 /// A `config.json` write that the store accepted.
 #[derive(Clone, Debug)]
 struct Write {
-    at: Timestamp,
     node: String,
     term: u64,
     revision: u32,
@@ -99,7 +100,6 @@ impl Store {
                 if req.path.ends_with("/config.json") {
                     let opened = envelope::open(&body, VERSION).expect("a valid envelope");
                     self.config_writes.push(Write {
-                        at: now,
                         node: opened.exporter,
                         term: opened.term,
                         revision: opened.revision[1..].parse().unwrap(),
