@@ -275,7 +275,7 @@ impl World {
                         self.nodes[i].storage_requests += 1;
                         self.sent += 1;
                         let answer = self.store.handle(&request, self.now);
-                        if self.drop_every > 0 && self.sent % self.drop_every == 0 {
+                        if self.drop_every > 0 && self.sent.is_multiple_of(self.drop_every) {
                             continue; // the store acted, the answer is lost
                         }
                         answer
