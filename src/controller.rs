@@ -98,6 +98,8 @@ enum ImportState {
     Disabled,
     /// Will import if the CP fails before it ever answered.
     Armed,
+    /// The CP failed; the import waits for the store's access token.
+    AwaitingCredentials,
     InFlight,
     /// Attempted, or no longer needed: never again in this process.
     Done,
@@ -124,6 +126,8 @@ enum Pending {
         kind: WriteKind,
         sent_at: Timestamp,
     },
+    /// Fetching the store's access token.
+    Credential,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +172,7 @@ pub struct Controller {
     /// Exporters elect the one that writes; `None` when export is off.
     election: Option<Election>,
     election_settings: ElectionSettings,
+    credential_in_flight: bool,
     /// The CP answered this process at least once: exporters take part in
     /// the election only then (an importer-and-exporter node that imported
     /// has nothing of the CP's to export).
@@ -199,6 +204,7 @@ impl Controller {
             last_now: Timestamp(0),
             election: None,
             election_settings: settings.election,
+            credential_in_flight: false,
             cp_answered: false,
         }
     }
@@ -263,6 +269,7 @@ impl Controller {
         }
         self.pending.clear();
         self.poll_in_flight = false;
+        self.credential_in_flight = false;
         self.poll_due = Timestamp(0);
         self.export.retry_at = Timestamp(0);
         self.export.in_flight = false;
@@ -297,6 +304,7 @@ impl Controller {
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
         self.observe_time(now, &mut out);
+        self.drive_credentials(now, &mut out);
         let lost: Vec<Token> = self
             .pending
             .iter()
@@ -371,6 +379,14 @@ impl Controller {
             Pending::Import => self.on_import(response, &mut out),
             Pending::ExportCheck(c) => self.on_export_check(c, response, now, &mut out),
             Pending::ExportPut(c) => self.on_export_put(c, &response, now, &mut out),
+            Pending::Credential => {
+                self.credential_in_flight = false;
+                if let Some(store) = self.store.as_mut() {
+                    if let Err(e) = store.on_credential_response(response, now) {
+                        self.credentials_failed(&e, &mut out);
+                    }
+                }
+            }
             Pending::LeaseRead => {
                 let mut next = None;
                 if let (Some(store), Some(election)) = (&self.store, self.election.as_mut()) {
@@ -427,18 +443,61 @@ impl Controller {
         let token = self.next_token;
         self.next_token += 1;
         let deadline = now.plus(request.timeout + LOST_ANSWER_GRACE);
-        if !matches!(what, Pending::Poll) {
+        if !matches!(what, Pending::Poll | Pending::Credential) {
             out.push(Action::Metric(Metric::StorageRequest));
         }
         self.pending.insert(token, (what, deadline));
         out.push(Action::Send { token, request });
     }
 
+    // ---- credentials ----
+
+    /// Fetches or renews the store's access token when the backend needs
+    /// one, ahead of time so imports and exports never wait on a renewal;
+    /// then starts an import that was waiting for it.
+    fn drive_credentials(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if !self.credential_in_flight {
+            if let Some(request) = self.store.as_mut().and_then(|s| s.credential_request(now)) {
+                self.credential_in_flight = true;
+                self.send(Pending::Credential, request, now, out);
+            }
+        }
+        let ready = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.credentials_ready(now));
+        if self.import == ImportState::AwaitingCredentials && ready {
+            self.start_import(now, out);
+        }
+    }
+
+    fn credentials_failed(&mut self, e: &StorageError, out: &mut Vec<Action>) {
+        log(
+            out,
+            Level::Warn,
+            format!("cannot get an access token for the store: {e}"),
+        );
+        if self.import == ImportState::AwaitingCredentials {
+            // The one import cannot happen without credentials.
+            self.import = ImportState::Done;
+            out.push(Action::MarkImportAttempted);
+            log(
+                out,
+                Level::Error,
+                format!("import failed: {e}; nothing applied, still polling the CP"),
+            );
+        }
+    }
+
     // ---- election ----
 
     /// Runs the election once this exporter has something of the CP's.
     fn drive_election(&mut self, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.export_enabled || !self.cp_answered {
+        let ready = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.credentials_ready(now));
+        if !self.export_enabled || !self.cp_answered || !ready {
             return;
         }
         let node_id = self.node_id.clone();
@@ -678,6 +737,14 @@ impl Controller {
 
     fn start_import(&mut self, now: Timestamp, out: &mut Vec<Action>) {
         let Some(store) = &self.store else { return };
+        if !store.credentials_ready(now) {
+            if self.import != ImportState::AwaitingCredentials {
+                let message = "waiting for the store's access token before importing";
+                log(out, Level::Info, message.into());
+            }
+            self.import = ImportState::AwaitingCredentials;
+            return;
+        }
         self.import = ImportState::Done;
         out.push(Action::MarkImportAttempted);
         let key = store.key(&self.version, CONFIG_OBJECT);
@@ -740,7 +807,11 @@ impl Controller {
         let Some(store) = self.store.clone() else {
             return;
         };
-        if !self.export_enabled || self.export.in_flight || now < self.export.retry_at {
+        if !self.export_enabled
+            || self.export.in_flight
+            || now < self.export.retry_at
+            || !store.credentials_ready(now)
+        {
             return;
         }
         // Only the elected leader writes; followers keep the candidate.

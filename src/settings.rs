@@ -8,7 +8,7 @@
 
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
-use crate::storage::{S3Addressing, S3Settings, StorageLocation, StorageSettings};
+use crate::storage::{Backend, S3Addressing, S3Settings, Scheme, StorageLocation, StorageSettings};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -174,12 +174,15 @@ impl Settings {
         el.finish()?;
 
         let mut st = root.object("storage")?;
-        let storage_cluster = st
-            .non_empty("cluster")?
-            .unwrap_or_else(|| DEFAULT_STORAGE_CLUSTER.to_string());
-        let endpoint_field = st.non_empty("endpoint")?;
-        let region_field = st.non_empty("region")?;
-        let storage_timeout = st.millis("timeout_ms", 5000)?;
+        let fields = StorageFields {
+            cluster: st
+                .non_empty("cluster")?
+                .unwrap_or_else(|| DEFAULT_STORAGE_CLUSTER.to_string()),
+            endpoint: st.non_empty("endpoint")?,
+            region: st.non_empty("region")?,
+            token_cluster: st.non_empty("token_cluster")?,
+            timeout: st.millis("timeout_ms", 5000)?,
+        };
         st.finish()?;
         root.finish()?;
 
@@ -191,47 +194,7 @@ impl Settings {
                 )
             }
             None => None,
-            Some(url) => {
-                let location = StorageLocation::parse(&url).map_err(|reason| SettingsError {
-                    field: "cluster_fallback_config_storage".into(),
-                    reason: reason.to_string(),
-                })?;
-                let (region_source, region) = [
-                    ("storage.region", region_field),
-                    (env::REGION, env(env::REGION)),
-                    (env::DEFAULT_REGION, env(env::DEFAULT_REGION)),
-                ]
-                .into_iter()
-                .find_map(|(field, v)| v.map(|v| (field, v)))
-                .unwrap_or(("storage.region", DEFAULT_REGION.to_string()));
-                // The region is part of the SigV4 scope `<day>/<region>/s3/...`.
-                let region_ok = region
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-                if !region_ok {
-                    return err(region_source, "must hold only letters, digits, '-', '_' and '.'");
-                }
-                let addressing = match (endpoint_field, env(env::ENDPOINT)) {
-                    (Some(e), _) => S3Addressing::parse_endpoint(&e)
-                        .map_err(|r| SettingsError { field: "storage.endpoint".into(), reason: r.into() })?,
-                    (None, Some(e)) => S3Addressing::parse_endpoint(&e).map_err(|r| SettingsError {
-                        field: env::ENDPOINT.into(),
-                        reason: r.into(),
-                    })?,
-                    (None, None) => S3Addressing::VirtualHosted,
-                };
-                let credentials = credentials_from_env(&env)?;
-                Some(StorageSettings {
-                    location,
-                    cluster: storage_cluster,
-                    timeout: storage_timeout,
-                    s3: S3Settings {
-                        addressing,
-                        region,
-                        credentials,
-                    },
-                })
-            }
+            Some(url) => Some(storage_settings(&url, fields, &env)?),
         };
 
         Ok(Settings {
@@ -267,6 +230,92 @@ fn check_token(field: &str, value: String) -> Result<String, SettingsError> {
         return err(field, "must not contain spaces or control characters");
     }
     Ok(value)
+}
+
+/// The `storage` block, read before the backend is known.
+struct StorageFields {
+    cluster: String,
+    endpoint: Option<String>,
+    region: Option<String>,
+    token_cluster: Option<String>,
+    timeout: Duration,
+}
+
+/// The storage URL plus the `storage` block and the environment, checked
+/// against the backend the URL names: a field that does not apply to it
+/// is an error rather than silently ignored.
+fn storage_settings(
+    url: &str,
+    fields: StorageFields,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StorageSettings, SettingsError> {
+    let location = StorageLocation::parse(url).map_err(|reason| SettingsError {
+        field: "cluster_fallback_config_storage".into(),
+        reason: reason.to_string(),
+    })?;
+    let only_for =
+        |field: &str, scheme: &str| err::<()>(field, format!("applies only to {scheme} storage"));
+    let backend = match location.scheme {
+        Scheme::S3 => {
+            if fields.token_cluster.is_some() {
+                only_for("storage.token_cluster", "gcs://")?;
+            }
+            Backend::S3(s3_settings(fields.endpoint, fields.region, env)?)
+        }
+        Scheme::Gcs | Scheme::Azure => {
+            return err(
+                "cluster_fallback_config_storage",
+                "names a backend that is not available yet",
+            );
+        }
+    };
+    Ok(StorageSettings {
+        location,
+        cluster: fields.cluster,
+        timeout: fields.timeout,
+        backend,
+    })
+}
+
+fn s3_settings(
+    endpoint: Option<String>,
+    region: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<S3Settings, SettingsError> {
+    let (region_source, region) = [
+        ("storage.region", region),
+        (env::REGION, env(env::REGION)),
+        (env::DEFAULT_REGION, env(env::DEFAULT_REGION)),
+    ]
+    .into_iter()
+    .find_map(|(field, v)| v.map(|v| (field, v)))
+    .unwrap_or(("storage.region", DEFAULT_REGION.to_string()));
+    // The region is part of the SigV4 scope `<day>/<region>/s3/...`.
+    let region_ok = region
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !region_ok {
+        return err(
+            region_source,
+            "must hold only letters, digits, '-', '_' and '.'",
+        );
+    }
+    let (field, endpoint) = match (endpoint, env(env::ENDPOINT)) {
+        (Some(e), _) => ("storage.endpoint", Some(e)),
+        (None, e) => (env::ENDPOINT, e),
+    };
+    let addressing = match endpoint {
+        Some(e) => S3Addressing::parse_endpoint(&e).map_err(|r| SettingsError {
+            field: field.into(),
+            reason: r.into(),
+        })?,
+        None => S3Addressing::VirtualHosted,
+    };
+    Ok(S3Settings {
+        addressing,
+        region,
+        credentials: credentials_from_env(env)?,
+    })
 }
 
 /// `None` means anonymous requests (a public bucket); a key id without a
@@ -442,6 +491,12 @@ mod tests {
         Settings::parse(json.as_bytes(), &|k| vars.get(k).cloned())
     }
 
+    fn s3_of(st: &StorageSettings) -> &S3Settings {
+        match &st.backend {
+            Backend::S3(s3) => s3,
+        }
+    }
+
     fn field_of(json: &str) -> String {
         parse_with(json, &[]).unwrap_err().field
     }
@@ -472,15 +527,15 @@ mod tests {
         assert_eq!(st.location.prefix, "some/prefix");
         assert_eq!(st.cluster, "s3");
         assert_eq!(st.timeout, Duration::from_secs(1));
-        assert_eq!(st.s3.region, "eu-west-1");
+        assert_eq!(s3_of(&st).region, "eu-west-1");
         assert_eq!(
-            st.s3.addressing,
+            s3_of(&st).addressing,
             S3Addressing::PathStyle {
                 authority: "127.0.0.1:9000".into(),
                 base_path: String::new()
             }
         );
-        let c = st.s3.credentials.unwrap();
+        let c = s3_of(&st).credentials.clone().unwrap();
         assert_eq!(c.access_key_id, "AK");
         assert_eq!(c.session_token.unwrap().expose(), "T");
     }
@@ -501,9 +556,9 @@ mod tests {
         .unwrap();
         let st = s.storage.unwrap();
         assert_eq!(st.cluster, "object_storage");
-        assert_eq!(st.s3.region, "ap-south-1");
-        assert_eq!(st.s3.addressing, S3Addressing::VirtualHosted);
-        assert!(st.s3.credentials.is_none());
+        assert_eq!(s3_of(&st).region, "ap-south-1");
+        assert_eq!(s3_of(&st).addressing, S3Addressing::VirtualHosted);
+        assert!(s3_of(&st).credentials.is_none());
         assert_eq!(st.location.prefix, "");
     }
 
@@ -519,9 +574,9 @@ mod tests {
         )
         .unwrap();
         let st = s.storage.unwrap();
-        assert_eq!(st.s3.region, "eu-central-1");
+        assert_eq!(s3_of(&st).region, "eu-central-1");
         assert_eq!(
-            st.s3.addressing,
+            s3_of(&st).addressing,
             S3Addressing::PathStyle {
                 authority: "minio.local:9000".into(),
                 base_path: "/base".into()

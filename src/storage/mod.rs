@@ -1,15 +1,18 @@
 //! Object storage as data: where the fallback config lives, the requests
 //! that read and write it, and what the answers mean.
 //!
-//! Export and import talk to [`ObjectStore`] only, in terms of object keys,
-//! typed write modes and typed outcomes; which cloud answers is the
-//! backend's business. S3 (and S3-compatible stores) is the one backend so
-//! far.
+//! Export, import and election talk to [`ObjectStore`] only, in terms of
+//! object keys, typed write modes ([`PutMode`]) and typed outcomes
+//! ([`Object`], [`StorageError`]); which cloud answers is the backend's
+//! business. Each backend module has the same inner shape: request
+//! building (with its credentials) and response classification.
+//! Backends whose credentials must be fetched first (an OAuth token) say
+//! so through [`ObjectStore::credential_request`].
 
 mod location;
 pub mod s3;
 
-pub use location::{LocationError, StorageLocation};
+pub use location::{LocationError, Scheme, StorageLocation};
 pub use s3::{S3Addressing, S3Settings};
 
 use crate::http::{HttpRequest, HttpResponse};
@@ -25,7 +28,13 @@ pub struct StorageSettings {
     /// The proxy cluster that carries object API calls.
     pub cluster: String,
     pub timeout: Duration,
-    pub s3: S3Settings,
+    pub backend: Backend,
+}
+
+/// The cloud behind the location, with its own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    S3(S3Settings),
 }
 
 /// How a write treats an existing object (object_store's `PutMode`).
@@ -68,6 +77,9 @@ pub enum StorageError {
     },
     /// The request could not be signed.
     Signing(SigningError),
+    /// The backend's credentials are not available yet (an access token
+    /// is being fetched): try again later.
+    CredentialsPending,
 }
 
 impl fmt::Display for StorageError {
@@ -91,6 +103,7 @@ impl fmt::Display for StorageError {
                 Ok(())
             }
             StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
+            StorageError::CredentialsPending => f.write_str("no access token yet"),
         }
     }
 }
@@ -119,8 +132,59 @@ impl ObjectStore {
         self.settings.location.url(key)
     }
 
+    /// A credential request to send now (fetching or renewing an access
+    /// token), if the backend needs one.
+    pub fn credential_request(&mut self, _now: Timestamp) -> Option<HttpRequest> {
+        match &self.settings.backend {
+            Backend::S3(_) => None,
+        }
+    }
+
+    /// The answer to [`ObjectStore::credential_request`].
+    pub fn on_credential_response(
+        &mut self,
+        _response: HttpResponse,
+        _now: Timestamp,
+    ) -> Result<(), StorageError> {
+        match &self.settings.backend {
+            Backend::S3(_) => Ok(()),
+        }
+    }
+
+    /// Whether requests can be built now (no access token to wait for).
+    pub fn credentials_ready(&self, _now: Timestamp) -> bool {
+        match &self.settings.backend {
+            Backend::S3(_) => true,
+        }
+    }
+
     pub fn get(&self, key: &str, now: Timestamp) -> Result<HttpRequest, StorageError> {
-        s3::request(&self.settings, "GET", key, None, &[], now).map_err(StorageError::Signing)
+        self.request("GET", key, None, &[], now)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        key: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<HttpRequest, StorageError> {
+        let s = &self.settings;
+        match &s.backend {
+            Backend::S3(s3) => s3::request(
+                s3,
+                &s.location.bucket,
+                &s.cluster,
+                s.timeout,
+                method,
+                key,
+                body,
+                headers,
+                now,
+            )
+            .map_err(StorageError::Signing),
+        }
     }
 
     pub fn put(
@@ -136,8 +200,7 @@ impl ObjectStore {
             PutMode::Create => headers.push(("if-none-match".into(), "*".into())),
             PutMode::Update { etag } => headers.push(("if-match".into(), etag.clone())),
         }
-        s3::request(&self.settings, "PUT", key, Some(body), &headers, now)
-            .map_err(StorageError::Signing)
+        self.request("PUT", key, Some(body), &headers, now)
     }
 
     /// The outcome of a GET.

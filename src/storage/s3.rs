@@ -1,7 +1,7 @@
 //! Amazon S3 and S3-compatible stores: request building (addressing and
 //! SigV4 with S3's rules) and error classification.
 
-use super::{StorageError, StorageSettings};
+use super::StorageError;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
@@ -52,16 +52,18 @@ pub struct S3Settings {
 }
 
 /// Builds a (signed, when credentials are set) object request.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn request(
-    settings: &StorageSettings,
+    s3: &S3Settings,
+    bucket: &str,
+    cluster: &str,
+    timeout: std::time::Duration,
     method: &str,
     key: &str,
     body: Option<Vec<u8>>,
     extra_headers: &[(String, String)],
     now: Timestamp,
 ) -> Result<HttpRequest, SigningError> {
-    let s3 = &settings.s3;
-    let bucket = &settings.location.bucket;
     let encoded_key = sigv4::uri_encode(key, false);
     let (authority, path) = match &s3.addressing {
         S3Addressing::VirtualHosted => (
@@ -97,13 +99,13 @@ pub(super) fn request(
         headers.extend(signed.headers);
     }
     Ok(HttpRequest {
-        cluster: settings.cluster.clone(),
+        cluster: cluster.to_string(),
         method: method.to_string(),
         path,
         authority,
         headers,
         body,
-        timeout: settings.timeout,
+        timeout,
     })
 }
 
@@ -140,7 +142,7 @@ fn xml_element(body: &str, name: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::secret::Secret;
-    use crate::storage::{ObjectStore, PutMode, StorageLocation};
+    use crate::storage::{Backend, ObjectStore, PutMode, StorageLocation, StorageSettings};
     use std::time::Duration;
 
     fn store(addressing: S3Addressing, credentials: Option<Credentials>) -> ObjectStore {
@@ -148,11 +150,11 @@ mod tests {
             location: StorageLocation::parse("s3://bkt/pre/fix").unwrap(),
             cluster: "object_storage".into(),
             timeout: Duration::from_secs(5),
-            s3: S3Settings {
+            backend: Backend::S3(S3Settings {
                 addressing,
                 region: "us-east-1".into(),
                 credentials,
-            },
+            }),
         })
     }
 
