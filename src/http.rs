@@ -10,8 +10,8 @@ use std::time::Duration;
 
 /// One outbound call: which upstream cluster, what to send, how long to wait.
 ///
-/// `Debug` masks credential-bearing headers ([`SENSITIVE_HEADERS`]) and
-/// prints only the body's length.
+/// `Debug` masks credential-bearing headers ([`SENSITIVE_HEADERS`]) and the
+/// query string, and prints only the body's length.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// The proxy's upstream cluster that carries the call.
@@ -43,12 +43,21 @@ impl fmt::Debug for HttpRequest {
         f.debug_struct("HttpRequest")
             .field("cluster", &self.cluster)
             .field("method", &self.method)
-            .field("path", &self.path)
+            .field("path", &masked_query(&self.path))
             .field("authority", &self.authority)
             .field("headers", &headers)
             .field("body_len", &self.body.as_ref().map(Vec::len))
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// The path with its query replaced by `***`: a query may carry a
+/// credential (an Azure SAS token's `sig`).
+pub fn masked_query(path: &str) -> String {
+    match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_string(),
     }
 }
 
@@ -89,7 +98,7 @@ mod tests {
         let r = HttpRequest {
             cluster: "c".into(),
             method: "GET".into(),
-            path: "/p".into(),
+            path: "/p?sv=1&sig=s3cr3t".into(),
             authority: "a".into(),
             headers: vec![
                 (
@@ -104,11 +113,16 @@ mod tests {
         };
         let d = format!("{r:?}");
         assert!(
-            !d.contains("deadbeef") && !d.contains("tok3n") && !d.contains("secret-ish"),
+            !d.contains("deadbeef")
+                && !d.contains("tok3n")
+                && !d.contains("secret-ish")
+                && !d.contains("s3cr3t"),
             "{d}"
         );
         assert!(
-            d.contains("20260101T000000Z") && d.contains("body_len: Some(15)"),
+            d.contains("20260101T000000Z")
+                && d.contains("body_len: Some(15)")
+                && d.contains("/p?***"),
             "{d}"
         );
     }

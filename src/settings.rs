@@ -8,6 +8,7 @@
 
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
+use crate::storage::azure::{AzureConfigError, AzureCredentials, AzureEndpoint, AzureSettings};
 use crate::storage::{Backend, S3Addressing, S3Settings, Scheme, StorageLocation, StorageSettings};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -89,6 +90,9 @@ pub mod env {
     pub const REGION: &str = "AWS_REGION";
     pub const DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
     pub const ENDPOINT: &str = "AWS_CONFIG_STORAGE_ENDPOINT";
+    pub const AZURE_KEY: &str = "AZURE_STORAGE_KEY";
+    pub const AZURE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
+    pub const AZURE_ENDPOINT: &str = "AZURE_STORAGE_ENDPOINT";
 }
 
 impl Settings {
@@ -262,7 +266,16 @@ fn storage_settings(
             }
             Backend::S3(s3_settings(fields.endpoint, fields.region, env)?)
         }
-        Scheme::Gcs | Scheme::Azure => {
+        Scheme::Azure => {
+            if fields.token_cluster.is_some() {
+                only_for("storage.token_cluster", "gcs://")?;
+            }
+            if fields.region.is_some() {
+                only_for("storage.region", "s3://")?;
+            }
+            Backend::Azure(azure_settings(&location, fields.endpoint, env)?)
+        }
+        Scheme::Gcs => {
             return err(
                 "cluster_fallback_config_storage",
                 "names a backend that is not available yet",
@@ -275,6 +288,46 @@ fn storage_settings(
         timeout: fields.timeout,
         backend,
     })
+}
+
+fn azure_settings(
+    location: &StorageLocation,
+    endpoint: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AzureSettings, SettingsError> {
+    let account = location.account.as_deref().unwrap_or_default();
+    // Every Azure error names its field or variable itself.
+    let fail = |e: AzureConfigError| SettingsError {
+        field: azure_error_field(&e),
+        reason: e.to_string(),
+    };
+    let endpoint = match (endpoint, env(env::AZURE_ENDPOINT)) {
+        (Some(e), _) => Some(AzureEndpoint::parse(&e, account, "storage.endpoint").map_err(fail)?),
+        (None, Some(e)) => {
+            Some(AzureEndpoint::parse(&e, account, env::AZURE_ENDPOINT).map_err(fail)?)
+        }
+        (None, None) => None,
+    };
+    let key = env(env::AZURE_KEY);
+    let sas = env(env::AZURE_SAS_TOKEN);
+    let credentials =
+        AzureCredentials::from_values(key.as_deref(), sas.as_deref()).map_err(fail)?;
+    AzureSettings::new(account, &location.bucket, endpoint, credentials).map_err(fail)
+}
+
+/// The plugin field or variable an Azure configuration error is about.
+fn azure_error_field(e: &AzureConfigError) -> String {
+    match e {
+        AzureConfigError::InvalidSharedKey => env::AZURE_KEY.into(),
+        AzureConfigError::InvalidSasToken(_) => env::AZURE_SAS_TOKEN.into(),
+        AzureConfigError::ConflictingCredentials => {
+            format!("{} and {}", env::AZURE_KEY, env::AZURE_SAS_TOKEN)
+        }
+        AzureConfigError::InvalidEndpoint { field, .. } => field.clone(),
+        AzureConfigError::InvalidAccount(_) | AzureConfigError::InvalidContainer(_) => {
+            "cluster_fallback_config_storage".into()
+        }
+    }
 }
 
 fn s3_settings(
@@ -494,7 +547,61 @@ mod tests {
     fn s3_of(st: &StorageSettings) -> &S3Settings {
         match &st.backend {
             Backend::S3(s3) => s3,
+            other => panic!("not S3: {other:?}"),
         }
+    }
+
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    #[test]
+    fn azure_storage() {
+        let json = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"azure://devstoreaccount1/configs/gw"}"#;
+        let s = parse_with(
+            json,
+            &[
+                ("AZURE_STORAGE_KEY", AZURITE_KEY),
+                (
+                    "AZURE_STORAGE_ENDPOINT",
+                    "http://127.0.0.1:10000/devstoreaccount1",
+                ),
+            ],
+        )
+        .unwrap();
+        let st = s.storage.clone().unwrap();
+        let Backend::Azure(az) = &st.backend else {
+            panic!("not Azure")
+        };
+        assert_eq!(
+            (az.account.as_str(), az.container.as_str()),
+            ("devstoreaccount1", "configs")
+        );
+        assert_eq!(az.endpoint.authority, "127.0.0.1:10000");
+        assert_eq!(st.location.prefix, "gw");
+        assert!(!format!("{s:?}").contains("Eby8vdM02"));
+        // Default endpoint, SAS.
+        let s = parse_with(
+            json,
+            &[("AZURE_STORAGE_SAS_TOKEN", "sv=2021-12-02&ss=b&sig=abc%3D")],
+        )
+        .unwrap();
+        let Backend::Azure(az) = &s.storage.unwrap().backend else {
+            panic!("not Azure")
+        };
+        assert_eq!(
+            az.endpoint.authority,
+            "devstoreaccount1.blob.core.windows.net"
+        );
+        // Errors name the variable or field, never the secret.
+        let e = parse_with(json, &[("AZURE_STORAGE_KEY", "not base64!!")]).unwrap_err();
+        assert_eq!(e.field, "AZURE_STORAGE_KEY");
+        assert!(!e.to_string().contains("not base64!!"));
+        let e = parse_with(json, &[("AZURE_STORAGE_ENDPOINT", "ftp://x")]).unwrap_err();
+        assert_eq!(e.field, "AZURE_STORAGE_ENDPOINT");
+        let with_region = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"azure://devstoreaccount1/configs","storage":{"region":"x"}}"#;
+        assert_eq!(field_of(with_region), "storage.region");
+        let bad_account = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"azure://Bad_Account/c"}"#;
+        assert_eq!(field_of(bad_account), "cluster_fallback_config_storage");
     }
 
     fn field_of(json: &str) -> String {

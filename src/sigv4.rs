@@ -777,7 +777,7 @@ fn signing_key(secret: &Secret, day: &str, region: &str, service: &str) -> [u8; 
 /// prescribes (hashed if longer than a block, then zero-padded) and passed
 /// through the infallible fixed-size constructor. A unit test checks this
 /// against `new_from_slice`.
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut block: Key<Hmac<Sha256>> = Default::default();
     if key.len() > block.len() {
         let digest = Sha256::digest(key);

@@ -9,6 +9,7 @@
 //! Backends whose credentials must be fetched first (an OAuth token) say
 //! so through [`ObjectStore::credential_request`].
 
+pub mod azure;
 mod location;
 pub mod s3;
 
@@ -35,6 +36,7 @@ pub struct StorageSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backend {
     S3(S3Settings),
+    Azure(azure::AzureSettings),
 }
 
 /// How a write treats an existing object (object_store's `PutMode`).
@@ -136,7 +138,7 @@ impl ObjectStore {
     /// token), if the backend needs one.
     pub fn credential_request(&mut self, _now: Timestamp) -> Option<HttpRequest> {
         match &self.settings.backend {
-            Backend::S3(_) => None,
+            Backend::S3(_) | Backend::Azure(_) => None,
         }
     }
 
@@ -147,46 +149,30 @@ impl ObjectStore {
         _now: Timestamp,
     ) -> Result<(), StorageError> {
         match &self.settings.backend {
-            Backend::S3(_) => Ok(()),
+            Backend::S3(_) | Backend::Azure(_) => Ok(()),
         }
     }
 
     /// Whether requests can be built now (no access token to wait for).
     pub fn credentials_ready(&self, _now: Timestamp) -> bool {
         match &self.settings.backend {
-            Backend::S3(_) => true,
+            Backend::S3(_) | Backend::Azure(_) => true,
         }
     }
 
     pub fn get(&self, key: &str, now: Timestamp) -> Result<HttpRequest, StorageError> {
-        self.request("GET", key, None, &[], now)
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        key: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(String, String)],
-        now: Timestamp,
-    ) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
+        let via = Via {
+            cluster: &s.cluster,
+            timeout: s.timeout,
+        };
         match &s.backend {
-            Backend::S3(s3) => s3::request(
-                s3,
-                &s.location.bucket,
-                &s.cluster,
-                s.timeout,
-                method,
-                key,
-                body,
-                headers,
-                now,
-            )
-            .map_err(StorageError::Signing),
+            Backend::S3(s3) => s3::get(s3, via, &s.location.bucket, key, now),
+            Backend::Azure(az) => Ok(az.get_blob(via.into(), key, now)),
         }
     }
 
+    /// A JSON object write with the given precondition.
     pub fn put(
         &self,
         key: &str,
@@ -194,35 +180,50 @@ impl ObjectStore {
         mode: &PutMode,
         now: Timestamp,
     ) -> Result<HttpRequest, StorageError> {
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        match mode {
-            PutMode::Overwrite => {}
-            PutMode::Create => headers.push(("if-none-match".into(), "*".into())),
-            PutMode::Update { etag } => headers.push(("if-match".into(), etag.clone())),
+        let s = &self.settings;
+        let via = Via {
+            cluster: &s.cluster,
+            timeout: s.timeout,
+        };
+        match &s.backend {
+            Backend::S3(s3) => s3::put(s3, via, &s.location.bucket, key, body, JSON, mode, now),
+            Backend::Azure(az) => Ok(az.put_blob(via.into(), key, body, JSON, mode, now)),
         }
-        self.request("PUT", key, Some(body), &headers, now)
     }
 
     /// The outcome of a GET.
     pub fn read_result(&self, response: HttpResponse) -> Result<Object, StorageError> {
-        match response.status {
-            200 => Ok(Object {
-                etag: response.header("etag").map(str::to_string),
-                last_modified: response
-                    .header("last-modified")
-                    .and_then(Timestamp::parse_http_date),
-                date: response.header("date").and_then(Timestamp::parse_http_date),
-                body: response.body,
-            }),
-            _ => Err(s3::classify_error(&response)),
+        match &self.settings.backend {
+            Backend::S3(_) => s3::read_result(response),
+            Backend::Azure(_) => azure::read_result(response),
         }
     }
 
-    /// The outcome of a PUT: the new ETag, when the store sent one.
+    /// The outcome of a PUT: the new ETag (or generation), when the store
+    /// sent one.
     pub fn write_result(&self, response: &HttpResponse) -> Result<Option<String>, StorageError> {
-        match response.status {
-            200..=299 => Ok(response.header("etag").map(str::to_string)),
-            _ => Err(s3::classify_error(response)),
+        match &self.settings.backend {
+            Backend::S3(_) => s3::write_result(response),
+            Backend::Azure(_) => azure::write_result(response),
+        }
+    }
+}
+
+/// Content type of everything this crate stores.
+const JSON: &str = "application/json";
+
+/// The proxy cluster and timeout that carry a backend's requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Via<'a> {
+    pub cluster: &'a str,
+    pub timeout: Duration,
+}
+
+impl<'a> From<Via<'a>> for azure::Dispatch<'a> {
+    fn from(v: Via<'a>) -> Self {
+        azure::Dispatch {
+            cluster: v.cluster,
+            timeout: v.timeout,
         }
     }
 }

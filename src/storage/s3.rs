@@ -1,7 +1,7 @@
 //! Amazon S3 and S3-compatible stores: request building (addressing and
 //! SigV4 with S3's rules) and error classification.
 
-use super::StorageError;
+use super::{Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
@@ -51,13 +51,67 @@ pub struct S3Settings {
     pub credentials: Option<Credentials>,
 }
 
+/// A GET of `key`.
+pub(super) fn get(
+    s3: &S3Settings,
+    via: Via<'_>,
+    bucket: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<HttpRequest, StorageError> {
+    request(s3, via, bucket, "GET", key, None, &[], now).map_err(StorageError::Signing)
+}
+
+/// A PUT of `key` with S3's conditional headers for `mode`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn put(
+    s3: &S3Settings,
+    via: Via<'_>,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    content_type: &str,
+    mode: &PutMode,
+    now: Timestamp,
+) -> Result<HttpRequest, StorageError> {
+    let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+    match mode {
+        PutMode::Overwrite => {}
+        PutMode::Create => headers.push(("if-none-match".into(), "*".into())),
+        PutMode::Update { etag } => headers.push(("if-match".into(), etag.clone())),
+    }
+    request(s3, via, bucket, "PUT", key, Some(body), &headers, now).map_err(StorageError::Signing)
+}
+
+/// The outcome of a GET.
+pub(super) fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
+    match response.status {
+        200 => Ok(Object {
+            etag: response.header("etag").map(str::to_string),
+            last_modified: response
+                .header("last-modified")
+                .and_then(Timestamp::parse_http_date),
+            date: response.header("date").and_then(Timestamp::parse_http_date),
+            body: response.body,
+        }),
+        _ => Err(classify_error(&response)),
+    }
+}
+
+/// The outcome of a PUT: the new ETag.
+pub(super) fn write_result(response: &HttpResponse) -> Result<Option<String>, StorageError> {
+    match response.status {
+        200..=299 => Ok(response.header("etag").map(str::to_string)),
+        _ => Err(classify_error(response)),
+    }
+}
+
 /// Builds a (signed, when credentials are set) object request.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn request(
+fn request(
     s3: &S3Settings,
+    via: Via<'_>,
     bucket: &str,
-    cluster: &str,
-    timeout: std::time::Duration,
     method: &str,
     key: &str,
     body: Option<Vec<u8>>,
@@ -99,13 +153,13 @@ pub(super) fn request(
         headers.extend(signed.headers);
     }
     Ok(HttpRequest {
-        cluster: cluster.to_string(),
+        cluster: via.cluster.to_string(),
         method: method.to_string(),
         path,
         authority,
         headers,
         body,
-        timeout,
+        timeout: via.timeout,
     })
 }
 
