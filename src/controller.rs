@@ -382,8 +382,10 @@ impl Controller {
             Pending::Credential => {
                 self.credential_in_flight = false;
                 if let Some(store) = self.store.as_mut() {
-                    if let Err(e) = store.on_credential_response(response, now) {
-                        self.credentials_failed(&e, &mut out);
+                    match store.on_credential_response(response, now) {
+                        // An import may have been waiting for this token.
+                        Ok(()) => self.drive_credentials(now, &mut out),
+                        Err(e) => self.credentials_failed(&e, &mut out),
                     }
                 }
             }
@@ -457,9 +459,13 @@ impl Controller {
     /// then starts an import that was waiting for it.
     fn drive_credentials(&mut self, now: Timestamp, out: &mut Vec<Action>) {
         if !self.credential_in_flight {
-            if let Some(request) = self.store.as_mut().and_then(|s| s.credential_request(now)) {
-                self.credential_in_flight = true;
-                self.send(Pending::Credential, request, now, out);
+            match self.store.as_mut().map(|s| s.credential_request(now)) {
+                Some(Ok(Some(request))) => {
+                    self.credential_in_flight = true;
+                    self.send(Pending::Credential, request, now, out);
+                }
+                Some(Err(e)) => self.credentials_failed(&e, out),
+                _ => {}
             }
         }
         let ready = self

@@ -9,6 +9,8 @@
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
 use crate::storage::azure::{AzureConfigError, AzureCredentials, AzureEndpoint, AzureSettings};
+use crate::storage::gcp_auth::ServiceAccount;
+use crate::storage::gcs::GcsSettings;
 use crate::storage::{Backend, S3Addressing, S3Settings, Scheme, StorageLocation, StorageSettings};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -76,6 +78,8 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Sett
 
 /// Default names, chosen to match the example `envoy.yaml`.
 pub const DEFAULT_STORAGE_CLUSTER: &str = "object_storage";
+/// GCS: the cluster that reaches the service account's `token_uri`.
+pub const DEFAULT_TOKEN_CLUSTER: &str = "gcp_oauth";
 pub const DEFAULT_CP_CLUSTER: &str = "control_plane";
 pub const DEFAULT_CP_PATH: &str = "/v1/config";
 pub const DEFAULT_UPSTREAM_HEADER: &str = "x-fallback-upstream";
@@ -90,6 +94,7 @@ pub mod env {
     pub const REGION: &str = "AWS_REGION";
     pub const DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
     pub const ENDPOINT: &str = "AWS_CONFIG_STORAGE_ENDPOINT";
+    pub const GCP_SERVICE_ACCOUNT: &str = "GCP_SERVICE_ACCOUNT";
     pub const AZURE_KEY: &str = "AZURE_STORAGE_KEY";
     pub const AZURE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
     pub const AZURE_ENDPOINT: &str = "AZURE_STORAGE_ENDPOINT";
@@ -276,10 +281,29 @@ fn storage_settings(
             Backend::Azure(azure_settings(&location, fields.endpoint, env)?)
         }
         Scheme::Gcs => {
-            return err(
-                "cluster_fallback_config_storage",
-                "names a backend that is not available yet",
-            );
+            if fields.region.is_some() {
+                only_for("storage.region", "s3://")?;
+            }
+            let service_account = match env(env::GCP_SERVICE_ACCOUNT) {
+                Some(json) => Some(ServiceAccount::parse(&json).map_err(|e| SettingsError {
+                    field: env::GCP_SERVICE_ACCOUNT.into(),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
+            let gcs =
+                GcsSettings::new(fields.endpoint.as_deref(), service_account).map_err(|e| {
+                    SettingsError {
+                        field: "storage.endpoint".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            Backend::Gcs {
+                gcs,
+                token_cluster: fields
+                    .token_cluster
+                    .unwrap_or_else(|| DEFAULT_TOKEN_CLUSTER.to_string()),
+            }
         }
     };
     Ok(StorageSettings {
@@ -553,6 +577,42 @@ mod tests {
 
     const AZURITE_KEY: &str =
         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    #[test]
+    fn gcs_storage() {
+        let json = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gs://bkt/gw"}"#;
+        let s = parse_with(json, &[]).unwrap();
+        let st = s.storage.unwrap();
+        let Backend::Gcs { gcs, token_cluster } = &st.backend else {
+            panic!("not GCS")
+        };
+        assert_eq!(gcs.authority, "storage.googleapis.com");
+        assert!(gcs.service_account.is_none());
+        assert_eq!(token_cluster, "gcp_oauth");
+        let json = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gcs://bkt",
+            "storage":{"endpoint":"http://127.0.0.1:9023","token_cluster":"oauth"}}"#;
+        let st = parse_with(json, &[]).unwrap().storage.unwrap();
+        let Backend::Gcs { gcs, token_cluster } = &st.backend else {
+            panic!("not GCS")
+        };
+        assert_eq!(
+            (gcs.authority.as_str(), token_cluster.as_str()),
+            ("127.0.0.1:9023", "oauth")
+        );
+        // A broken service account names the variable and never echoes it.
+        let e = parse_with(json, &[("GCP_SERVICE_ACCOUNT", r#"{"type":"service_account","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}"#)])
+            .unwrap_err();
+        assert_eq!(e.field, "GCP_SERVICE_ACCOUNT");
+        assert!(!e.to_string().contains("AAAA"), "{e}");
+        let e = parse_with(json, &[("GCP_SERVICE_ACCOUNT", "not json")]).unwrap_err();
+        assert_eq!(e.field, "GCP_SERVICE_ACCOUNT");
+        let bad = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gcs://bkt","storage":{"endpoint":"127.0.0.1"}}"#;
+        assert_eq!(field_of(bad), "storage.endpoint");
+        let bad = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gcs://bkt","storage":{"region":"x"}}"#;
+        assert_eq!(field_of(bad), "storage.region");
+        let bad = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://bkt","storage":{"token_cluster":"x"}}"#;
+        assert_eq!(field_of(bad), "storage.token_cluster");
+    }
 
     #[test]
     fn azure_storage() {

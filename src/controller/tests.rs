@@ -686,3 +686,100 @@ impl std::ops::Sub<Duration> for Timestamp {
         Timestamp(self.0 - d.as_millis() as u64)
     }
 }
+
+fn gcs_settings(import: bool, export: bool) -> Settings {
+    let json = format!(
+        r#"{{"cluster_fallback_config_import":{import},"cluster_fallback_config_export":{export},
+            "cluster_fallback_config_storage":"gcs://bkt/pre",
+            "storage":{{"endpoint":"http://127.0.0.1:9023","token_cluster":"oauth","timeout_ms":1000}},
+            "control_plane":{{"timeout_ms":1000,"poll_interval_ms":5000}}}}"#
+    );
+    let account = crate::storage::gcp_auth::tests::account_json(
+        crate::storage::gcp_auth::tests::TEST_KEY_PKCS8,
+    );
+    Settings::parse(json.as_bytes(), &|k| {
+        (k == "GCP_SERVICE_ACCOUNT").then(|| account.clone())
+    })
+    .unwrap()
+}
+
+fn token_ok() -> HttpResponse {
+    resp(
+        200,
+        r#"{"access_token":"ya29.tok","expires_in":3600,"token_type":"Bearer"}"#,
+    )
+}
+
+#[test]
+fn gcs_import_waits_for_the_access_token() {
+    let mut c = Controller::new(&gcs_settings(true, false), "n".into());
+    let o = split(c.tick(at(0)));
+    // The token is fetched at once, beside the first CP poll.
+    let token = o
+        .sends
+        .iter()
+        .find(|(_, r)| r.cluster == "oauth")
+        .cloned()
+        .expect("token request");
+    assert_eq!(
+        (token.1.method.as_str(), token.1.path.as_str()),
+        ("POST", "/oauth2/token")
+    );
+    let (cp, _) = o.sends.iter().find(|(_, r)| is_cp(r)).cloned().unwrap();
+    let o = split(c.on_response(cp, resp(503, ""), at(0)));
+    assert!(o.sends.is_empty() && o.logged("waiting for the store's access token"));
+    let o = split(c.on_response(token.0, token_ok(), at(1)));
+    assert!(o.marked);
+    let (_, get) = o.one_send();
+    assert_eq!(get.cluster, "object_storage");
+    assert_eq!(
+        get.path,
+        format!("/storage/v1/b/bkt/o/pre%2F{VERSION}%2Fconfig.json?alt=media")
+    );
+    assert_eq!(header(get, "authorization"), Some("Bearer ya29.tok"));
+    assert!(!format!("{get:?}").contains("ya29.tok"));
+}
+
+#[test]
+fn gcs_import_fails_clearly_when_no_token_can_be_had() {
+    let mut c = Controller::new(&gcs_settings(true, false), "n".into());
+    let o = split(c.tick(at(0)));
+    let (token, _) = o
+        .sends
+        .iter()
+        .find(|(_, r)| r.cluster == "oauth")
+        .cloned()
+        .unwrap();
+    let (cp, _) = o.sends.iter().find(|(_, r)| is_cp(r)).cloned().unwrap();
+    split(c.on_response(cp, resp(503, ""), at(0)));
+    let refused = resp(
+        400,
+        r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
+    );
+    let o = split(c.on_response(token, refused, at(1)));
+    assert!(
+        o.logged("import failed:") && o.logged("invalid_grant"),
+        "{:?}",
+        o.logs
+    );
+    assert!(o.sends.is_empty() && o.publishes.is_empty());
+    // Never a storage GET afterwards, even once a token arrives.
+    for i in 1..5 {
+        let o = split(c.tick(at(5 * i)));
+        assert!(
+            o.sends.iter().all(|(_, r)| r.cluster != "object_storage"),
+            "{o:?}"
+        );
+        for (t, r) in o.sends {
+            let answer = if r.cluster == "oauth" {
+                token_ok()
+            } else {
+                resp(503, "")
+            };
+            assert!(split(c.on_response(t, answer, at(5 * i)))
+                .sends
+                .iter()
+                .all(|(_, r)| r.cluster != "object_storage"));
+        }
+    }
+}

@@ -10,6 +10,8 @@
 //! so through [`ObjectStore::credential_request`].
 
 pub mod azure;
+pub mod gcp_auth;
+pub mod gcs;
 mod location;
 pub mod s3;
 
@@ -36,6 +38,11 @@ pub struct StorageSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backend {
     S3(S3Settings),
+    Gcs {
+        gcs: gcs::GcsSettings,
+        /// The proxy cluster that reaches the service account's `token_uri`.
+        token_cluster: String,
+    },
     Azure(azure::AzureSettings),
 }
 
@@ -82,6 +89,8 @@ pub enum StorageError {
     /// The backend's credentials are not available yet (an access token
     /// is being fetched): try again later.
     CredentialsPending,
+    /// No access token could be had (GCS: the token endpoint refused).
+    Token(gcp_auth::TokenError),
 }
 
 impl fmt::Display for StorageError {
@@ -106,6 +115,7 @@ impl fmt::Display for StorageError {
             }
             StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
             StorageError::CredentialsPending => f.write_str("no access token yet"),
+            StorageError::Token(e) => write!(f, "cannot get an access token: {e}"),
         }
     }
 }
@@ -117,11 +127,19 @@ impl std::error::Error for StorageError {}
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectStore {
     settings: StorageSettings,
+    /// GCS with a service account: the access token and its renewal.
+    tokens: Option<gcp_auth::TokenCache>,
 }
 
 impl ObjectStore {
     pub fn new(settings: StorageSettings) -> Self {
-        ObjectStore { settings }
+        let tokens = match &settings.backend {
+            Backend::Gcs { gcs, token_cluster } => gcs.service_account.clone().map(|account| {
+                gcp_auth::TokenCache::new(account, token_cluster.clone(), settings.timeout)
+            }),
+            _ => None,
+        };
+        ObjectStore { settings, tokens }
     }
 
     /// `<prefix>/<version>/<name>`: the full object key.
@@ -136,27 +154,43 @@ impl ObjectStore {
 
     /// A credential request to send now (fetching or renewing an access
     /// token), if the backend needs one.
-    pub fn credential_request(&mut self, _now: Timestamp) -> Option<HttpRequest> {
-        match &self.settings.backend {
-            Backend::S3(_) | Backend::Azure(_) => None,
+    pub fn credential_request(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<Option<HttpRequest>, StorageError> {
+        match self.tokens.as_mut() {
+            Some(tokens) => tokens.next_request(now).map_err(StorageError::Token),
+            None => Ok(None),
         }
     }
 
     /// The answer to [`ObjectStore::credential_request`].
     pub fn on_credential_response(
         &mut self,
-        _response: HttpResponse,
-        _now: Timestamp,
+        response: HttpResponse,
+        now: Timestamp,
     ) -> Result<(), StorageError> {
-        match &self.settings.backend {
-            Backend::S3(_) | Backend::Azure(_) => Ok(()),
+        match self.tokens.as_mut() {
+            Some(tokens) => tokens
+                .on_response(response, now)
+                .map_err(StorageError::Token),
+            None => Ok(()),
         }
     }
 
     /// Whether requests can be built now (no access token to wait for).
-    pub fn credentials_ready(&self, _now: Timestamp) -> bool {
-        match &self.settings.backend {
-            Backend::S3(_) | Backend::Azure(_) => true,
+    pub fn credentials_ready(&self, now: Timestamp) -> bool {
+        self.tokens.as_ref().is_none_or(|t| t.token(now).is_some())
+    }
+
+    /// The bearer token for GCS requests: `Ok(None)` for anonymous ones.
+    fn bearer(&self, now: Timestamp) -> Result<Option<&crate::secret::Secret>, StorageError> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(t) => t
+                .token(now)
+                .map(Some)
+                .ok_or(StorageError::CredentialsPending),
         }
     }
 
@@ -168,6 +202,13 @@ impl ObjectStore {
         };
         match &s.backend {
             Backend::S3(s3) => s3::get(s3, via, &s.location.bucket, key, now),
+            Backend::Gcs { gcs, .. } => Ok(gcs::get(
+                gcs,
+                via,
+                &s.location.bucket,
+                key,
+                self.bearer(now)?,
+            )),
             Backend::Azure(az) => Ok(az.get_blob(via.into(), key, now)),
         }
     }
@@ -187,6 +228,19 @@ impl ObjectStore {
         };
         match &s.backend {
             Backend::S3(s3) => s3::put(s3, via, &s.location.bucket, key, body, JSON, mode, now),
+            Backend::Gcs { gcs, .. } => {
+                let token = self.bearer(now)?;
+                Ok(gcs::put(
+                    gcs,
+                    via,
+                    &s.location.bucket,
+                    key,
+                    body,
+                    JSON,
+                    mode,
+                    token,
+                ))
+            }
             Backend::Azure(az) => Ok(az.put_blob(via.into(), key, body, JSON, mode, now)),
         }
     }
@@ -195,6 +249,7 @@ impl ObjectStore {
     pub fn read_result(&self, response: HttpResponse) -> Result<Object, StorageError> {
         match &self.settings.backend {
             Backend::S3(_) => s3::read_result(response),
+            Backend::Gcs { .. } => gcs::read_result(response),
             Backend::Azure(_) => azure::read_result(response),
         }
     }
@@ -204,6 +259,7 @@ impl ObjectStore {
     pub fn write_result(&self, response: &HttpResponse) -> Result<Option<String>, StorageError> {
         match &self.settings.backend {
             Backend::S3(_) => s3::write_result(response),
+            Backend::Gcs { .. } => gcs::write_result(response),
             Backend::Azure(_) => azure::write_result(response),
         }
     }

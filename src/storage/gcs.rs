@@ -1,0 +1,535 @@
+//! Google Cloud Storage through its JSON API: request building and answer
+//! classification, the same inner shape as the S3 backend.
+//!
+//! Objects are read with `GET …/o/<name>?alt=media` and written with a
+//! single-request media upload (`POST /upload/…?uploadType=media`), the
+//! simplest API calls that carry a whole small object. Conditional writes
+//! use `ifGenerationMatch`: a GCS object's *generation* changes on every
+//! write, so it plays the role of S3's ETag, and this backend reports it
+//! (decimal) wherever the storage interface speaks of an ETag.
+//!
+//! Authentication is an OAuth access token (see [`super::gcp_auth`]),
+//! passed in by the caller; without one requests are anonymous, which a
+//! public bucket or an emulator accepts.
+
+use super::gcp_auth::ServiceAccount;
+use super::{Object, PutMode, StorageError, Via};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::secret::Secret;
+use crate::sigv4::uri_encode;
+use crate::time::Timestamp;
+use serde_json::Value;
+use std::fmt;
+
+/// The public JSON API endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// Where and as whom to reach GCS.
+///
+/// `Debug` masks the service account's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcsSettings {
+    /// `host[:port]` of the API endpoint (`storage.googleapis.com`).
+    pub authority: String,
+    /// Prefix of every API path, without a trailing `/`; empty for Google.
+    /// An emulator or gateway may serve the API under a sub-path.
+    pub base_path: String,
+    /// `None`: anonymous requests (public bucket, emulator).
+    pub service_account: Option<ServiceAccount>,
+}
+
+impl GcsSettings {
+    /// Settings for `endpoint` (`http(s)://host[:port][/base]`), or for
+    /// [`DEFAULT_ENDPOINT`] when there is none. The scheme only documents
+    /// intent: TLS is the proxy cluster's business.
+    pub fn new(
+        endpoint: Option<&str>,
+        service_account: Option<ServiceAccount>,
+    ) -> Result<Self, UrlError> {
+        let (authority, path) = split_http_url(endpoint.unwrap_or(DEFAULT_ENDPOINT))?;
+        // A base URL is prefixed to paths that have their own query.
+        if path.contains('?') {
+            return Err(UrlError::BadPath);
+        }
+        Ok(GcsSettings {
+            authority: authority.to_string(),
+            base_path: path.trim_end_matches('/').to_string(),
+            service_account,
+        })
+    }
+}
+
+/// Why a URL (`storage.endpoint`, `token_uri`) was refused. The texts
+/// complete "`<field>` …".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrlError {
+    NoScheme,
+    NoHost,
+    /// Spaces, a fragment, or (for a base URL) a query.
+    BadPath,
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlError::NoScheme => f.write_str("must start with http:// or https://"),
+            UrlError::NoHost => f.write_str("must name a host, as in http://127.0.0.1:9023"),
+            UrlError::BadPath => {
+                f.write_str("must be a plain URL, without spaces, query (?) or fragment (#)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+/// Splits `http(s)://host[:port][/path]` into the authority and the path
+/// (empty, or starting with `/`; it may carry a query). Shared by the API
+/// endpoint and the service account's `token_uri`, and parsed like the S3
+/// endpoint.
+pub(crate) fn split_http_url(url: &str) -> Result<(&str, &str), UrlError> {
+    let url = url.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or(UrlError::NoScheme)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains(['?', '#', '@', ' ']) {
+        return Err(UrlError::NoHost);
+    }
+    if path.contains(['#', ' ', '\t', '\n', '\r']) {
+        return Err(UrlError::BadPath);
+    }
+    Ok((authority, path))
+}
+
+/// A download of `key` from `bucket`: `GET …/b/<bucket>/o/<key>?alt=media`.
+///
+/// Object names are percent-encoded whole, `/` included (`%2F`), here and
+/// in [`put`]'s `name=`, as the JSON API requires: a name is one path
+/// segment there, unlike S3 where `/` stays literal.
+///
+/// `token` becomes `Authorization: Bearer …` (masked in the request's
+/// `Debug`); `None` sends the request anonymously.
+pub fn get(
+    gcs: &GcsSettings,
+    via: Via<'_>,
+    bucket: &str,
+    key: &str,
+    token: Option<&Secret>,
+) -> HttpRequest {
+    let path = format!(
+        "{}/storage/v1/b/{}/o/{}?alt=media",
+        uri_encode(&gcs.base_path, false),
+        uri_encode(bucket, true),
+        uri_encode(key, true)
+    );
+    HttpRequest {
+        cluster: via.cluster.to_string(),
+        method: "GET".into(),
+        path,
+        authority: gcs.authority.clone(),
+        headers: bearer(token).into_iter().collect(),
+        body: None,
+        timeout: via.timeout,
+    }
+}
+
+/// An upload of `body` as the whole content of `key`: a single-request
+/// media upload, `POST /upload/…/b/<bucket>/o?uploadType=media&name=<key>`,
+/// under `mode`'s precondition: `Create` is `ifGenerationMatch=0` (matches
+/// only an absent object), `Update { etag }` is `ifGenerationMatch=<etag>`
+/// (the generation that [`read_result`] or [`write_result`] reported).
+///
+/// `token` as for [`get`].
+#[allow(clippy::too_many_arguments)]
+pub fn put(
+    gcs: &GcsSettings,
+    via: Via<'_>,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    content_type: &str,
+    mode: &PutMode,
+    token: Option<&Secret>,
+) -> HttpRequest {
+    let mut path = format!(
+        "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+        uri_encode(&gcs.base_path, false),
+        uri_encode(bucket, true),
+        uri_encode(key, true)
+    );
+    match mode {
+        PutMode::Overwrite => {}
+        PutMode::Create => path.push_str("&ifGenerationMatch=0"),
+        // Encoded in case a non-GCS ETag ever gets here: GCS then answers
+        // 400 instead of us sending a broken query.
+        PutMode::Update { etag } => {
+            path.push_str("&ifGenerationMatch=");
+            path.push_str(&uri_encode(etag, true));
+        }
+    }
+    let mut headers: Vec<(String, String)> = bearer(token).into_iter().collect();
+    headers.push(("content-type".into(), content_type.into()));
+    HttpRequest {
+        cluster: via.cluster.to_string(),
+        method: "POST".into(),
+        path,
+        authority: gcs.authority.clone(),
+        headers,
+        body: Some(body),
+        timeout: via.timeout,
+    }
+}
+
+/// The `authorization` header for an access token, if there is one.
+fn bearer(token: Option<&Secret>) -> Option<(String, String)> {
+    token.map(|t| ("authorization".into(), format!("Bearer {}", t.expose())))
+}
+
+/// The outcome of a GET: the content, with the generation as `etag`.
+pub fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
+    match response.status {
+        200 => Ok(Object {
+            etag: response.header("x-goog-generation").map(str::to_string),
+            last_modified: response
+                .header("last-modified")
+                .and_then(Timestamp::parse_http_date),
+            date: response.header("date").and_then(Timestamp::parse_http_date),
+            body: response.body,
+        }),
+        _ => Err(classify_error(&response)),
+    }
+}
+
+/// The outcome of an upload: the new generation, from the object resource
+/// GCS answers with (`"generation": "1700000000000000"`), else from the
+/// `x-goog-generation` header.
+pub fn write_result(response: &HttpResponse) -> Result<Option<String>, StorageError> {
+    match response.status {
+        200..=299 => {
+            let from_body = serde_json::from_slice::<Value>(&response.body)
+                .ok()
+                .and_then(|v| match v.get("generation") {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                });
+            Ok(from_body.or_else(|| response.header("x-goog-generation").map(str::to_string)))
+        }
+        _ => Err(classify_error(response)),
+    }
+}
+
+/// Maps an error answer to a [`StorageError`], reading GCS's JSON error
+/// (`{"error":{"code":403,"message":"…","errors":[{"reason":"forbidden"}]}}`)
+/// when there is one: `code` is the first `reason` (or `error.status`),
+/// `message` is `error.message`. Any other body (the proxy's own
+/// `upstream connect error`, an emulator's plain text) becomes the message.
+pub fn classify_error(response: &HttpResponse) -> StorageError {
+    let error = serde_json::from_slice::<Value>(&response.body)
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(300).collect::<String>())
+    };
+    let code = error
+        .as_ref()
+        .and_then(|e| text(e.pointer("/errors/0/reason")).or_else(|| text(e.get("status"))));
+    match response.status {
+        404 => StorageError::NotFound { code },
+        412 => StorageError::PreconditionFailed,
+        status => {
+            let message = match &error {
+                Some(e) => text(e.get("message")).or_else(|| text(Some(e))),
+                None => (!response.body.is_empty()).then(|| response.body_excerpt(200)),
+            };
+            StorageError::Status {
+                status,
+                code,
+                message,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn google() -> GcsSettings {
+        GcsSettings::new(None, None).unwrap()
+    }
+
+    const VIA: Via<'static> = Via {
+        cluster: "gcs",
+        timeout: Duration::from_secs(5),
+    };
+
+    fn get_k(settings: &GcsSettings, key: &str, token: Option<&Secret>) -> HttpRequest {
+        get(settings, VIA, "bkt", key, token)
+    }
+
+    fn put_k(settings: &GcsSettings, key: &str, mode: &PutMode) -> HttpRequest {
+        put(
+            settings,
+            VIA,
+            "bkt",
+            key,
+            b"{}".to_vec(),
+            "application/json",
+            mode,
+            None,
+        )
+    }
+
+    fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let g = google();
+        assert_eq!(
+            (g.authority.as_str(), g.base_path.as_str()),
+            ("storage.googleapis.com", "")
+        );
+        let e = GcsSettings::new(Some("http://127.0.0.1:9023"), None).unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.base_path.as_str()),
+            ("127.0.0.1:9023", "")
+        );
+        let e = GcsSettings::new(Some(" https://gw.example:8443/gcs/api/ "), None).unwrap();
+        assert_eq!(
+            (e.authority.as_str(), e.base_path.as_str()),
+            ("gw.example:8443", "/gcs/api")
+        );
+        for (bad, error) in [
+            ("127.0.0.1:9023", UrlError::NoScheme),
+            ("gs://bkt", UrlError::NoScheme),
+            ("http://", UrlError::NoHost),
+            ("http:///base", UrlError::NoHost),
+            ("http://user@host", UrlError::NoHost),
+            ("http://host?x=1", UrlError::NoHost),
+            ("http://host/base?x=1", UrlError::BadPath),
+            ("http://host/a b", UrlError::BadPath),
+            ("http://host/a#b", UrlError::BadPath),
+        ] {
+            assert_eq!(GcsSettings::new(Some(bad), None), Err(error), "{bad}");
+        }
+        assert_eq!(
+            UrlError::NoScheme.to_string(),
+            "must start with http:// or https://"
+        );
+        assert_eq!(
+            split_http_url("https://oauth2.googleapis.com/token"),
+            Ok(("oauth2.googleapis.com", "/token"))
+        );
+    }
+
+    #[test]
+    fn get_encodes_the_name_as_one_segment() {
+        let token = Secret::new("ya29.sekrit");
+        let r = get_k(&google(), "pre fix/0.1.0/a+b/é.json", Some(&token));
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.authority, "storage.googleapis.com");
+        assert_eq!(r.cluster, "gcs");
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert_eq!(
+            r.path,
+            "/storage/v1/b/bkt/o/pre%20fix%2F0.1.0%2Fa%2Bb%2F%C3%A9.json?alt=media"
+        );
+        assert_eq!(header(&r, "authorization"), Some("Bearer ya29.sekrit"));
+        assert_eq!(r.body, None);
+        assert!(!format!("{r:?}").contains("sekrit"));
+        // Anonymous without a token; the base path of an override endpoint.
+        let emulator = GcsSettings::new(Some("http://127.0.0.1:9023/base/"), None).unwrap();
+        let r = get_k(&emulator, "k", None);
+        assert_eq!(r.authority, "127.0.0.1:9023");
+        assert_eq!(r.path, "/base/storage/v1/b/bkt/o/k?alt=media");
+        assert!(r.headers.is_empty());
+    }
+
+    #[test]
+    fn put_is_a_media_upload_with_preconditions() {
+        let g = google();
+        let r = put_k(&g, "pre/0.1.0/config.json", &PutMode::Overwrite);
+        assert_eq!(r.method, "POST");
+        assert_eq!(
+            r.path,
+            "/upload/storage/v1/b/bkt/o?uploadType=media&name=pre%2F0.1.0%2Fconfig.json"
+        );
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(header(&r, "authorization"), None);
+        assert_eq!(r.body.as_deref(), Some(&b"{}"[..]));
+        let r = put_k(&g, "a b+c", &PutMode::Create);
+        assert_eq!(
+            r.path,
+            "/upload/storage/v1/b/bkt/o?uploadType=media&name=a%20b%2Bc&ifGenerationMatch=0"
+        );
+        let update = PutMode::Update {
+            etag: "1700000000123456".into(),
+        };
+        let r = put_k(&g, "k", &update);
+        assert!(
+            r.path
+                .ends_with("&name=k&ifGenerationMatch=1700000000123456"),
+            "{}",
+            r.path
+        );
+        // A foreign ETag cannot break the query.
+        let quoted = PutMode::Update {
+            etag: "\"a&b\"".into(),
+        };
+        assert!(put_k(&g, "k", &quoted)
+            .path
+            .ends_with("&ifGenerationMatch=%22a%26b%22"));
+        let token = Secret::new("ya29.sekrit");
+        let r = put(
+            &g,
+            VIA,
+            "bkt",
+            "k",
+            b"{}".to_vec(),
+            "application/json",
+            &PutMode::Overwrite,
+            Some(&token),
+        );
+        assert_eq!(header(&r, "authorization"), Some("Bearer ya29.sekrit"));
+        assert!(!format!("{r:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn reads_generation_and_dates() {
+        let ok = resp(
+            200,
+            &[
+                ("X-Goog-Generation", "1700000000123456"),
+                ("ETag", "CMDI8qDB0YIDEAE="),
+                ("Last-Modified", "Sun, 30 Aug 2015 12:36:00 GMT"),
+                ("Date", "Sun, 30 Aug 2015 12:38:00 GMT"),
+            ],
+            "{\"a\":1}",
+        );
+        assert_eq!(
+            read_result(ok),
+            Ok(Object {
+                body: b"{\"a\":1}".to_vec(),
+                etag: Some("1700000000123456".into()),
+                last_modified: Some(Timestamp::from_secs(1_440_938_160)),
+                date: Some(Timestamp::from_secs(1_440_938_280)),
+            })
+        );
+        let bare = read_result(resp(200, &[], "")).unwrap();
+        assert_eq!(
+            (bare.etag, bare.last_modified, bare.date),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn write_result_is_the_new_generation() {
+        let body = r#"{"kind":"storage#object","name":"k","bucket":"bkt","generation":"1700000000123456","metageneration":"1"}"#;
+        assert_eq!(
+            write_result(&resp(200, &[], body)),
+            Ok(Some("1700000000123456".into()))
+        );
+        assert_eq!(
+            write_result(&resp(200, &[], r#"{"generation":42}"#)),
+            Ok(Some("42".into()))
+        );
+        assert_eq!(
+            write_result(&resp(200, &[("x-goog-generation", "7")], "")),
+            Ok(Some("7".into()))
+        );
+        assert_eq!(write_result(&resp(200, &[], "{}")), Ok(None));
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let not_found = r#"{"error":{"code":404,"message":"No such object: bkt/k","errors":[{"message":"No such object: bkt/k","domain":"global","reason":"notFound"}]}}"#;
+        assert_eq!(
+            read_result(resp(404, &[], not_found)),
+            Err(StorageError::NotFound {
+                code: Some("notFound".into())
+            })
+        );
+        assert_eq!(
+            read_result(resp(404, &[], "")),
+            Err(StorageError::NotFound { code: None })
+        );
+        let conflict = r#"{"error":{"code":412,"message":"At least one of the pre-conditions you specified did not hold.","errors":[{"reason":"conditionNotMet"}]}}"#;
+        assert_eq!(
+            write_result(&resp(412, &[], conflict)),
+            Err(StorageError::PreconditionFailed)
+        );
+        let forbidden = r#"{"error":{"code":403,"message":"exporter@proj.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage object.","errors":[{"message":"…","domain":"global","reason":"forbidden"}]}}"#;
+        assert_eq!(
+            write_result(&resp(403, &[], forbidden)).unwrap_err().to_string(),
+            "storage answered 403 forbidden: exporter@proj.iam.gserviceaccount.com does not have storage.objects.create access to the Google Cloud Storage object."
+        );
+        let unauthorized = r#"{"error":{"code":401,"message":"Invalid Credentials","errors":[{"message":"Invalid Credentials","domain":"global","reason":"authError","locationType":"header","location":"Authorization"}]}}"#;
+        assert_eq!(
+            read_result(resp(401, &[], unauthorized)),
+            Err(StorageError::Status {
+                status: 401,
+                code: Some("authError".into()),
+                message: Some("Invalid Credentials".into()),
+            })
+        );
+        // Newer error shape: `status` instead of `errors`.
+        let status_only =
+            r#"{"error":{"code":429,"message":"slow down","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(
+            read_result(resp(429, &[], status_only))
+                .unwrap_err()
+                .to_string(),
+            "storage answered 429 RESOURCE_EXHAUSTED: slow down"
+        );
+        // An emulator's bare string error, the proxy's own text, nothing.
+        assert_eq!(
+            read_result(resp(400, &[], r#"{"error":"bad upload"}"#))
+                .unwrap_err()
+                .to_string(),
+            "storage answered 400: bad upload"
+        );
+        assert_eq!(
+            read_result(resp(
+                503,
+                &[],
+                "upstream connect error or\ndisconnect/reset"
+            ))
+            .unwrap_err()
+            .to_string(),
+            "storage answered 503: upstream connect error or disconnect/reset"
+        );
+        assert_eq!(
+            write_result(&resp(500, &[], "")),
+            Err(StorageError::Status {
+                status: 500,
+                code: None,
+                message: None
+            })
+        );
+    }
+}
