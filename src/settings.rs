@@ -299,7 +299,7 @@ fn storage_settings(
                     }
                 })?;
             Backend::Gcs {
-                gcs,
+                gcs: Box::new(gcs),
                 token_cluster: fields
                     .token_cluster
                     .unwrap_or_else(|| DEFAULT_TOKEN_CLUSTER.to_string()),

@@ -39,7 +39,8 @@ pub struct StorageSettings {
 pub enum Backend {
     S3(S3Settings),
     Gcs {
-        gcs: gcs::GcsSettings,
+        /// Boxed: it holds the parsed RSA key, far larger than the others.
+        gcs: Box<gcs::GcsSettings>,
         /// The proxy cluster that reaches the service account's `token_uri`.
         token_cluster: String,
     },
