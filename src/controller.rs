@@ -257,14 +257,16 @@ impl Controller {
     /// (their answers will be ignored) so that nothing is published or
     /// written on the strength of a lease it lost. Timers restart when it
     /// drives again.
-    pub fn demote(&mut self, now: Timestamp) -> Vec<Action> {
+    pub fn demote(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        if self
-            .election
-            .as_ref()
-            .and_then(|e| e.leader_term(now))
-            .is_some()
-        {
+        // Whether or not its lease still looks valid: a root that stops
+        // driving stops leading (the next driver re-takes the lease).
+        if let Some(term) = self.election.as_ref().and_then(Election::held_term) {
+            let message = format!(
+                "lost leadership (term {term}) node={}: this root context no longer drives the process",
+                self.node_id
+            );
+            log(&mut out, Level::Info, message);
             out.push(Action::Metric(Metric::Leader(None)));
         }
         self.pending.clear();
@@ -932,7 +934,10 @@ impl Controller {
                 );
                 self.export.checked = true;
                 self.export.stored_sha256 = None;
-                self.export.write_mode = None;
+                // Absent (no s3:ListBucket) is the case that works; if it
+                // exists but cannot be read (no s3:GetObject) the write
+                // fails its precondition rather than overwrite blindly.
+                self.export.write_mode = Some(PutMode::Create);
                 self.requeue(c);
             }
             Err(e) => self.export_failed(c, &e, now, out),

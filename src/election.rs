@@ -38,6 +38,8 @@ pub const LEASE_OBJECT: &str = "election/lease.json";
 /// Time a leader gives up before its lease could be judged expired by
 /// others: covers the 1-second resolution of HTTP dates and tick delays.
 const MAX_MARGIN: Duration = Duration::from_secs(2);
+/// See [`Election::margin`].
+const MIN_MARGIN: Duration = Duration::from_millis(1200);
 
 /// The stored lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,15 @@ impl Election {
         }
     }
 
+    /// The term of the leadership this node holds or last held without
+    /// hearing it was lost, valid or not.
+    pub fn held_term(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leader { term, .. } => Some(*term),
+            Role::Follower => None,
+        }
+    }
+
     /// The term this node leads in, if it may act as leader at `now`.
     pub fn leader_term(&self, now: Timestamp) -> Option<u64> {
         match &self.role {
@@ -158,7 +169,10 @@ impl Election {
         if self.in_flight || now < self.next_at {
             return None;
         }
-        self.next_at = now.plus(self.settings.renew_interval);
+        self.next_at = now.plus(match self.role {
+            Role::Leader { .. } => self.leader_renew_interval(),
+            Role::Follower => self.settings.renew_interval,
+        });
         self.in_flight = true;
         Some(match &self.role {
             Role::Leader {
@@ -289,7 +303,7 @@ impl Election {
                     valid_until,
                 };
                 self.observed = None;
-                self.next_at = now.plus(self.settings.renew_interval);
+                self.next_at = now.plus(self.leader_renew_interval());
                 log(
                     out,
                     Level::Info,
@@ -430,8 +444,22 @@ impl Election {
         });
     }
 
+    /// How long before its lease could look expired to others a leader
+    /// stops acting: a quarter of the TTL, at least [`MIN_MARGIN`] (HTTP
+    /// dates have whole seconds, so a follower may judge the lease up to
+    /// 1 s older than it is; plus a tick), at most [`MAX_MARGIN`], and never
+    /// more than half the TTL.
     fn margin(&self) -> Duration {
-        (self.settings.lease_ttl / 4).min(MAX_MARGIN)
+        let ttl = self.settings.lease_ttl;
+        (ttl / 4).max(MIN_MARGIN).min(MAX_MARGIN).min(ttl / 2)
+    }
+
+    /// The leader renews at the configured interval, or sooner when that
+    /// would not leave its validity (`ttl - margin`) room for one lost
+    /// renewal: any `renew_interval < lease_ttl` keeps a healthy leader.
+    fn leader_renew_interval(&self) -> Duration {
+        let valid_for = self.settings.lease_ttl - self.margin();
+        self.settings.renew_interval.min(valid_for * 3 / 4)
     }
 
     /// Role changes since the last call, oldest first.

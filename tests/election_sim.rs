@@ -21,12 +21,16 @@ const RENEW_MS: u64 = 1000;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn settings() -> Settings {
+    settings_with(TTL_MS, RENEW_MS)
+}
+
+fn settings_with(ttl_ms: u64, renew_ms: u64) -> Settings {
     let json = format!(
         r#"{{"cluster_fallback_config_export":true,
             "cluster_fallback_config_storage":"s3://bkt/pre",
             "storage":{{"endpoint":"http://store:9000","timeout_ms":1000}},
             "control_plane":{{"timeout_ms":1000,"poll_interval_ms":500}},
-            "election":{{"lease_ttl_ms":{TTL_MS},"renew_interval_ms":{RENEW_MS}}}}}"#
+            "election":{{"lease_ttl_ms":{ttl_ms},"renew_interval_ms":{renew_ms}}}}}"#
     );
     let env: HashMap<&str, &str> =
         [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")].into();
@@ -621,4 +625,27 @@ fn a_leader_whose_lease_still_looks_valid_is_fenced_by_config_json() {
     // It re-reads, and later writes again only with a term above the fence.
     w.run(Duration::from_secs(10));
     w.check_fencing();
+}
+
+#[test]
+fn a_renew_interval_close_to_the_ttl_still_keeps_a_healthy_leader() {
+    // renew 3.5 s with a 4 s TTL: the leader's own validity (ttl - margin)
+    // is shorter than the interval, so it must renew sooner than asked.
+    for (ttl, renew) in [(4000, 3500), (3000, 2900), (30_000, 29_000)] {
+        let mut w = World::new(&[0, 0]);
+        for n in &mut w.nodes {
+            n.c = Controller::new(&settings_with(ttl, renew), n.id.clone());
+        }
+        w.run(Duration::from_millis(ttl * 8));
+        for n in &w.nodes {
+            assert!(
+                !n.logs.iter().any(|l| l.contains("lost leadership")),
+                "ttl {ttl} renew {renew}: {} {:?}",
+                n.id,
+                n.logs
+            );
+        }
+        assert_eq!(w.leaders().len(), 1);
+        w.check_fencing();
+    }
 }

@@ -5,6 +5,8 @@
 //!  "exporter":"<node id>","sha256":"<hex sha256 of the config bytes>",
 //!  "config":<the CP's config JSON verbatim>}
 //! ```
+//!
+//! With leader election the writer also stores its leader term: `"term":N`.
 
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -22,6 +24,8 @@ pub struct Envelope {
     pub exported_at: String,
     pub exporter: String,
     pub sha256: String,
+    /// The writer's leader term (`None` when the field is absent).
+    pub term: Option<u64>,
     /// The exact text of the `config` value (no surrounding whitespace).
     pub config_raw: String,
 }
@@ -42,6 +46,12 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope, String> {
         exported_at: string("exported_at")?,
         exporter: string("exporter")?,
         sha256: string("sha256")?,
+        term: match map.get("term") {
+            None => None,
+            Some(t) => Some(serde_json::from_str::<u64>(t.get()).map_err(|_| {
+                format!("field \"term\" is not a non-negative integer: {}", t.get())
+            })?),
+        },
         config_raw: raw("config")?.to_string(),
     })
 }
@@ -87,6 +97,21 @@ pub fn build_with_sha(
         json_str(sha256),
         config.trim()
     )
+}
+
+/// Like [`build`], with the writer's leader term (`"term":N`), as a
+/// leader-elected exporter writes it.
+pub fn build_with_term(
+    version: &str,
+    revision: &str,
+    exporter: &str,
+    exported_at: &str,
+    config: &str,
+    term: u64,
+) -> String {
+    let plain = build(version, revision, exporter, exported_at, config);
+    // `plain` starts with `{"format":1,`: insert the term right after it.
+    format!("{{\"term\":{term},{}", &plain[1..])
 }
 
 // ------------------------------------------------------------- RFC 3339
@@ -229,5 +254,20 @@ mod tests {
         assert_eq!(e.sha256, crate::sha256::hex(config.trim().as_bytes()));
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"format":1}"#).unwrap_err().contains("version"));
+        assert_eq!(e.term, None);
+    }
+
+    #[test]
+    fn term_is_built_and_parsed() {
+        let config = "{\"revision\":\"r1\",\"routes\":[]}";
+        let env = build_with_term(VERSION, "r1", "n", "2026-01-01T00:00:00Z", config, 7);
+        let e = parse(env.as_bytes()).unwrap();
+        assert_eq!(e.term, Some(7));
+        assert_eq!(e.config_raw, config);
+        let v: serde_json::Value = serde_json::from_str(&env).unwrap();
+        assert_eq!(v["term"], 7);
+        assert_eq!(v["format"], 1);
+        let bad = env.replace("\"term\":7", "\"term\":\"7\"");
+        assert!(parse(bad.as_bytes()).unwrap_err().contains("term"));
     }
 }

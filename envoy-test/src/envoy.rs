@@ -2,6 +2,7 @@
 
 use crate::http::{self, Response};
 use crate::process::Proc;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -164,6 +165,20 @@ pub fn log_line_time(line: &str) -> Option<f64> {
     crate::envelope::parse_rfc3339(&format!("{}T{}Z", stamp.get(..10)?, stamp.get(11..)?))
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986), for a
+/// query parameter value.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// A running Envoy.
 pub struct Envoy {
     name: String,
@@ -297,6 +312,30 @@ impl Envoy {
         })
     }
 
+    /// Every stat whose name matches the RE2 regex `filter` (admin
+    /// `/stats?filter=`), read in ONE admin request, as name -> value.
+    /// Stats that are not integers (histograms) are left out.
+    pub fn stats_matching(&self, filter: &str) -> Result<BTreeMap<String, u64>, String> {
+        let path = format!("/stats?filter={}", percent_encode(filter));
+        let r = self
+            .admin_get(&path)
+            .map_err(|e| format!("admin {path} on Envoy {}: {e}", self.name))?;
+        if r.status != 200 {
+            return Err(format!(
+                "admin {path} on Envoy {}: {}",
+                self.name,
+                r.summary()
+            ));
+        }
+        Ok(r.text()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
     /// `cluster.<cluster>.<stat>`, panicking when unreadable.
     pub fn cluster_stat(&self, cluster: &str, stat: &str) -> u64 {
         let name = format!("cluster.{cluster}.{stat}");
@@ -321,6 +360,24 @@ impl Envoy {
     /// Everything Envoy logged so far.
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    /// A mark in the log (its current length) for [`Envoy::log_lines_since`].
+    pub fn log_mark(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Log lines containing `needle` logged after `mark`.
+    pub fn log_lines_since(&self, mark: usize, needle: &str) -> Vec<String> {
+        let log = self.log();
+        let start = (mark..=log.len())
+            .find(|&i| log.is_char_boundary(i))
+            .unwrap_or(log.len());
+        log[start..]
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Log lines containing `needle`.
@@ -381,6 +438,26 @@ impl Envoy {
     pub fn stop(&mut self) {
         self.proc.kill();
     }
+
+    /// SIGKILL (a crash: no shutdown, no hand-over), and reap.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// SIGSTOP: the whole process freezes (timers, sockets, admin). Do not
+    /// read its stats until [`Envoy::resume`]: admin would not answer.
+    pub fn pause(&self) -> Result<(), String> {
+        self.proc
+            .pause()
+            .map_err(|e| format!("SIGSTOP Envoy {}: {e}", self.name))
+    }
+
+    /// SIGCONT after [`Envoy::pause`].
+    pub fn resume(&self) -> Result<(), String> {
+        self.proc
+            .resume()
+            .map_err(|e| format!("SIGCONT Envoy {}: {e}", self.name))
+    }
 }
 
 impl Drop for Envoy {
@@ -408,6 +485,11 @@ mod tests {
         let d = log_line_time(b).unwrap() - log_line_time(a).unwrap();
         assert!((d - 1.5).abs() < 1e-6, "{d}");
         assert_eq!(log_line_time("no stamp"), None);
+    }
+
+    #[test]
+    fn percent_encoding_of_a_stats_filter() {
+        assert_eq!(percent_encode(r"^(a\.b|c_d)$"), "%5E%28a%5C.b%7Cc_d%29%24");
     }
 
     #[test]

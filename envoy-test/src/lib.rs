@@ -14,12 +14,15 @@
 //! - [`s3`]: the s3s-fs S3 server and on-disk object helpers.
 //! - [`envoy`]: generate an Envoy config, start Envoy, read stats and logs.
 //! - [`plugin`]: the filter's plugin configuration JSON.
-//! - [`envelope`]: the stored-object envelope (SHA-256, RFC 3339).
+//! - [`envelope`]: the stored-object envelope (SHA-256, RFC 3339, term).
+//! - [`election`]: the lease object, the filter's Envoy stats (metric
+//!   names) and election log lines.
 //! - [`stack`]: all of the above wired together the way scenarios use it.
 //! - [`wait`]: poll-until helpers (no fixed sleeps).
 //!
 //! Running: `cargo test -p envoy-test -- --test-threads 2` (the scenarios
-//! in `tests/export.rs` and `tests/import.rs` need the built filter;
+//! in `tests/export.rs`, `tests/import.rs` and `tests/election.rs` need
+//! the built filter;
 //! `tests/harness.rs` proves the harness with Envoy alone, no filter).
 //! Inputs, each a FAILURE naming the variable when missing:
 //! `ENVOY_BIN`, `S3S_FS_BIN`, `FALLBACK_CONFIG_WASM` (see [`bins`]).
@@ -29,6 +32,7 @@
 
 pub mod bins;
 pub mod control_plane;
+pub mod election;
 pub mod envelope;
 pub mod envoy;
 pub mod http;

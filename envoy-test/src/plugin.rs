@@ -21,6 +21,12 @@ pub struct PluginConfig {
     pub cp_timeout_ms: u64,
     pub poll_interval_ms: u64,
     pub upstream_header: String,
+    /// `election.lease_ttl_ms`; the `election` block is rendered only when
+    /// this or [`PluginConfig::renew_interval_ms`] is set (the filter's
+    /// defaults then apply to the other).
+    pub lease_ttl_ms: Option<u64>,
+    /// `election.renew_interval_ms`.
+    pub renew_interval_ms: Option<u64>,
 }
 
 impl PluginConfig {
@@ -43,6 +49,8 @@ impl PluginConfig {
             cp_timeout_ms: 1000,
             poll_interval_ms: 500,
             upstream_header: "x-fallback-upstream".into(),
+            lease_ttl_ms: None,
+            renew_interval_ms: None,
         }
     }
 
@@ -71,6 +79,18 @@ impl PluginConfig {
         if let (Some(id), Some(o)) = (&self.node_id, v.as_object_mut()) {
             o.insert("node_id".into(), id.clone().into());
         }
+        if self.lease_ttl_ms.is_some() || self.renew_interval_ms.is_some() {
+            let mut e = serde_json::Map::new();
+            if let Some(ttl) = self.lease_ttl_ms {
+                e.insert("lease_ttl_ms".into(), ttl.into());
+            }
+            if let Some(renew) = self.renew_interval_ms {
+                e.insert("renew_interval_ms".into(), renew.into());
+            }
+            if let Some(o) = v.as_object_mut() {
+                o.insert("election".into(), e.into());
+            }
+        }
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 }
@@ -95,5 +115,21 @@ mod tests {
         assert_eq!(v["upstream_header"], "x-fallback-upstream");
         let p2 = PluginConfig::new("s3://b/p", "e");
         assert!(p2.to_json().find("node_id").is_none());
+        assert!(p2.to_json().find("election").is_none());
+    }
+
+    #[test]
+    fn renders_election_block_only_with_the_fields_set() {
+        let mut p = PluginConfig::new("s3://b/p", "e");
+        p.lease_ttl_ms = Some(3000);
+        p.renew_interval_ms = Some(1000);
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(
+            v["election"],
+            serde_json::json!({"lease_ttl_ms": 3000, "renew_interval_ms": 1000})
+        );
+        p.renew_interval_ms = None;
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["election"], serde_json::json!({"lease_ttl_ms": 3000}));
     }
 }

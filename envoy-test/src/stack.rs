@@ -6,6 +6,7 @@
 //! folder is removed. Envoys are owned by the test and dropped first.
 
 use crate::control_plane::{gateway_config, ControlPlane, Route};
+use crate::election::Lease;
 use crate::envelope::{self, Envelope, VERSION};
 use crate::envoy::{Envoy, EnvoyConfig};
 use crate::http::Response;
@@ -194,6 +195,24 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `<PREFIX>/0.1.0/election/lease.json`.
+    pub fn lease_key(&self) -> String {
+        crate::election::lease_key(PREFIX)
+    }
+
+    /// The stored lease, parsed, if it exists.
+    pub fn lease(&self) -> Option<Result<Lease, String>> {
+        self.s3
+            .read_object(BUCKET, &self.lease_key())
+            .map(|b| crate::election::parse_lease(&b))
+    }
+
+    /// Deletes the lease object on disk (what a lifecycle rule on the
+    /// `election/` prefix does to a lease nobody renews).
+    pub fn delete_lease(&self) {
+        self.s3.delete_object(BUCKET, &self.lease_key());
+    }
+
     /// The stored object's bytes, if any.
     pub fn object(&self) -> Option<Vec<u8>> {
         self.s3.read_object(BUCKET, &self.object_key())
@@ -235,6 +254,27 @@ impl Stack {
             "envoy-test",
             &envelope::format_rfc3339(std::time::SystemTime::now()),
             config,
+        );
+        self.write_object(env.as_bytes());
+        env
+    }
+
+    /// Writes a valid envelope for `config` carrying the leader term `term`
+    /// (as an elected exporter `exporter` would) and returns its text.
+    pub fn write_envelope_with_term(
+        &self,
+        revision: &str,
+        config: &str,
+        exporter: &str,
+        term: u64,
+    ) -> String {
+        let env = envelope::build_with_term(
+            VERSION,
+            revision,
+            exporter,
+            &envelope::format_rfc3339(std::time::SystemTime::now()),
+            config,
+            term,
         );
         self.write_object(env.as_bytes());
         env

@@ -3,8 +3,10 @@
 //! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
 
 use envoy_test::control_plane::{gateway_config, Route};
+use envoy_test::election::FilterStats;
 use envoy_test::envelope::{now_unix, parse_rfc3339};
 use envoy_test::envoy::log_line_time;
+use envoy_test::plugin::PluginConfig;
 use envoy_test::sha256;
 use envoy_test::stack::{
     expect_healthy, expect_proxied, wait_status, Stack, ECHO, POLL_INTERVAL, SECRET_KEY,
@@ -18,6 +20,17 @@ fn ok<T>(r: Result<T, String>) -> T {
         Ok(v) => v,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Exporter whose lease traffic stays out of this file's measurement
+/// windows: with no other node, it takes the absent lease at once and
+/// would renew only after 100 s. (Elections are tested in
+/// `tests/election.rs`.)
+fn quiet_exporter(stack: &Stack, node_id: &str) -> PluginConfig {
+    let mut p = stack.exporter_plugin(node_id);
+    p.lease_ttl_ms = Some(300_000);
+    p.renew_interval_ms = Some(100_000);
+    p
 }
 
 /// Scenario 1: the stored envelope has the right fields and the CP's bytes.
@@ -74,7 +87,7 @@ fn exporter_stores_envelope_of_cp_config() {
 #[test]
 fn exporter_writes_new_revision_and_skips_unchanged_content() {
     let stack = Stack::new("export-revisions", true);
-    let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-export-2"));
+    let mut envoy = stack.start_envoy("exporter", &quiet_exporter(&stack, "node-export-2"));
     ok(stack.wait_envelope("r1", TIMEOUT));
 
     let r2 = gateway_config(
@@ -160,11 +173,18 @@ fn exporter_writes_new_revision_and_skips_unchanged_content() {
 }
 
 /// A new exporter process finding the same content already stored does
-/// not rewrite it (it may GET it once to compare).
+/// not rewrite it, also once it leads (it may GET it once to compare).
 #[test]
 fn restarted_exporter_does_not_rewrite_unchanged_object() {
     let stack = Stack::new("export-restart", true);
-    let mut first = stack.start_envoy("exporter-a", &stack.exporter_plugin("node-a"));
+    // Short lease: exporter-b takes over from the dead exporter-a quickly.
+    let plugin = |node: &str| {
+        let mut p = stack.exporter_plugin(node);
+        p.lease_ttl_ms = Some(3000);
+        p.renew_interval_ms = Some(1000);
+        p
+    };
+    let mut first = stack.start_envoy("exporter-a", &plugin("node-a"));
     let env = ok(stack.wait_envelope("r1", TIMEOUT));
     assert_eq!(env.exporter, "node-a");
     expect_healthy(&mut first);
@@ -174,9 +194,9 @@ fn restarted_exporter_does_not_rewrite_unchanged_object() {
     let mtime = stack
         .s3
         .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
-    let mut second = stack.start_envoy("exporter-b", &stack.exporter_plugin("node-b"));
+    let mut second = stack.start_envoy("exporter-b", &plugin("node-b"));
     ok(second.wait_log("CP fetched revision r1", TIMEOUT));
-    wait::holds_for("stored object unchanged", POLL_INTERVAL * 6, || {
+    let unchanged = || {
         let m = stack
             .s3
             .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
@@ -190,11 +210,21 @@ fn restarted_exporter_does_not_rewrite_unchanged_object() {
         } else {
             Ok(())
         }
+    };
+    // It becomes the leader, so it may write; it must not.
+    wait::until("exporter-b to lead", TIMEOUT, || {
+        unchanged()?;
+        match FilterStats::read(&second)? {
+            s if s.is_leader == 1 => Ok(()),
+            s => Err(format!("{s:?}")),
+        }
     });
-    let rq = second.upstream_rq_total("object_storage");
-    assert!(
-        rq <= 1,
-        "exporter-b made {rq} storage requests for unchanged content (at most 1 GET allowed)"
+    wait::holds_for("stored object unchanged", POLL_INTERVAL * 6, unchanged);
+    let s = ok(FilterStats::read(&second));
+    assert_eq!(
+        (s.is_leader, s.exports_total),
+        (1, 0),
+        "exporter-b leads and never wrote config.json: {s:?}"
     );
     assert!(second.log_lines("exported revision r1").is_empty());
     expect_healthy(&mut second);
@@ -234,7 +264,11 @@ fn exporter_with_wrong_secret_logs_signature_error_and_keeps_serving() {
     let env = stack.aws_env_with_secret("not-the-right-secret");
     let mut envoy =
         stack.start_envoy_with_env("exporter", &stack.exporter_plugin("node-bad"), &env);
-    let line = ok(envoy.wait_log("export of revision r1 failed:", TIMEOUT));
+    // The first storage request an exporter sends is the election's read
+    // of the lease; whichever request it is, its failure names the status
+    // and the store's code.
+    let line = ok(envoy.wait_log("SignatureDoesNotMatch", TIMEOUT));
+    assert!(line.contains("failed"), "not a failure line: {line}");
     assert!(
         line.contains("403"),
         "failure line lacks the status 403: {line}"
@@ -244,7 +278,7 @@ fn exporter_with_wrong_secret_logs_signature_error_and_keeps_serving() {
         "failure line lacks the S3 error code SignatureDoesNotMatch: {line}"
     );
     assert!(
-        stack.object().is_none(),
+        stack.object().is_none() && stack.lease().is_none(),
         "an object was stored with a wrong secret"
     );
     assert!(envoy.log_lines("exported revision r1").is_empty());
@@ -254,15 +288,18 @@ fn exporter_with_wrong_secret_logs_signature_error_and_keeps_serving() {
 }
 
 /// Export failures are retried with growing delays, and the export
-/// succeeds once storage accepts the signature.
+/// succeeds once storage accepts the signature. The exporter first leads
+/// (r1 stored); then s3s-fs rotates its secret and the CP publishes r2.
 #[test]
 fn export_failures_are_retried_with_backoff_until_storage_accepts() {
     let mut stack = Stack::new("export-retry", true);
+    let mut envoy = stack.start_envoy("exporter", &quiet_exporter(&stack, "node-retry"));
+    ok(stack.wait_envelope("r1", TIMEOUT));
     // s3s-fs now expects another secret than the one Envoy has.
     ok(stack.s3.restart_with_secret("rotated-secret"));
-    let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-retry"));
+    stack.cp.set_config(&envoy_test::stack::echo_config("r2"));
     let failures = wait::until("three failed export attempts", TIMEOUT, || {
-        let lines = envoy.log_lines("export of revision r1 failed:");
+        let lines = envoy.log_lines("export of revision r2 failed:");
         if lines.len() >= 3 {
             Ok(lines)
         } else {
@@ -290,12 +327,12 @@ fn export_failures_are_retried_with_backoff_until_storage_accepts() {
         "retry delays {gap1:.2}s then {gap2:.2}s do not grow\n{}",
         failures.join("\n")
     );
-    assert!(stack.object().is_none());
+    assert_eq!(ok(stack.envelope().expect("config.json")).revision, "r1");
 
     // Storage accepts the filter's secret again: the next retry succeeds.
     ok(stack.s3.restart_with_secret(SECRET_KEY));
-    let env = ok(stack.wait_envelope("r1", TIMEOUT));
+    let env = ok(stack.wait_envelope("r2", TIMEOUT));
     assert_eq!(env.exporter, "node-retry");
-    ok(envoy.wait_log("exported revision r1", TIMEOUT));
+    ok(envoy.wait_log("exported revision r2", TIMEOUT));
     expect_healthy(&mut envoy);
 }

@@ -603,7 +603,7 @@ fn a_new_driver_exports_what_the_old_one_published() {
 fn a_demoted_controller_ignores_late_answers() {
     let mut c = Controller::new(&settings(true, false, 0), "n".into());
     let (t, _) = (c.tick_led(at(0))).sends[0].clone();
-    assert!(c.demote(at(0)).is_empty());
+    assert!(c.demote().is_empty());
     assert!((c.respond_led(t, cp_ok(CFG1, "e"), at(0)))
         .publishes
         .is_empty());
@@ -782,4 +782,16 @@ fn gcs_import_fails_clearly_when_no_token_can_be_had() {
                 .all(|(_, r)| r.cluster != "object_storage"));
         }
     }
+}
+
+#[test]
+fn demoting_a_leader_whose_lease_looks_expired_still_reports_the_loss() {
+    let mut c = Controller::new(&settings(false, true, 0), "n".into());
+    let (t, _) = c.tick_led(at(0)).sends[0].clone();
+    let o = c.respond_led(t, cp_ok(CFG1, "e1"), at(0));
+    assert!(o.logged("became leader (term 1)"));
+    // Its lease's validity is irrelevant: whoever drives next re-takes it.
+    let o = split(c.demote());
+    assert!(o.logged("lost leadership (term 1)"), "{:?}", o.logs);
+    assert_eq!(o.metrics, vec![Metric::Leader(None)]);
 }

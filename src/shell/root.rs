@@ -209,7 +209,7 @@ impl RootContext for Root {
         self.driving = self.claim_driver();
         if was && !self.driving {
             if let Some(c) = self.controller.as_mut() {
-                let actions = c.demote(host::now());
+                let actions = c.demote();
                 self.execute(actions);
             }
             self.calls.clear();
