@@ -373,6 +373,14 @@ impl Controller {
         let Some((pending, _)) = self.pending.remove(&token) else {
             return out;
         };
+        // The store refused our credentials as such (a revoked or expired
+        // access token): fetch a new one before the next request.
+        let to_store = !matches!(pending, Pending::Poll | Pending::Credential);
+        if to_store && response.status == 401 {
+            if let Some(store) = self.store.as_mut() {
+                store.invalidate_credentials();
+            }
+        }
         match pending {
             Pending::Poll => {
                 self.poll_in_flight = false;

@@ -795,3 +795,38 @@ fn demoting_a_leader_whose_lease_looks_expired_still_reports_the_loss() {
     assert!(o.logged("lost leadership (term 1)"), "{:?}", o.logs);
     assert_eq!(o.metrics, vec![Metric::Leader(None)]);
 }
+
+#[test]
+fn a_401_from_gcs_fetches_a_new_token() {
+    let mut c = Controller::new(&gcs_settings(false, true), "n".into());
+    let o = split(c.tick(at(0)));
+    let (token, _) = o
+        .sends
+        .iter()
+        .find(|(_, r)| r.cluster == "oauth")
+        .cloned()
+        .unwrap();
+    let (cp, _) = o.sends.iter().find(|(_, r)| is_cp(r)).cloned().unwrap();
+    split(c.on_response(token, token_ok(), at(0)));
+    // The CP answers; the election's first lease read is refused with 401.
+    let o = split(c.on_response(cp, cp_ok(CFG1, "e1"), at(0)));
+    let (lease, _) = o
+        .sends
+        .iter()
+        .find(|(_, r)| r.cluster == "object_storage")
+        .cloned()
+        .expect("lease read");
+    let unauthorized = resp(
+        401,
+        r#"{"error":{"code":401,"message":"Invalid Credentials","errors":[{"reason":"authError"}]}}"#,
+    );
+    let o = split(c.on_response(lease, unauthorized, at(1)));
+    assert!(o.logged("401"), "{:?}", o.logs);
+    // The next tick asks for a new token before anything else reaches the store.
+    let o = split(c.tick(at(2)));
+    assert!(o.sends.iter().any(|(_, r)| r.cluster == "oauth"), "{o:?}");
+    assert!(
+        o.sends.iter().all(|(_, r)| r.cluster != "object_storage"),
+        "{o:?}"
+    );
+}

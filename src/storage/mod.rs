@@ -179,6 +179,14 @@ impl ObjectStore {
         }
     }
 
+    /// The store answered 401: drop the access token so a new one is
+    /// fetched (no effect on signed backends, whose keys do not expire).
+    pub fn invalidate_credentials(&mut self) {
+        if let Some(tokens) = self.tokens.as_mut() {
+            tokens.invalidate();
+        }
+    }
+
     /// Whether requests can be built now (no access token to wait for).
     pub fn credentials_ready(&self, now: Timestamp) -> bool {
         self.tokens.as_ref().is_none_or(|t| t.token(now).is_some())
