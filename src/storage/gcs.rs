@@ -17,7 +17,6 @@ use super::{Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::uri_encode;
-use crate::time::Timestamp;
 use serde_json::Value;
 use std::fmt;
 
@@ -193,14 +192,7 @@ fn bearer(token: Option<&Secret>) -> Option<(String, String)> {
 /// The outcome of a GET: the content, with the generation as `etag`.
 pub fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
     match response.status {
-        200 => Ok(Object {
-            etag: response.header("x-goog-generation").map(str::to_string),
-            last_modified: response
-                .header("last-modified")
-                .and_then(Timestamp::parse_http_date),
-            date: response.header("date").and_then(Timestamp::parse_http_date),
-            body: response.body,
-        }),
+        200 => Ok(Object::from_response(response, "x-goog-generation")),
         _ => Err(classify_error(&response)),
     }
 }
@@ -261,6 +253,7 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Timestamp;
     use std::time::Duration;
 
     fn google() -> GcsSettings {

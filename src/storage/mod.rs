@@ -70,6 +70,21 @@ pub struct Object {
     pub date: Option<Timestamp>,
 }
 
+impl Object {
+    /// A successful read: the body, the header that versions the object
+    /// (`etag`, or GCS's `x-goog-generation`) and the store's times.
+    pub fn from_response(response: HttpResponse, version_header: &str) -> Object {
+        Object {
+            etag: response.header(version_header).map(str::to_string),
+            last_modified: response
+                .header("last-modified")
+                .and_then(Timestamp::parse_http_date),
+            date: response.header("date").and_then(Timestamp::parse_http_date),
+            body: response.body,
+        }
+    }
+}
+
 /// Why a storage request did not do what was asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageError {

@@ -86,14 +86,7 @@ pub(super) fn put(
 /// The outcome of a GET.
 pub(super) fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
     match response.status {
-        200 => Ok(Object {
-            etag: response.header("etag").map(str::to_string),
-            last_modified: response
-                .header("last-modified")
-                .and_then(Timestamp::parse_http_date),
-            date: response.header("date").and_then(Timestamp::parse_http_date),
-            body: response.body,
-        }),
+        200 => Ok(Object::from_response(response, "etag")),
         _ => Err(classify_error(&response)),
     }
 }
