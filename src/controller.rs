@@ -209,12 +209,6 @@ impl Controller {
         }
     }
 
-    /// Overrides the version (tests of version mismatches).
-    pub fn with_version(mut self, version: &str) -> Self {
-        self.version = version.to_string();
-        self
-    }
-
     /// Takes over what a previous driver of this process left behind. A
     /// CP config it published is queued for export (the existence check
     /// keeps that from writing what is already stored), so a revision
