@@ -10,6 +10,11 @@ pub const ENVOY_BIN: &str = "ENVOY_BIN";
 pub const S3S_FS_BIN: &str = "S3S_FS_BIN";
 /// The filter module under test.
 pub const FALLBACK_CONFIG_WASM: &str = "FALLBACK_CONFIG_WASM";
+/// Azurite's blob service (`azurite-blob`, 3.35.0), which verifies SharedKey
+/// and SAS.
+pub const AZURITE_BIN: &str = "AZURITE_BIN";
+/// gcp-storage-emulator (2024.8.3), the GCS JSON API without auth checks.
+pub const GCS_EMULATOR_BIN: &str = "GCS_EMULATOR_BIN";
 
 /// The cargo workspace root (the folder holding `envoy-test/`).
 pub fn workspace_root() -> PathBuf {
@@ -37,6 +42,22 @@ pub fn envoy_path() -> PathBuf {
 /// Path of s3s-fs (`$S3S_FS_BIN`, else the cached install).
 pub fn s3s_fs_path() -> PathBuf {
     from_env_or(S3S_FS_BIN, tools_cache().join("s3s-fs-0.17.0/bin/s3s-fs"))
+}
+
+/// Path of `azurite-blob` (`$AZURITE_BIN`, else the cached install).
+pub fn azurite_path() -> PathBuf {
+    from_env_or(
+        AZURITE_BIN,
+        tools_cache().join("azurite-3.35.0/node_modules/.bin/azurite-blob"),
+    )
+}
+
+/// Path of `gcp-storage-emulator` (`$GCS_EMULATOR_BIN`, else the cached install).
+pub fn gcs_emulator_path() -> PathBuf {
+    from_env_or(
+        GCS_EMULATOR_BIN,
+        tools_cache().join("gcs-emulator-2024.8.3/bin/gcp-storage-emulator"),
+    )
 }
 
 /// Path of the filter (`$FALLBACK_CONFIG_WASM`, else `wasm/fallback_config.wasm`).
@@ -88,6 +109,28 @@ pub fn require_wasm() -> PathBuf {
         FALLBACK_CONFIG_WASM,
         &wasm_path(),
         "build it for wasm32-wasip1 in release mode and copy it to wasm/fallback_config.wasm",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// azurite-blob, or a panic naming `AZURITE_BIN`.
+pub fn require_azurite() -> PathBuf {
+    check(
+        "Azurite blob server",
+        AZURITE_BIN,
+        &azurite_path(),
+        "npm install --prefix <dir> azurite@3.35.0, then <dir>/node_modules/.bin/azurite-blob (`make setup` does it)",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// gcp-storage-emulator, or a panic naming `GCS_EMULATOR_BIN`.
+pub fn require_gcs_emulator() -> PathBuf {
+    check(
+        "GCS emulator",
+        GCS_EMULATOR_BIN,
+        &gcs_emulator_path(),
+        "python3 -m venv <dir> && <dir>/bin/pip install gcp-storage-emulator==2024.8.3 (`make setup` does it)",
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }

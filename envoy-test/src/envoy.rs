@@ -6,17 +6,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The AWS-style variables the filter may read (listed in
+/// The variables the filter may read, for every backend (listed in
 /// `vm_config.environment_variables.host_env_keys`). Envoy is started with
 /// these REMOVED from the inherited environment, then set from the test, so
 /// a developer's real credentials never leak into a test.
-pub const HOST_ENV_KEYS: [&str; 6] = [
+pub const HOST_ENV_KEYS: [&str; 10] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_CONFIG_STORAGE_ENDPOINT",
+    "GCP_SERVICE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ENDPOINT",
 ];
 
 /// The wasm HTTP filter to put before the router.
@@ -505,6 +509,8 @@ mod tests {
         assert!(y.contains("port_value: 1234"));
         assert!(y.contains("cluster_header: \"x-fallback-upstream\""));
         assert!(y.contains("- AWS_CONFIG_STORAGE_ENDPOINT"));
+        assert!(y.contains("- GCP_SERVICE_ACCOUNT"));
+        assert!(y.contains("- AZURE_STORAGE_SAS_TOKEN"));
         assert!(y.find("envoy.filters.http.wasm") < y.find("envoy.filters.http.router"));
         let plain = EnvoyConfig::new().to_yaml();
         assert!(!plain.contains("wasm"));

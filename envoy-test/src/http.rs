@@ -199,6 +199,59 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<R
     request(port, "GET", path, headers, b"")
 }
 
+/// Decodes `%XX` escapes (and, when `plus_is_space`, `+` as a space, as
+/// in form bodies); malformed escapes are kept as they are.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| bytes.get(j).and_then(|&b| char::from(b).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `name=value` pairs of a query string or form body, decoded.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k, true), percent_decode(v, true))
+        })
+        .collect()
+}
+
+/// Sends one of the filter's own request descriptions (as built by the
+/// `fallback_config` crate, e.g. an Azure SharedKey-signed request) to
+/// 127.0.0.1:`port`, with its `:authority` as `host`.
+pub fn send(port: u16, req: &fallback_config::http::HttpRequest) -> std::io::Result<Response> {
+    let mut headers: Vec<(&str, &str)> = vec![("host", req.authority.as_str())];
+    headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    request(
+        port,
+        &req.method,
+        &req.path,
+        &headers,
+        req.body.as_deref().unwrap_or_default(),
+    )
+}
+
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
 pub fn tcp_open(port: u16) -> bool {
     TcpStream::connect_timeout(
@@ -255,10 +308,15 @@ impl Reply {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         204 => "No Content",
         304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        409 => "Conflict",
+        412 => "Precondition Failed",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
@@ -469,6 +527,20 @@ mod tests {
         assert!(get(port, "/", &[]).is_err());
         srv.up().unwrap();
         assert_eq!(get(port, "/x", &[]).unwrap().text(), "GET /x 0");
+    }
+
+    #[test]
+    fn percent_decoding_and_query_pairs() {
+        assert_eq!(percent_decode("a%2Fb+c%zz", false), "a/b+c%zz");
+        assert_eq!(percent_decode("a+b", true), "a b");
+        assert_eq!(
+            query_pairs("grant_type=urn%3Aietf&assertion=x.y.z&empty"),
+            vec![
+                ("grant_type".to_string(), "urn:ietf".to_string()),
+                ("assertion".to_string(), "x.y.z".to_string()),
+                ("empty".to_string(), String::new()),
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Every piece runs on 127.0.0.1 only and stops by itself when dropped (also
 //! while a test panics), so tests can run in parallel:
 //!
-//! - [`bins`]: where the Envoy, s3s-fs and wasm files are (env vars).
+//! - [`bins`]: where the Envoy, s3s-fs, Azurite, GCS emulator and wasm
+//!   files are (env vars).
 //! - [`ports`]: free loopback ports.
 //! - [`workdir`]: a per-test folder `envoy-test/work/<test>-<pid>/` for
 //!   configs, logs and the S3 data (kept when a test fails).
@@ -12,29 +13,45 @@
 //! - [`control_plane`]: the fake control plane (ETag / 304, up / down).
 //! - [`upstream`]: an echo server that names itself.
 //! - [`s3`]: the s3s-fs S3 server and on-disk object helpers.
+//! - [`azure`]: Azurite (verifies SharedKey and SAS) and a blob client
+//!   signing with the filter's own request builder; account SAS tokens.
+//! - [`gcs`]: the GCS stack: the emulator, an OAuth token endpoint that
+//!   verifies the service account's RS256 JWT, and a front that accepts
+//!   only the tokens it issued and adds generation preconditions.
+//! - [`store`]: one [`store::Store`] over the three backends, and
+//!   [`on_every_store!`] to run one scenario on each.
 //! - [`envoy`]: generate an Envoy config, start Envoy, read stats and logs.
 //! - [`plugin`]: the filter's plugin configuration JSON.
 //! - [`envelope`]: the stored-object envelope (SHA-256, RFC 3339, term).
 //! - [`election`]: the lease object, the filter's Envoy stats (metric
 //!   names) and election log lines.
-//! - [`stack`]: all of the above wired together the way scenarios use it.
+//! - [`stack`]: all of the above wired together the way scenarios use it
+//!   ([`stack::Stack::on`] picks the backend).
 //! - [`wait`]: poll-until helpers (no fixed sleeps).
 //!
 //! Running: `cargo test -p envoy-test -- --test-threads 2` (the scenarios
-//! in `tests/export.rs`, `tests/import.rs` and `tests/election.rs` need
-//! the built filter;
-//! `tests/harness.rs` proves the harness with Envoy alone, no filter).
+//! in `tests/export.rs`, `tests/import.rs`, `tests/election.rs` and
+//! `tests/backends.rs` need the built filter; `tests/harness.rs` proves the
+//! harness, and that every store refuses wrong credentials, with Envoy
+//! alone, no filter). A scenario shared by the backends is one function
+//! taking a [`store::StoreKind`], run on each by [`on_every_store!`]:
+//! `cargo test -p envoy-test <scenario>` runs it on all three,
+//! `<scenario>::azure` on one.
 //! Inputs, each a FAILURE naming the variable when missing:
-//! `ENVOY_BIN`, `S3S_FS_BIN`, `FALLBACK_CONFIG_WASM` (see [`bins`]).
+//! `ENVOY_BIN`, `S3S_FS_BIN`, `AZURITE_BIN`, `GCS_EMULATOR_BIN`,
+//! `FALLBACK_CONFIG_WASM` (see [`bins`]); `openssl` for the throwaway GCS
+//! service-account keys.
 //! `ENVOY_TEST_KEEP=1` keeps every test's folder (configs, logs, S3 data);
 //! a failing test always keeps its folder and prints the Envoy log tail.
 //! `cargo run -p envoy-test --bin demo` is the guided demo (`make run`).
 
+pub mod azure;
 pub mod bins;
 pub mod control_plane;
 pub mod election;
 pub mod envelope;
 pub mod envoy;
+pub mod gcs;
 pub mod http;
 pub mod plugin;
 pub mod ports;
@@ -42,6 +59,7 @@ pub mod process;
 pub mod s3;
 pub mod sha256;
 pub mod stack;
+pub mod store;
 pub mod upstream;
 pub mod wait;
 pub mod workdir;

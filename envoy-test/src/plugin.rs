@@ -6,14 +6,21 @@
 pub struct PluginConfig {
     pub import: bool,
     pub export: bool,
-    /// `s3://bucket/prefix`.
+    /// `s3://bucket/prefix`, `azure://account/container/prefix`,
+    /// `gcs://bucket/prefix`.
     pub storage_url: String,
     /// Seconds.
     pub export_delay: u64,
     pub node_id: Option<String>,
     pub storage_cluster: String,
-    pub storage_endpoint: String,
-    pub region: String,
+    /// `storage.endpoint`; `None` leaves it out (the backend's env var or
+    /// default applies).
+    pub storage_endpoint: Option<String>,
+    /// `storage.region` (S3 only: the filter refuses it on other backends).
+    pub region: Option<String>,
+    /// `storage.token_cluster` (GCS only); `None`: the filter's default
+    /// `gcp_oauth`.
+    pub token_cluster: Option<String>,
     pub storage_timeout_ms: u64,
     pub cp_cluster: String,
     pub cp_authority: String,
@@ -40,8 +47,9 @@ impl PluginConfig {
             export_delay: 0,
             node_id: None,
             storage_cluster: "object_storage".into(),
-            storage_endpoint: storage_endpoint.into(),
-            region: "us-east-1".into(),
+            storage_endpoint: Some(storage_endpoint.into()),
+            region: Some("us-east-1".into()),
+            token_cluster: None,
             storage_timeout_ms: 2000,
             cp_cluster: "control_plane".into(),
             cp_authority: "cp.internal".into(),
@@ -63,8 +71,6 @@ impl PluginConfig {
             "cluster_fallback_config_export_delay": self.export_delay,
             "storage": {
                 "cluster": self.storage_cluster,
-                "endpoint": self.storage_endpoint,
-                "region": self.region,
                 "timeout_ms": self.storage_timeout_ms,
             },
             "control_plane": {
@@ -78,6 +84,17 @@ impl PluginConfig {
         });
         if let (Some(id), Some(o)) = (&self.node_id, v.as_object_mut()) {
             o.insert("node_id".into(), id.clone().into());
+        }
+        if let Some(storage) = v["storage"].as_object_mut() {
+            for (k, value) in [
+                ("endpoint", &self.storage_endpoint),
+                ("region", &self.region),
+                ("token_cluster", &self.token_cluster),
+            ] {
+                if let Some(value) = value {
+                    storage.insert(k.into(), value.clone().into());
+                }
+            }
         }
         if self.lease_ttl_ms.is_some() || self.renew_interval_ms.is_some() {
             let mut e = serde_json::Map::new();
@@ -116,6 +133,21 @@ mod tests {
         let p2 = PluginConfig::new("s3://b/p", "e");
         assert!(p2.to_json().find("node_id").is_none());
         assert!(p2.to_json().find("election").is_none());
+        assert!(p2.to_json().find("token_cluster").is_none());
+    }
+
+    #[test]
+    fn optional_storage_fields_are_left_out() {
+        let mut p = PluginConfig::new("gcs://b/p", "http://127.0.0.1:1");
+        p.region = None;
+        p.token_cluster = Some("oauth".into());
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["storage"]["token_cluster"], "oauth");
+        assert!(v["storage"].get("region").is_none());
+        p.storage_endpoint = None;
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert!(v["storage"].get("endpoint").is_none());
+        assert_eq!(v["storage"]["cluster"], "object_storage");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Everything a scenario needs, wired together: s3s-fs with a bucket, the
-//! fake control plane, two echo upstreams, and a way to start Envoys with
-//! the filter pointed at them.
+//! Everything a scenario needs, wired together: an object store (s3s-fs,
+//! Azurite or the GCS stack, see [`crate::store`]) with a bucket, the fake
+//! control plane, two echo upstreams, and a way to start Envoys with the
+//! filter pointed at them.
 //!
 //! Field order matters: servers are dropped (stopped) before the work
 //! folder is removed. Envoys are owned by the test and dropped first.
@@ -12,21 +13,18 @@ use crate::envoy::{Envoy, EnvoyConfig};
 use crate::http::Response;
 use crate::plugin::PluginConfig;
 use crate::s3::S3Server;
+use crate::store::{Store, StoreKind};
 use crate::upstream::Upstream;
 use crate::workdir::WorkDir;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-/// The bucket scenarios use.
+pub use crate::store::{ACCESS_KEY, REGION, SECRET_KEY};
+
+/// The bucket (S3, GCS) or container (Azure) scenarios use.
 pub const BUCKET: &str = "fallback-configs";
 /// The key prefix scenarios use.
 pub const PREFIX: &str = "gateways/e2e";
-/// Credentials s3s-fs accepts.
-pub const ACCESS_KEY: &str = "AKIAENVOYTEST0000001";
-/// Secret s3s-fs accepts.
-pub const SECRET_KEY: &str = "envoy-test/secret+key=0001";
-/// Region given to the filter.
-pub const REGION: &str = "us-east-1";
 /// CP path.
 pub const CP_PATH: &str = "/v1/config";
 /// Name of the main upstream (and its cluster).
@@ -43,7 +41,7 @@ pub fn echo_config(revision: &str) -> String {
 
 /// The servers around the Envoys under test.
 pub struct Stack {
-    pub s3: S3Server,
+    pub store: Store,
     pub cp: ControlPlane,
     pub echo: Upstream,
     pub other: Upstream,
@@ -53,41 +51,45 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// For scenarios: requires Envoy, s3s-fs AND the wasm (fails naming the
-    /// env var otherwise). The CP serves [`echo_config`]`("r1")`; it is up
-    /// when `cp_up`, else down (and [`ControlPlane::up`] brings it).
+    /// For S3 scenarios: [`Stack::on`] with [`StoreKind::S3`].
     pub fn new(test_name: &str, cp_up: bool) -> Stack {
+        Stack::on(StoreKind::S3, test_name, cp_up)
+    }
+
+    /// For scenarios on the store `kind`: requires Envoy, the store's
+    /// binary AND the wasm (fails naming the env var otherwise). The CP
+    /// serves [`echo_config`]`("r1")`; it is up when `cp_up`, else down
+    /// (and [`ControlPlane::up`] brings it). The work folder is
+    /// `<test_name>-<kind>` for the non-S3 stores.
+    pub fn on(kind: StoreKind, test_name: &str, cp_up: bool) -> Stack {
         let envoy_bin = crate::bins::require_envoy();
-        let s3s = crate::bins::require_s3s_fs();
         let wasm = crate::bins::require_wasm();
-        Stack::build(test_name, cp_up, envoy_bin, s3s, Some(wasm))
+        Stack::build(kind, test_name, cp_up, envoy_bin, Some(wasm))
     }
 
     /// For harness self-tests: Envoy and s3s-fs only, no wasm.
     pub fn without_wasm(test_name: &str, cp_up: bool) -> Stack {
+        Stack::without_wasm_on(StoreKind::S3, test_name, cp_up)
+    }
+
+    /// For harness self-tests: Envoy and the store of `kind`, no wasm.
+    pub fn without_wasm_on(kind: StoreKind, test_name: &str, cp_up: bool) -> Stack {
         let envoy_bin = crate::bins::require_envoy();
-        let s3s = crate::bins::require_s3s_fs();
-        Stack::build(test_name, cp_up, envoy_bin, s3s, None)
+        Stack::build(kind, test_name, cp_up, envoy_bin, None)
     }
 
     fn build(
+        kind: StoreKind,
         test_name: &str,
         cp_up: bool,
         envoy_bin: PathBuf,
-        s3s: PathBuf,
         wasm: Option<PathBuf>,
     ) -> Stack {
-        let dir = WorkDir::new(test_name);
-        let s3 = S3Server::start(
-            &s3s,
-            &dir.join("s3"),
-            &dir.join("s3s-fs.log"),
-            crate::ports::free_port(),
-            ACCESS_KEY,
-            SECRET_KEY,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        s3.create_bucket(BUCKET);
+        let dir = match kind {
+            StoreKind::S3 => WorkDir::new(test_name),
+            _ => WorkDir::new(&format!("{test_name}-{}", kind.name())),
+        };
+        let store = Store::start(kind, &dir, BUCKET);
         let cp = ControlPlane::new_down(crate::ports::free_port(), CP_PATH);
         cp.set_config(&echo_config("r1"));
         if cp_up {
@@ -98,7 +100,7 @@ impl Stack {
         let other =
             Upstream::start(OTHER, crate::ports::free_port()).unwrap_or_else(|e| panic!("{e}"));
         Stack {
-            s3,
+            store,
             cp,
             echo,
             other,
@@ -108,9 +110,27 @@ impl Stack {
         }
     }
 
-    /// `s3://<BUCKET>/<PREFIX>`.
+    /// Which backend this stack runs.
+    pub fn kind(&self) -> StoreKind {
+        self.store.kind()
+    }
+
+    /// The s3s-fs server (S3 scenarios only; panics on another store).
+    #[track_caller]
+    pub fn s3(&self) -> &S3Server {
+        self.store.s3()
+    }
+
+    /// The s3s-fs server, mutable (S3 scenarios only).
+    #[track_caller]
+    pub fn s3_mut(&mut self) -> &mut S3Server {
+        self.store.s3_mut()
+    }
+
+    /// `s3://<BUCKET>/<PREFIX>`, `azure://devstoreaccount1/<BUCKET>/<PREFIX>`
+    /// or `gcs://<BUCKET>/<PREFIX>`.
     pub fn storage_url(&self) -> String {
-        format!("s3://{BUCKET}/{PREFIX}")
+        self.store.storage_url(BUCKET, PREFIX)
     }
 
     /// `<PREFIX>/0.1.0/config.json`.
@@ -118,9 +138,14 @@ impl Stack {
         format!("{PREFIX}/{VERSION}/config.json")
     }
 
-    /// Plugin config pointing at this stack (import and export off).
+    /// The stored object's URL as the filter logs it.
+    pub fn object_url(&self) -> String {
+        self.store.object_url(BUCKET, &self.object_key())
+    }
+
+    /// Plugin config pointing at this stack's store (import and export off).
     pub fn plugin(&self) -> PluginConfig {
-        PluginConfig::new(&self.storage_url(), &self.s3.endpoint())
+        self.store.plugin(BUCKET, PREFIX)
     }
 
     /// Export on, import off, `node_id` set.
@@ -138,28 +163,31 @@ impl Stack {
         p
     }
 
-    /// The AWS variables for Envoy, with the right keys.
-    pub fn aws_env(&self) -> Vec<(String, String)> {
-        self.aws_env_with_secret(SECRET_KEY)
+    /// The store's credentials for Envoy (AWS, Azure or GCP variables).
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        self.store.env()
     }
 
-    /// The AWS variables for Envoy with another secret.
+    /// Well-formed but wrong credentials for the store.
+    pub fn wrong_store_env(&self) -> Vec<(String, String)> {
+        self.store.wrong_env()
+    }
+
+    /// The AWS variables for Envoy with another secret (S3 only).
     pub fn aws_env_with_secret(&self, secret: &str) -> Vec<(String, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), secret.into()),
-            ("AWS_REGION".into(), REGION.into()),
-            ("AWS_DEFAULT_REGION".into(), REGION.into()),
-            ("AWS_CONFIG_STORAGE_ENDPOINT".into(), self.s3.endpoint()),
-        ]
+        crate::store::s3_env(&self.s3().endpoint(), secret)
     }
 
-    /// Envoy config: listener + admin on free ports, clusters
-    /// `object_storage`, `control_plane`, `echo_service`, `other_service`,
-    /// and the wasm filter with `plugin` when this stack has the wasm.
+    /// Envoy config: listener + admin on free ports, the store's clusters
+    /// (`object_storage`, and `gcp_oauth` for GCS), `control_plane`,
+    /// `echo_service`, `other_service`, and the wasm filter with `plugin`
+    /// when this stack has the wasm.
     pub fn envoy_config(&self, plugin: &PluginConfig) -> EnvoyConfig {
-        let cfg = EnvoyConfig::new()
-            .cluster("object_storage", self.s3.port())
+        let mut cfg = EnvoyConfig::new();
+        for (name, port) in self.store.clusters() {
+            cfg = cfg.cluster(name, port);
+        }
+        let cfg = cfg
             .cluster("control_plane", self.cp.port())
             .cluster(ECHO, self.echo.port())
             .cluster(OTHER, self.other.port());
@@ -169,9 +197,9 @@ impl Stack {
         }
     }
 
-    /// Starts an Envoy with `plugin` and the right AWS env.
+    /// Starts an Envoy with `plugin` and the store's right credentials.
     pub fn start_envoy(&self, name: &str, plugin: &PluginConfig) -> Envoy {
-        self.start_envoy_with_env(name, plugin, &self.aws_env())
+        self.start_envoy_with_env(name, plugin, &self.store_env())
     }
 
     /// Starts an Envoy with `plugin` and `env`; panics with the log on failure.
@@ -202,20 +230,30 @@ impl Stack {
 
     /// The stored lease, parsed, if it exists.
     pub fn lease(&self) -> Option<Result<Lease, String>> {
-        self.s3
-            .read_object(BUCKET, &self.lease_key())
+        self.store
+            .read(BUCKET, &self.lease_key())
             .map(|b| crate::election::parse_lease(&b))
     }
 
-    /// Deletes the lease object on disk (what a lifecycle rule on the
-    /// `election/` prefix does to a lease nobody renews).
+    /// Deletes the lease object (what a lifecycle rule on the `election/`
+    /// prefix does to a lease nobody renews).
     pub fn delete_lease(&self) {
-        self.s3.delete_object(BUCKET, &self.lease_key());
+        self.store.delete(BUCKET, &self.lease_key());
+    }
+
+    /// When the lease was last written (see [`Store::modified`]).
+    pub fn lease_mtime(&self) -> Option<SystemTime> {
+        self.store.modified(BUCKET, &self.lease_key())
     }
 
     /// The stored object's bytes, if any.
     pub fn object(&self) -> Option<Vec<u8>> {
-        self.s3.read_object(BUCKET, &self.object_key())
+        self.store.read(BUCKET, &self.object_key())
+    }
+
+    /// When the stored object was last written (see [`Store::modified`]).
+    pub fn object_mtime(&self) -> Option<SystemTime> {
+        self.store.modified(BUCKET, &self.object_key())
     }
 
     /// The stored object parsed as an envelope, if it exists.
@@ -226,10 +264,7 @@ impl Stack {
     /// Waits until the stored object is an envelope of `revision`.
     pub fn wait_envelope(&self, revision: &str, timeout: Duration) -> Result<Envelope, String> {
         crate::wait::try_until(
-            &format!(
-                "s3://{BUCKET}/{} with revision {revision}",
-                self.object_key()
-            ),
+            &format!("{} with revision {revision}", self.object_url()),
             timeout,
             || match self.envelope() {
                 None => Err("no object".into()),
@@ -240,9 +275,9 @@ impl Stack {
         )
     }
 
-    /// Writes raw bytes as the stored object (on disk).
+    /// Writes raw bytes as the stored object.
     pub fn write_object(&self, bytes: &[u8]) {
-        self.s3.write_object(BUCKET, &self.object_key(), bytes);
+        self.store.write(BUCKET, &self.object_key(), bytes);
     }
 
     /// Writes a valid envelope for `config` (a gateway config JSON) and
@@ -350,6 +385,20 @@ pub fn expect_local_reply(
         r.header("x-upstream").is_none(),
         "{method} {path} reached an upstream: {}",
         r.summary()
+    );
+}
+
+/// Asserts the store refused nothing the filter sent (GCS: every token
+/// request was granted, no object request lacked a valid token; see
+/// [`Store::auth_failures`]).
+#[track_caller]
+pub fn expect_store_auth_ok(stack: &Stack) {
+    let failures = stack.store.auth_failures();
+    assert!(
+        failures.is_empty(),
+        "the {:?} store refused requests:\n{}",
+        stack.kind(),
+        failures.join("\n")
     );
 }
 

@@ -1,6 +1,10 @@
 //! Leader election between several exporters (issue 3), in real Envoys
 //! against s3s-fs, which enforces `If-None-Match: *` and `If-Match` on PUT
-//! with 412.
+//! with 412. The scenarios taking a `StoreKind` also run on Azurite
+//! (`If-None-Match: *` -> 409 BlobAlreadyExists, stale `If-Match` -> 412)
+//! and on the GCS stack, whose front enforces `ifGenerationMatch` and adds
+//! `x-goog-generation` / `Last-Modified` to downloads as GCS does (tests
+//! `<scenario>::s3`, `::azure`, `::gcs`).
 //!
 //! Every exporter takes part once its CP has answered; only the leader
 //! writes `config.json`; the lease is `<prefix>/0.1.0/election/lease.json`;
@@ -10,7 +14,8 @@
 //!
 //! Short election timings keep the file fast: lease TTL 3 s, renew every
 //! 1 s, CP polled every 500 ms.
-//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+//! Needs ENVOY_BIN, S3S_FS_BIN, AZURITE_BIN, GCS_EMULATOR_BIN and
+//! FALLBACK_CONFIG_WASM.
 //!
 //! Note on the store: s3s-fs checks a PUT's precondition and then writes
 //! (a temp file renamed into place), not atomically. Two conditional PUTs
@@ -21,10 +26,13 @@ use envoy_test::control_plane::{gateway_config, Route};
 use envoy_test::election::{number_after, FilterStats, BECAME_LEADER, LOST_LEADERSHIP, STOOD_DOWN};
 use envoy_test::envelope::Envelope;
 use envoy_test::envoy::Envoy;
+use envoy_test::on_every_store;
 use envoy_test::plugin::PluginConfig;
 use envoy_test::stack::{
-    echo_config, expect_healthy, expect_proxied, wait_status, Stack, BUCKET, ECHO, OTHER,
+    echo_config, expect_healthy, expect_proxied, expect_store_auth_ok, wait_status, Stack, ECHO,
+    OTHER,
 };
+use envoy_test::store::StoreKind;
 use envoy_test::wait::{self, TIMEOUT};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -214,9 +222,8 @@ fn became_leader_terms(envoy: &Envoy) -> Vec<u64> {
 
 /// Scenario 1: three exporters, one writer; and what the steady state
 /// costs in storage requests.
-#[test]
-fn three_exporters_elect_exactly_one_writer() {
-    let stack = Stack::new("election-one-writer", false);
+fn three_exporters_elect_exactly_one_writer(kind: StoreKind) {
+    let stack = Stack::on(kind, "election-one-writer", false);
     let mut envoys = start_fleet(&stack);
     let leader = wait_leader(&stack, &envoys, &[0, 1, 2], "r1", TIMEOUT);
     eprintln!(
@@ -335,16 +342,17 @@ fn three_exporters_elect_exactly_one_writer() {
         "the leader renewed {renewals} times in {measured:.2} renew intervals"
     );
     assert_eq!(stack.object(), written, "config.json was rewritten");
+    expect_store_auth_ok(&stack);
     for e in &mut envoys {
         expect_healthy(e);
     }
 }
+on_every_store!(three_exporters_elect_exactly_one_writer);
 
 /// Scenario 2: the leader crashes (SIGKILL); the CP publishes r2 at once;
 /// a survivor takes over and exports r2 within ttl + renew (+ slack).
-#[test]
-fn survivor_takes_over_after_leader_is_killed() {
-    let stack = Stack::new("election-failover-kill", false);
+fn survivor_takes_over_after_leader_is_killed(kind: StoreKind) {
+    let stack = Stack::on(kind, "election-failover-kill", false);
     let mut envoys = start_fleet(&stack);
     let old = wait_leader(&stack, &envoys, &[0, 1, 2], "r1", TIMEOUT);
 
@@ -353,9 +361,11 @@ fn survivor_takes_over_after_leader_is_killed() {
     stack.cp.set_config(&echo_config("r2"));
     let survivors: Vec<usize> = (0..NODES.len()).filter(|i| *i != old.index).collect();
 
-    // Meanwhile, from the lease file's modification times (the store's
-    // clock, full precision): when the dead leader last renewed, and when
-    // a survivor took the lease over (its first write, renewals 0).
+    // Meanwhile, from the lease's modification times (the store's clock:
+    // file times for s3s-fs and the GCS front's record, full precision;
+    // Azurite's Last-Modified, whole seconds): when the dead leader last
+    // renewed, and when a survivor took the lease over (its first write,
+    // renewals 0).
     let mut last_renewal: Option<SystemTime> = None;
     let mut takeover: Option<SystemTime> = None;
     let (env, seen_at) = wait::until(
@@ -365,7 +375,7 @@ fn survivor_takes_over_after_leader_is_killed() {
         ),
         TIMEOUT,
         || {
-            let mtime = stack.s3.object_mtime(BUCKET, &stack.lease_key());
+            let mtime = stack.lease_mtime();
             match stack.lease() {
                 Some(Ok(l)) if l.holder == old.node => last_renewal = mtime,
                 Some(Ok(l)) if l.renewals == 0 && takeover.is_none() => takeover = mtime,
@@ -404,11 +414,13 @@ fn survivor_takes_over_after_leader_is_killed() {
     );
     // Not too early either: the lease must have been older than its TTL by
     // the store's clock. HTTP dates have 1 s resolution, so `Date` minus
-    // `Last-Modified` can exceed the real age by up to 1 s, not more.
+    // `Last-Modified` can exceed the real age by up to 1 s, not more; our
+    // own reading of the modification times adds their resolution.
     let age = age.expect("saw the dead leader's lease and the takeover");
+    let resolution = stack.store.modified_resolution();
     assert!(
-        age + Duration::from_secs(1) >= LEASE_TTL,
-        "the lease was taken over at age {age:?}, ttl {LEASE_TTL:?}"
+        age + Duration::from_secs(1) + resolution >= LEASE_TTL,
+        "the lease was taken over at age {age:?} (measured to {resolution:?}), ttl {LEASE_TTL:?}"
     );
 
     let new = wait_leader(&stack, &envoys, &survivors, "r2", TIMEOUT);
@@ -448,7 +460,9 @@ fn survivor_takes_over_after_leader_is_killed() {
     assert_eq!((after.index, after.term), (new.index, new.term));
     ok(wait_status(&envoys[new.index], "/other/x", 200, TIMEOUT));
     expect_proxied(&envoys[new.index], "GET", "/other/x", &[], OTHER);
+    expect_store_auth_ok(&stack);
 }
+on_every_store!(survivor_takes_over_after_leader_is_killed);
 
 /// Scenario 3: the leader freezes (SIGSTOP) past its lease; another node
 /// takes over and exports r2; the old leader resumes (SIGCONT) and must

@@ -1,16 +1,25 @@
 //! Exporter scenarios: an Envoy with export on stores every newly applied
-//! CP revision in s3s-fs (which verifies the SigV4 signatures).
-//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+//! CP revision in the object store, which verifies the credentials:
+//! s3s-fs (SigV4), Azurite (SharedKey, SAS) or the GCS stack (OAuth token
+//! from a verified service-account JWT). Scenarios taking a `StoreKind` run
+//! on every store (`on_every_store!`: tests `<scenario>::s3`, `::azure`,
+//! `::gcs`); the others are S3-only: what they test does not depend on
+//! the cloud.
+//! Needs ENVOY_BIN, S3S_FS_BIN, AZURITE_BIN, GCS_EMULATOR_BIN and
+//! FALLBACK_CONFIG_WASM.
 
 use envoy_test::control_plane::{gateway_config, Route};
 use envoy_test::election::FilterStats;
 use envoy_test::envelope::{now_unix, parse_rfc3339};
 use envoy_test::envoy::log_line_time;
+use envoy_test::on_every_store;
 use envoy_test::plugin::PluginConfig;
 use envoy_test::sha256;
 use envoy_test::stack::{
-    expect_healthy, expect_proxied, wait_status, Stack, ECHO, POLL_INTERVAL, SECRET_KEY,
+    expect_healthy, expect_proxied, expect_store_auth_ok, wait_status, Stack, ECHO, POLL_INTERVAL,
+    SECRET_KEY,
 };
+use envoy_test::store::StoreKind;
 use envoy_test::wait::{self, TIMEOUT};
 use std::time::{Duration, Instant};
 
@@ -33,10 +42,10 @@ fn quiet_exporter(stack: &Stack, node_id: &str) -> PluginConfig {
     p
 }
 
-/// Scenario 1: the stored envelope has the right fields and the CP's bytes.
-#[test]
-fn exporter_stores_envelope_of_cp_config() {
-    let stack = Stack::new("export-envelope", true);
+/// Scenario 1: the stored envelope has the right fields and the CP's bytes
+/// (read back from the store by the harness).
+fn exporter_stores_envelope_of_cp_config(kind: StoreKind) {
+    let stack = Stack::on(kind, "export-envelope", true);
     let started = now_unix();
     let mut envoy = stack.start_envoy("exporter", &stack.exporter_plugin("node-export-1"));
 
@@ -79,8 +88,21 @@ fn exporter_stores_envelope_of_cp_config() {
     ok(wait_status(&envoy, "/echo/a", 200, TIMEOUT));
     expect_proxied(&envoy, "GET", "/echo/a", &[], ECHO);
     assert!(envoy.upstream_rq_total("control_plane") >= 1);
+    if kind == StoreKind::Gcs {
+        // The upload went through the front with a token the endpoint
+        // issued, typed as the filter sent it.
+        let gcs = stack.store.gcs();
+        let meta = gcs
+            .front
+            .meta(&stack.object_key())
+            .expect("the front recorded the upload");
+        assert_eq!(meta.content_type, "application/json");
+        assert!(envoy.upstream_rq_total("gcp_oauth") >= 1);
+    }
+    expect_store_auth_ok(&stack);
     expect_healthy(&mut envoy);
 }
+on_every_store!(exporter_stores_envelope_of_cp_config);
 
 /// Scenario 2: a new revision is exported; the same content under a new
 /// ETag is not written again.
@@ -107,9 +129,7 @@ fn exporter_writes_new_revision_and_skips_unchanged_content() {
     // Steady state after r2: remember what is stored and how many storage
     // requests the filter made.
     let bytes = stack.object();
-    let mtime = stack
-        .s3
-        .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+    let mtime = stack.object_mtime();
     let storage_rq = envoy.upstream_rq_total("object_storage");
     let served_200 = stack.cp.count_status(200);
 
@@ -139,9 +159,7 @@ fn exporter_writes_new_revision_and_skips_unchanged_content() {
             if stack.object() != bytes {
                 return Err("stored object changed".into());
             }
-            let m = stack
-                .s3
-                .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+            let m = stack.object_mtime();
             if m != mtime {
                 return Err(format!("object mtime changed {mtime:?} -> {m:?}"));
             }
@@ -191,15 +209,11 @@ fn restarted_exporter_does_not_rewrite_unchanged_object() {
     first.stop();
 
     let bytes = stack.object();
-    let mtime = stack
-        .s3
-        .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+    let mtime = stack.object_mtime();
     let mut second = stack.start_envoy("exporter-b", &plugin("node-b"));
     ok(second.wait_log("CP fetched revision r1", TIMEOUT));
     let unchanged = || {
-        let m = stack
-            .s3
-            .object_mtime(envoy_test::stack::BUCKET, &stack.object_key());
+        let m = stack.object_mtime();
         if stack.object() != bytes || m != mtime {
             Err(format!(
                 "object rewritten by exporter-b: {:?}",
@@ -256,36 +270,56 @@ fn export_waits_for_export_delay() {
     expect_healthy(&mut envoy);
 }
 
-/// Scenario 7: wrong secret -> 403 SignatureDoesNotMatch logged, nothing
-/// stored, no crash, traffic still served from the CP config.
-#[test]
-fn exporter_with_wrong_secret_logs_signature_error_and_keeps_serving() {
-    let stack = Stack::new("export-bad-secret", true);
-    let env = stack.aws_env_with_secret("not-the-right-secret");
-    let mut envoy =
-        stack.start_envoy_with_env("exporter", &stack.exporter_plugin("node-bad"), &env);
+/// Scenario 7: wrong credentials (S3: another secret; Azure: another
+/// account key; GCS: a service account whose key the token endpoint does
+/// not trust) -> a clear failure line with the store's status and code (GCS:
+/// the refused token request), nothing stored, no crash, traffic still
+/// served from the CP config.
+fn exporter_with_wrong_credentials_logs_the_store_error_and_keeps_serving(kind: StoreKind) {
+    let stack = Stack::on(kind, "export-bad-credentials", true);
+    let mut envoy = stack.start_envoy_with_env(
+        "exporter",
+        &stack.exporter_plugin("node-bad"),
+        &stack.wrong_store_env(),
+    );
     // The first storage request an exporter sends is the election's read
-    // of the lease; whichever request it is, its failure names the status
-    // and the store's code.
-    let line = ok(envoy.wait_log("SignatureDoesNotMatch", TIMEOUT));
-    assert!(line.contains("failed"), "not a failure line: {line}");
-    assert!(
-        line.contains("403"),
-        "failure line lacks the status 403: {line}"
+    // of the lease (GCS: the token request before it); whichever it is,
+    // its failure line names the status and the store's code.
+    let evidence = stack.store.wrong_credentials_evidence();
+    let line = wait::until(
+        &format!("a log line with all of {evidence:?}"),
+        TIMEOUT,
+        || {
+            envoy
+                .log_lines(evidence[evidence.len() - 1])
+                .into_iter()
+                .find(|l| evidence.iter().all(|e| l.contains(e)))
+                .ok_or_else(|| format!("log tail:\n{}", envoy.log_tail(10)))
+        },
     );
-    assert!(
-        line.contains("SignatureDoesNotMatch"),
-        "failure line lacks the S3 error code SignatureDoesNotMatch: {line}"
-    );
+    eprintln!("info: {kind:?} with wrong credentials: {line}");
     assert!(
         stack.object().is_none() && stack.lease().is_none(),
-        "an object was stored with a wrong secret"
+        "an object was stored with wrong credentials"
     );
     assert!(envoy.log_lines("exported revision r1").is_empty());
+    if kind == StoreKind::Gcs {
+        // No token, no object request: the filter never sends one
+        // unauthenticated.
+        let gcs = stack.store.gcs();
+        assert!(
+            gcs.token.requests().iter().all(|r| r.status == 400),
+            "{:?}",
+            gcs.token.requests()
+        );
+        assert_eq!(gcs.front.requests().len(), 0, "{:?}", gcs.front.requests());
+        assert_eq!(envoy.upstream_rq_total("object_storage"), 0);
+    }
     ok(wait_status(&envoy, "/echo/b", 200, TIMEOUT));
     expect_proxied(&envoy, "GET", "/echo/b", &[], ECHO);
     expect_healthy(&mut envoy);
 }
+on_every_store!(exporter_with_wrong_credentials_logs_the_store_error_and_keeps_serving);
 
 /// Export failures are retried with growing delays, and the export
 /// succeeds once storage accepts the signature. The exporter first leads
@@ -296,7 +330,7 @@ fn export_failures_are_retried_with_backoff_until_storage_accepts() {
     let mut envoy = stack.start_envoy("exporter", &quiet_exporter(&stack, "node-retry"));
     ok(stack.wait_envelope("r1", TIMEOUT));
     // s3s-fs now expects another secret than the one Envoy has.
-    ok(stack.s3.restart_with_secret("rotated-secret"));
+    ok(stack.s3_mut().restart_with_secret("rotated-secret"));
     stack.cp.set_config(&envoy_test::stack::echo_config("r2"));
     let failures = wait::until("three failed export attempts", TIMEOUT, || {
         let lines = envoy.log_lines("export of revision r2 failed:");
@@ -330,7 +364,7 @@ fn export_failures_are_retried_with_backoff_until_storage_accepts() {
     assert_eq!(ok(stack.envelope().expect("config.json")).revision, "r1");
 
     // Storage accepts the filter's secret again: the next retry succeeds.
-    ok(stack.s3.restart_with_secret(SECRET_KEY));
+    ok(stack.s3_mut().restart_with_secret(SECRET_KEY));
     let env = ok(stack.wait_envelope("r2", TIMEOUT));
     assert_eq!(env.exporter, "node-retry");
     ok(envoy.wait_log("exported revision r2", TIMEOUT));

@@ -1,15 +1,20 @@
 //! Importer scenarios: an Envoy with import on whose first CP fetch fails
-//! reads `<prefix>/0.1.0/config.json` from s3s-fs once, verifies it and
-//! serves it until the CP answers.
-//! Needs ENVOY_BIN, S3S_FS_BIN and FALLBACK_CONFIG_WASM.
+//! reads `<prefix>/0.1.0/config.json` from the object store once, verifies
+//! it and serves it until the CP answers. Scenarios taking a `StoreKind`
+//! run on every store (s3s-fs, Azurite, the GCS stack: tests
+//! `<scenario>::s3`, `::azure`, `::gcs`); the others are S3-only.
+//! Needs ENVOY_BIN, S3S_FS_BIN, AZURITE_BIN, GCS_EMULATOR_BIN and
+//! FALLBACK_CONFIG_WASM.
 
 use envoy_test::control_plane::{gateway_config, Route};
 use envoy_test::envelope::{self, VERSION};
 use envoy_test::envoy::Envoy;
+use envoy_test::on_every_store;
 use envoy_test::stack::{
-    echo_config, expect_healthy, expect_local_reply, expect_proxied, wait_status, Stack, BUCKET,
-    ECHO, OTHER, POLL_INTERVAL, PREFIX,
+    echo_config, expect_healthy, expect_local_reply, expect_proxied, expect_store_auth_ok,
+    wait_status, Stack, ECHO, OTHER, POLL_INTERVAL,
 };
+use envoy_test::store::StoreKind;
 use envoy_test::wait::{self, TIMEOUT};
 use std::time::Duration;
 
@@ -55,21 +60,29 @@ fn expect_serves_after_import(envoy: &Envoy, revision: &str) {
 }
 
 /// Scenarios 3 and 4: CP down -> import once -> serve; CP back with a new
-/// revision -> the CP config replaces the imported one; storage read once.
-#[test]
-fn importer_with_cp_down_serves_stored_config_then_cp_config() {
-    let stack = Stack::new("import-then-cp", false);
+/// revision -> the CP config replaces the imported one; storage read once
+/// (GCS: the token request goes to `gcp_oauth`, not `object_storage`).
+fn importer_with_cp_down_serves_stored_config_then_cp_config(kind: StoreKind) {
+    let stack = Stack::on(kind, "import-then-cp", false);
     stack.write_envelope("r1", &echo_config("r1"));
     let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
 
     ok(envoy.wait_log("CP unavailable", TIMEOUT));
     ok(envoy.wait_log(
-        &format!("importing fallback config from s3://{BUCKET}/{PREFIX}/{VERSION}/config.json"),
+        &format!("importing fallback config from {}", stack.object_url()),
         TIMEOUT,
     ));
     expect_serves_after_import(&envoy, "r1");
     assert!(stack.echo.request_count() >= 11);
     assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    if kind == StoreKind::Gcs {
+        let tokens = stack.store.gcs().token.requests();
+        assert_eq!(
+            (envoy.upstream_rq_total("gcp_oauth"), tokens.len()),
+            (1, 1),
+            "one token request, through gcp_oauth: {tokens:?}"
+        );
+    }
     storage_rq_stays(&envoy, 1, POLL_INTERVAL * 5);
     // The filter keeps polling the (down) CP. upstream_rq_total does not
     // count requests that never got a connection; pending_total does.
@@ -107,8 +120,10 @@ fn importer_with_cp_down_serves_stored_config_then_cp_config() {
         "storage read again after the CP came back"
     );
     assert_eq!(envoy.log_lines("importing fallback config").len(), 1);
+    expect_store_auth_ok(&stack);
     expect_healthy(&mut envoy);
 }
+on_every_store!(importer_with_cp_down_serves_stored_config_then_cp_config);
 
 /// The end-to-end story: an exporter stores the CP config; later, with the
 /// CP down, a brand-new importer Envoy serves it.
@@ -129,9 +144,8 @@ fn fresh_importer_serves_what_an_exporter_stored() {
 
 /// Scenario 5: with the CP up, the importer never reads storage (even
 /// though the bucket holds a valid, different config).
-#[test]
-fn importer_with_cp_up_never_reads_storage() {
-    let stack = Stack::new("import-cp-up", true);
+fn importer_with_cp_up_never_reads_storage(kind: StoreKind) {
+    let stack = Stack::on(kind, "import-cp-up", true);
     stack.write_envelope(
         "stored",
         &gateway_config("stored", &[Route::new("stored", &["/stored"], OTHER)]),
@@ -144,23 +158,34 @@ fn importer_with_cp_up_never_reads_storage() {
     storage_rq_stays(&envoy, 0, POLL_INTERVAL * 5);
     assert!(envoy.log_lines("importing fallback config").is_empty());
     assert_eq!(stack.other.request_count(), 0);
+    if kind == StoreKind::Gcs {
+        // The token is fetched ahead of any import (so an import never
+        // waits for it), but no object is read.
+        assert_eq!(stack.store.gcs().front.requests().len(), 0);
+    }
     expect_healthy(&mut envoy);
 }
+on_every_store!(importer_with_cp_up_never_reads_storage);
 
 /// Scenario 6 and its variants: the import fails -> 503 with the JSON
-/// message, `import failed: <reason>` logged, Envoy alive, storage read once;
-/// then the CP comes up -> 200.
-fn import_fails(test: &str, object: Option<Vec<u8>>, reason: &str) {
-    let stack = Stack::new(test, false);
-    if let Some(bytes) = &object {
-        stack.write_object(bytes);
-    }
-    let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
+/// message, `import failed: <reason>` logged, Envoy alive, storage read
+/// `storage_requests` times (once, or never when no credentials could be
+/// had); then the CP comes up -> 200.
+fn import_fails_with(
+    stack: &Stack,
+    env: &[(String, String)],
+    reasons: &[&str],
+    storage_requests: u64,
+) {
+    let mut envoy = stack.start_envoy_with_env("importer", &stack.importer_plugin(), env);
     let line = ok(envoy.wait_log("import failed:", TIMEOUT));
-    assert!(
-        line.contains(reason),
-        "expected reason {reason:?} in: {line}"
-    );
+    for reason in reasons {
+        assert!(
+            line.contains(reason),
+            "expected reason {reason:?} in: {line}"
+        );
+    }
+    eprintln!("info: {:?}: {line}", stack.kind());
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
     // A client cannot pick an upstream itself while there is no config.
     expect_local_reply(
@@ -173,22 +198,34 @@ fn import_fails(test: &str, object: Option<Vec<u8>>, reason: &str) {
     );
     assert_eq!(stack.echo.request_count(), 0);
     expect_healthy(&mut envoy);
-    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
-    storage_rq_stays(&envoy, 1, POLL_INTERVAL * 4);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), storage_requests);
+    storage_rq_stays(&envoy, storage_requests, POLL_INTERVAL * 4);
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
 
     stack.cp.up().unwrap();
     ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
     ok(wait_status(&envoy, "/echo/back", 200, TIMEOUT));
     expect_proxied(&envoy, "GET", "/echo/back", &[], ECHO);
-    assert_eq!(envoy.upstream_rq_total("object_storage"), 1);
+    assert_eq!(envoy.upstream_rq_total("object_storage"), storage_requests);
     expect_healthy(&mut envoy);
 }
 
-#[test]
-fn import_fails_when_bucket_is_empty() {
-    import_fails("import-empty", None, "not found");
+/// [`import_fails_with`] on a store holding `object` (or nothing), with the
+/// right credentials.
+fn import_fails(kind: StoreKind, test: &str, object: Option<Vec<u8>>, reason: &str) {
+    let stack = Stack::on(kind, test, false);
+    if let Some(bytes) = &object {
+        stack.write_object(bytes);
+    }
+    import_fails_with(&stack, &stack.store_env(), &[reason], 1);
+    expect_store_auth_ok(&stack);
 }
+
+/// Absent object.
+fn import_fails_when_bucket_is_empty(kind: StoreKind) {
+    import_fails(kind, "import-empty", None, "not found");
+}
+on_every_store!(import_fails_when_bucket_is_empty);
 
 #[test]
 fn import_fails_when_object_is_not_json() {
@@ -200,12 +237,16 @@ fn import_fails_when_object_is_not_json() {
         &echo_config("r1"),
     );
     let truncated = valid.as_bytes()[..valid.len() / 2].to_vec();
-    import_fails("import-corrupt", Some(truncated), "does not parse");
+    import_fails(
+        StoreKind::S3,
+        "import-corrupt",
+        Some(truncated),
+        "does not parse",
+    );
 }
 
-#[test]
-fn import_fails_when_sha256_does_not_match() {
-    // A valid envelope whose config was changed after hashing.
+/// Bad object: a valid envelope whose config was changed after hashing.
+fn import_fails_when_sha256_does_not_match(kind: StoreKind) {
     let valid = envelope::build(
         VERSION,
         "r1",
@@ -215,8 +256,14 @@ fn import_fails_when_sha256_does_not_match() {
     );
     let tampered = valid.replace("\"/echo\"", "\"/ech0\"");
     assert_ne!(valid, tampered);
-    import_fails("import-sha", Some(tampered.into_bytes()), "sha256 mismatch");
+    import_fails(
+        kind,
+        "import-sha",
+        Some(tampered.into_bytes()),
+        "sha256 mismatch",
+    );
 }
+on_every_store!(import_fails_when_sha256_does_not_match);
 
 #[test]
 fn import_fails_when_version_differs() {
@@ -228,11 +275,36 @@ fn import_fails_when_version_differs() {
         &echo_config("r1"),
     );
     import_fails(
+        StoreKind::S3,
         "import-version",
         Some(other.into_bytes()),
         "version mismatch",
     );
 }
+
+/// Wrong credentials with the CP down and a valid object stored: the one
+/// import fails with a line naming the store's refusal (S3, Azure: the
+/// status and error code of the GET; GCS: the refused token request, and
+/// then no object request at all), nothing is applied, and the CP's config
+/// is served once it answers.
+fn import_fails_with_wrong_credentials(kind: StoreKind) {
+    let stack = Stack::on(kind, "import-bad-credentials", false);
+    stack.write_envelope("r1", &echo_config("r1"));
+    let env = stack.wrong_store_env();
+    let evidence: Vec<&str> = stack
+        .store
+        .wrong_credentials_evidence()
+        .iter()
+        .copied()
+        .filter(|e| *e != "failed")
+        .collect();
+    let storage_requests = match kind {
+        StoreKind::Gcs => 0,
+        _ => 1,
+    };
+    import_fails_with(&stack, &env, &evidence, storage_requests);
+}
+on_every_store!(import_fails_with_wrong_credentials);
 
 /// Routing by the CP config: longest path prefix, hosts, methods; no route
 /// -> 404 JSON; a client-sent x-fallback-upstream does not override the
@@ -318,12 +390,12 @@ fn importer_imports_when_cp_hangs() {
 fn import_fails_when_storage_does_not_answer() {
     let mut stack = Stack::new("import-storage-hangs", false);
     stack.write_envelope("r1", &echo_config("r1"));
-    stack.s3.process().pause().unwrap();
+    stack.s3_mut().process().pause().unwrap();
     let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
     ok(envoy.wait_log("import failed:", TIMEOUT));
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
     expect_healthy(&mut envoy);
-    stack.s3.process().resume().unwrap();
+    stack.s3_mut().process().resume().unwrap();
     assert_eq!(envoy.upstream_rq_attempts("object_storage"), 1);
     storage_rq_stays(&envoy, 1, POLL_INTERVAL * 4);
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);

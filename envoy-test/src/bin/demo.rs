@@ -61,7 +61,7 @@ fn run() -> Result<(), String> {
     let stack = Stack::new("demo", true);
     println!(
         "1. Started a local S3 server (s3s-fs) on 127.0.0.1:{} with bucket \"{BUCKET}\".\n   It checks every request's AWS SigV4 signature, like real S3.",
-        stack.s3.port()
+        stack.s3().port()
     );
     println!(
         "2. Started a fake control plane on 127.0.0.1:{} serving GET /v1/config:",
@@ -91,7 +91,10 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("{e}{}", show_log_tail(&exporter)))?;
     println!(
         "   Stored object {}:",
-        stack.s3.object_path(BUCKET, &stack.object_key()).display()
+        stack
+            .s3()
+            .object_path(BUCKET, &stack.object_key())
+            .display()
     );
     println!("     format      {}", env.format);
     println!("     version     {}", env.version);
