@@ -491,10 +491,15 @@ impl Controller {
             // The one import cannot happen without credentials.
             self.import = ImportState::Done;
             out.push(Action::MarkImportAttempted);
+            let url = self
+                .store
+                .as_ref()
+                .map(|s| s.url(&s.key(&self.version, CONFIG_OBJECT)))
+                .unwrap_or_default();
             log(
                 out,
                 Level::Error,
-                format!("import failed: {e}; nothing applied, still polling the CP"),
+                format!("import failed: {e} ({url}); nothing applied, still polling the CP"),
             );
         }
     }
