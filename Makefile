@@ -76,7 +76,8 @@ test: setup wasm
 	cargo test -p fallback-config
 	cargo test -p envoy-test -- --test-threads $(TEST_THREADS)
 
-run: setup wasm
+# The demo needs only Envoy and the S3 server.
+run: $(ENVOY_BIN) $(S3S_FS_BIN) wasm
 	cargo run --quiet -p envoy-test --bin demo
 
 lint: .wasm-target
