@@ -89,6 +89,35 @@ impl HttpResponse {
     }
 }
 
+/// Decodes `%XX` escapes (and, when `plus_is_space`, `+` as a space, as
+/// in form bodies); malformed escapes are kept as they
+/// are. Lenient on purpose: it reads what others sent (Azure's signed
+/// query, a test server's form bodies); SigV4 has its own strict decoder,
+/// which must refuse malformed escapes.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| bytes.get(j).and_then(|&b| char::from(b).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +167,7 @@ mod tests {
         assert_eq!(r.header("date"), None);
         assert_eq!(r.body_excerpt(100), "x y");
         assert_eq!(r.body_excerpt(1), "x");
+        assert_eq!(percent_decode("a%2Fb+c%zz%2", false), "a/b+c%zz%2");
+        assert_eq!(percent_decode("a+b%41", true), "a bA");
     }
 }

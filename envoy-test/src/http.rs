@@ -199,31 +199,7 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<R
     request(port, "GET", path, headers, b"")
 }
 
-/// Decodes `%XX` escapes (and, when `plus_is_space`, `+` as a space, as
-/// in form bodies); malformed escapes are kept as they are.
-pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |j: usize| bytes.get(j).and_then(|&b| char::from(b).to_digit(16));
-        match (bytes[i], hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b'+', _, _) if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use fallback_config::http::percent_decode;
 
 /// The `name=value` pairs of a query string or form body, decoded.
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
