@@ -384,7 +384,7 @@ fn s3_settings(
     let addressing = match endpoint {
         Some(e) => S3Addressing::parse_endpoint(&e).map_err(|r| SettingsError {
             field: field.into(),
-            reason: r.into(),
+            reason: r.to_string(),
         })?,
         None => S3Addressing::VirtualHosted,
     };
@@ -558,6 +558,7 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::UrlScheme;
     use std::collections::HashMap;
 
     fn parse_with(json: &str, vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
@@ -698,6 +699,7 @@ mod tests {
         assert_eq!(
             s3_of(&st).addressing,
             S3Addressing::PathStyle {
+                scheme: UrlScheme::Http,
                 authority: "127.0.0.1:9000".into(),
                 base_path: String::new()
             }
@@ -745,6 +747,7 @@ mod tests {
         assert_eq!(
             s3_of(&st).addressing,
             S3Addressing::PathStyle {
+                scheme: UrlScheme::Https,
                 authority: "minio.local:9000".into(),
                 base_path: "/base".into()
             }

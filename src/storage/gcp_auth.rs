@@ -14,7 +14,7 @@
 //! credentials: they are held in types whose `Debug` prints `***` and they
 //! never appear in an error message.
 
-use super::gcs::{split_http_url, UrlError};
+use super::endpoint::{split_url, EndpointError, UrlScheme};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::time::Timestamp;
@@ -82,6 +82,8 @@ pub struct ServiceAccount {
     client_email: String,
     private_key_id: Option<String>,
     token_uri: String,
+    /// The token endpoint, split from `token_uri`.
+    token_scheme: UrlScheme,
     token_authority: String,
     token_path: String,
     key: PrivateKey,
@@ -116,7 +118,7 @@ pub enum ServiceAccountError {
     /// credentials, which cannot sign assertions).
     NotServiceAccount { found: String },
     /// `token_uri` is not an `http(s)://host/path` URL.
-    InvalidTokenUri(UrlError),
+    InvalidTokenUri(EndpointError),
     /// `private_key` is not a usable RSA private key.
     InvalidKey(KeyError),
 }
@@ -229,13 +231,19 @@ impl ServiceAccount {
             .unwrap_or(DEFAULT_TOKEN_URI)
             .trim()
             .to_string();
-        let (authority, path) =
-            split_http_url(&token_uri).map_err(ServiceAccountError::InvalidTokenUri)?;
-        let token_path = if path.is_empty() { "/" } else { path }.to_string();
+        let endpoint = split_url(&token_uri).map_err(ServiceAccountError::InvalidTokenUri)?;
+        let token_scheme = endpoint.scheme;
+        let token_authority = endpoint.authority.to_string();
+        let token_path = match endpoint.path {
+            "" => "/",
+            path => path,
+        }
+        .to_string();
         Ok(ServiceAccount {
             client_email,
             private_key_id,
-            token_authority: authority.to_string(),
+            token_scheme,
+            token_authority,
             token_path,
             token_uri,
             key: PrivateKey(key),
@@ -255,6 +263,13 @@ impl ServiceAccount {
     /// The token endpoint as written in the key file (the JWT's `aud`).
     pub fn token_uri(&self) -> &str {
         &self.token_uri
+    }
+
+    /// The scheme of [`Self::token_uri`]: kept, not yet acted on (the token
+    /// request carries `host[:port]` only; TLS is the transport socket of
+    /// the Envoy cluster that reaches the endpoint).
+    pub fn token_scheme(&self) -> UrlScheme {
+        self.token_scheme
     }
 
     /// `host[:port]` of [`Self::token_uri`]: the `:authority` of the token
@@ -984,6 +999,7 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         assert_eq!(a.client_email(), EMAIL);
         assert_eq!(a.private_key_id(), Some("kid-123"));
         assert_eq!(a.token_uri(), TOKEN_URI);
+        assert_eq!(a.token_scheme(), UrlScheme::Http);
         assert_eq!(a.token_authority(), "127.0.0.1:9024");
         assert_eq!(a.token_path(), "/oauth2/token");
         // PKCS#1 gives the same key.
@@ -995,12 +1011,31 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         // Defaults: Google's token endpoint; no kid.
         let a = ServiceAccount::parse(&without("token_uri")).unwrap();
         assert_eq!(a.token_uri(), DEFAULT_TOKEN_URI);
+        assert_eq!(a.token_scheme(), UrlScheme::Https);
         assert_eq!(a.token_authority(), "oauth2.googleapis.com");
         assert_eq!(a.token_path(), "/token");
         let a = ServiceAccount::parse(&without("private_key_id")).unwrap();
         assert_eq!(a.private_key_id(), None);
         let a = ServiceAccount::parse(&with("token_uri", json!("https://t.example"))).unwrap();
         assert_eq!((a.token_authority(), a.token_path()), ("t.example", "/"));
+        // The path is kept as written: its query, a trailing `/`.
+        let a = ServiceAccount::parse(&with(
+            "token_uri",
+            json!(" https://gw.example:8443/oauth/token/?tenant=a "),
+        ))
+        .unwrap();
+        assert_eq!(
+            a.token_uri(),
+            "https://gw.example:8443/oauth/token/?tenant=a"
+        );
+        assert_eq!(
+            (a.token_scheme(), a.token_authority(), a.token_path()),
+            (
+                UrlScheme::Https,
+                "gw.example:8443",
+                "/oauth/token/?tenant=a"
+            )
+        );
     }
 
     #[test]
@@ -1031,6 +1066,10 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
             (
                 with("token_uri", json!("oauth2.googleapis.com/token")),
                 "GCP_SERVICE_ACCOUNT: `token_uri` must start with http:// or https://",
+            ),
+            (
+                with("token_uri", json!("https://oauth2.googleapis.com/token#x")),
+                "GCP_SERVICE_ACCOUNT: `token_uri` must not have a fragment (#)",
             ),
             (
                 "[1]".to_string(),

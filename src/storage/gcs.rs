@@ -12,13 +12,13 @@
 //! passed in by the caller; without one requests are anonymous, which a
 //! public bucket or an emulator accepts.
 
+use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::gcp_auth::ServiceAccount;
-use super::{Object, PutMode, StorageError, Via};
+use super::model::{Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::uri_encode;
 use serde_json::Value;
-use std::fmt;
 
 /// The public JSON API endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -28,6 +28,9 @@ pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// `Debug` masks the service account's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcsSettings {
+    /// The API endpoint's scheme: kept, not yet acted on (TLS is the
+    /// transport socket of the Envoy cluster).
+    pub scheme: UrlScheme,
     /// `host[:port]` of the API endpoint (`storage.googleapis.com`).
     pub authority: String,
     /// Prefix of every API path, without a trailing `/`; empty for Google.
@@ -38,71 +41,27 @@ pub struct GcsSettings {
 }
 
 impl GcsSettings {
-    /// Settings for `endpoint` (`http(s)://host[:port][/base]`), or for
-    /// [`DEFAULT_ENDPOINT`] when there is none. The scheme only documents
-    /// intent: TLS is the proxy cluster's business.
+    /// Settings for `endpoint` (`http(s)://host[:port][/base]`, see
+    /// [`Endpoint::parse`]), or for [`DEFAULT_ENDPOINT`] when there is none.
+    /// The scheme is kept but not yet acted on: requests carry
+    /// `host[:port]` only, and TLS is the transport socket of the Envoy
+    /// cluster.
     pub fn new(
         endpoint: Option<&str>,
         service_account: Option<ServiceAccount>,
-    ) -> Result<Self, UrlError> {
-        let (authority, path) = split_http_url(endpoint.unwrap_or(DEFAULT_ENDPOINT))?;
+    ) -> Result<Self, EndpointError> {
+        let endpoint = Endpoint::parse(endpoint.unwrap_or(DEFAULT_ENDPOINT))?;
         // A base URL is prefixed to paths that have their own query.
-        if path.contains('?') {
-            return Err(UrlError::BadPath);
+        if endpoint.has_query() {
+            return Err(EndpointError::Query);
         }
         Ok(GcsSettings {
-            authority: authority.to_string(),
-            base_path: path.trim_end_matches('/').to_string(),
+            scheme: endpoint.scheme,
+            authority: endpoint.authority,
+            base_path: endpoint.base_path,
             service_account,
         })
     }
-}
-
-/// Why a URL (`storage.endpoint`, `token_uri`) was refused. The texts
-/// complete "`<field>` …".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UrlError {
-    NoScheme,
-    NoHost,
-    /// Spaces, a fragment, or (for a base URL) a query.
-    BadPath,
-}
-
-impl fmt::Display for UrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UrlError::NoScheme => f.write_str("must start with http:// or https://"),
-            UrlError::NoHost => f.write_str("must name a host, as in http://127.0.0.1:9023"),
-            UrlError::BadPath => {
-                f.write_str("must be a plain URL, without spaces, query (?) or fragment (#)")
-            }
-        }
-    }
-}
-
-impl std::error::Error for UrlError {}
-
-/// Splits `http(s)://host[:port][/path]` into the authority and the path
-/// (empty, or starting with `/`; it may carry a query). Shared by the API
-/// endpoint and the service account's `token_uri`, and parsed like the S3
-/// endpoint.
-pub(crate) fn split_http_url(url: &str) -> Result<(&str, &str), UrlError> {
-    let url = url.trim();
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or(UrlError::NoScheme)?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if authority.is_empty() || authority.contains(['?', '#', '@', ' ']) {
-        return Err(UrlError::NoHost);
-    }
-    if path.contains(['#', ' ', '\t', '\n', '\r']) {
-        return Err(UrlError::BadPath);
-    }
-    Ok((authority, path))
 }
 
 /// A download of `key` from `bucket`: `GET …/b/<bucket>/o/<key>?alt=media`.
@@ -304,40 +263,44 @@ mod tests {
     fn endpoints() {
         let g = google();
         assert_eq!(
-            (g.authority.as_str(), g.base_path.as_str()),
-            ("storage.googleapis.com", "")
+            (g.scheme, g.authority.as_str(), g.base_path.as_str()),
+            (UrlScheme::Https, "storage.googleapis.com", "")
         );
         let e = GcsSettings::new(Some("http://127.0.0.1:9023"), None).unwrap();
         assert_eq!(
-            (e.authority.as_str(), e.base_path.as_str()),
-            ("127.0.0.1:9023", "")
+            (e.scheme, e.authority.as_str(), e.base_path.as_str()),
+            (UrlScheme::Http, "127.0.0.1:9023", "")
         );
         let e = GcsSettings::new(Some(" https://gw.example:8443/gcs/api/ "), None).unwrap();
         assert_eq!(
-            (e.authority.as_str(), e.base_path.as_str()),
-            ("gw.example:8443", "/gcs/api")
+            (e.scheme, e.authority.as_str(), e.base_path.as_str()),
+            (UrlScheme::Https, "gw.example:8443", "/gcs/api")
         );
         for (bad, error) in [
-            ("127.0.0.1:9023", UrlError::NoScheme),
-            ("gs://bkt", UrlError::NoScheme),
-            ("http://", UrlError::NoHost),
-            ("http:///base", UrlError::NoHost),
-            ("http://user@host", UrlError::NoHost),
-            ("http://host?x=1", UrlError::NoHost),
-            ("http://host/base?x=1", UrlError::BadPath),
-            ("http://host/a b", UrlError::BadPath),
-            ("http://host/a#b", UrlError::BadPath),
+            ("127.0.0.1:9023", EndpointError::NoScheme),
+            ("gs://bkt", EndpointError::NoScheme),
+            ("http://", EndpointError::NoHost),
+            ("http:///base", EndpointError::NoHost),
+            ("http://user@host", EndpointError::UserInfo),
+            ("http://host?x=1", EndpointError::Query),
+            ("http://host/base?x=1", EndpointError::Query),
+            ("http://host/a b", EndpointError::PathCharacters),
+            ("http://host/a#b", EndpointError::Fragment),
         ] {
             assert_eq!(GcsSettings::new(Some(bad), None), Err(error), "{bad}");
         }
         assert_eq!(
-            UrlError::NoScheme.to_string(),
+            EndpointError::NoScheme.to_string(),
             "must start with http:// or https://"
         );
-        assert_eq!(
-            split_http_url("https://oauth2.googleapis.com/token"),
-            Ok(("oauth2.googleapis.com", "/token"))
-        );
+    }
+
+    #[test]
+    fn the_scheme_does_not_change_the_request() {
+        let plain = GcsSettings::new(Some("http://gw.example/base"), None).unwrap();
+        let tls = GcsSettings::new(Some("https://gw.example/base"), None).unwrap();
+        assert_eq!(get_k(&plain, "k", None), get_k(&tls, "k", None));
+        assert_eq!(get_k(&tls, "k", None).authority, "gw.example");
     }
 
     #[test]

@@ -8,20 +8,28 @@
 //! building (with its credentials) and response classification.
 //! Backends whose credentials must be fetched first (an OAuth token) say
 //! so through [`ObjectStore::credential_request`].
+//!
+//! Dependencies inside this module run one way, so that no two modules
+//! depend on each other: `endpoint` and `location` are leaves,
+//! `gcp_auth` uses only `endpoint`, `model` (the shared data) uses
+//! `gcp_auth`'s error, the backends (`s3`, `gcs`, `azure`) use `model`
+//! and `endpoint` (and `gcs` uses `gcp_auth`), and this file uses them all.
 
 pub mod azure;
+pub mod endpoint;
 pub mod gcp_auth;
 pub mod gcs;
 mod location;
+mod model;
 pub mod s3;
 
+pub use endpoint::{Endpoint, EndpointError, UrlScheme};
 pub use location::{LocationError, Scheme, StorageLocation};
+pub use model::{Object, PutMode, StorageError, Via};
 pub use s3::{S3Addressing, S3Settings};
 
 use crate::http::{HttpRequest, HttpResponse};
-use crate::sigv4::SigningError;
 use crate::time::Timestamp;
-use std::fmt;
 use std::time::Duration;
 
 /// Everything needed to reach the store.
@@ -46,97 +54,6 @@ pub enum Backend {
     },
     Azure(azure::AzureSettings),
 }
-
-/// How a write treats an existing object (object_store's `PutMode`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PutMode {
-    /// Replace whatever is there.
-    Overwrite,
-    /// Write only if no object exists (`If-None-Match: *`).
-    Create,
-    /// Write only if the object still has this ETag (`If-Match`).
-    Update { etag: String },
-}
-
-/// An object that was read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Object {
-    pub body: Vec<u8>,
-    pub etag: Option<String>,
-    /// `Last-Modified`, by the store's clock.
-    pub last_modified: Option<Timestamp>,
-    /// The answer's `Date`, by the store's clock: with `last_modified` it
-    /// gives the object's age free of any skew of our own clock.
-    pub date: Option<Timestamp>,
-}
-
-impl Object {
-    /// A successful read: the body, the header that versions the object
-    /// (`etag`, or GCS's `x-goog-generation`) and the store's times.
-    pub fn from_response(response: HttpResponse, version_header: &str) -> Object {
-        Object {
-            etag: response.header(version_header).map(str::to_string),
-            last_modified: response
-                .header("last-modified")
-                .and_then(Timestamp::parse_http_date),
-            date: response.header("date").and_then(Timestamp::parse_http_date),
-            body: response.body,
-        }
-    }
-}
-
-/// Why a storage request did not do what was asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StorageError {
-    /// No such object (404); `code` as the store named it (`NoSuchKey`,
-    /// `NoSuchBucket`).
-    NotFound { code: Option<String> },
-    /// A conditional write lost (412).
-    PreconditionFailed,
-    /// The store answered with an error status; `code` is its error code
-    /// (`SignatureDoesNotMatch`, `AccessDenied`, ...) when it sent one.
-    Status {
-        status: u16,
-        code: Option<String>,
-        message: Option<String>,
-    },
-    /// The request could not be signed.
-    Signing(SigningError),
-    /// The backend's credentials are not available yet (an access token
-    /// is being fetched): try again later.
-    CredentialsPending,
-    /// No access token could be had (GCS: the token endpoint refused).
-    Token(gcp_auth::TokenError),
-}
-
-impl fmt::Display for StorageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StorageError::NotFound { code: None } => f.write_str("not found (404)"),
-            StorageError::NotFound { code: Some(c) } => write!(f, "not found (404 {c})"),
-            StorageError::PreconditionFailed => f.write_str("precondition failed (412)"),
-            StorageError::Status {
-                status,
-                code,
-                message,
-            } => {
-                write!(f, "storage answered {status}")?;
-                if let Some(c) = code {
-                    write!(f, " {c}")?;
-                }
-                if let Some(m) = message {
-                    write!(f, ": {m}")?;
-                }
-                Ok(())
-            }
-            StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
-            StorageError::CredentialsPending => f.write_str("no access token yet"),
-            StorageError::Token(e) => write!(f, "cannot get an access token: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StorageError {}
 
 /// The store of one fallback-config deployment: builds requests for object
 /// keys relative to the configured prefix and classifies the answers.
@@ -233,7 +150,7 @@ impl ObjectStore {
                 key,
                 self.bearer(now)?,
             )),
-            Backend::Azure(az) => Ok(az.get_blob(via.into(), key, now)),
+            Backend::Azure(az) => Ok(az.get_blob(via, key, now)),
         }
     }
 
@@ -265,7 +182,7 @@ impl ObjectStore {
                     token,
                 ))
             }
-            Backend::Azure(az) => Ok(az.put_blob(via.into(), key, body, JSON, mode, now)),
+            Backend::Azure(az) => Ok(az.put_blob(via, key, body, JSON, mode, now)),
         }
     }
 
@@ -291,19 +208,3 @@ impl ObjectStore {
 
 /// Content type of everything this crate stores.
 const JSON: &str = "application/json";
-
-/// The proxy cluster and timeout that carry a backend's requests.
-#[derive(Clone, Copy, Debug)]
-pub struct Via<'a> {
-    pub cluster: &'a str,
-    pub timeout: Duration,
-}
-
-impl<'a> From<Via<'a>> for azure::Dispatch<'a> {
-    fn from(v: Via<'a>) -> Self {
-        azure::Dispatch {
-            cluster: v.cluster,
-            timeout: v.timeout,
-        }
-    }
-}

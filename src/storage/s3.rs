@@ -1,7 +1,8 @@
 //! Amazon S3 and S3-compatible stores: request building (addressing and
 //! SigV4 with S3's rules) and error classification.
 
-use super::{Object, PutMode, StorageError, Via};
+use super::endpoint::{Endpoint, EndpointError, UrlScheme};
+use super::model::{Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
@@ -14,31 +15,32 @@ pub enum S3Addressing {
     /// An explicit endpoint (MinIO, s3s, GCS interoperability, ...):
     /// `<authority><base_path>/<bucket>/<key>`.
     PathStyle {
+        /// As written in the endpoint; kept, not yet acted on (TLS is the
+        /// transport socket of the Envoy cluster).
+        scheme: UrlScheme,
+        /// `host[:port]`: the `:authority` (and signed `host`).
         authority: String,
+        /// Empty, or starting with `/`; never ending with `/`.
         base_path: String,
     },
 }
 
 impl S3Addressing {
-    /// Parses `http(s)://host[:port][/base]`. The scheme only documents
-    /// intent: TLS is the proxy cluster's business.
-    pub fn parse_endpoint(endpoint: &str) -> Result<Self, &'static str> {
-        let rest = endpoint
-            .trim()
-            .strip_prefix("http://")
-            .or_else(|| endpoint.trim().strip_prefix("https://"))
-            .ok_or("must start with http:// or https://")?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains(['?', '#', '@', ' ']) {
-            return Err("must name a host, as in http://127.0.0.1:9000");
+    /// Parses `http(s)://host[:port][/base]` ([`Endpoint::parse`]). The
+    /// scheme is kept but not yet acted on: requests carry `host[:port]`
+    /// only, and TLS is the transport socket of the Envoy cluster.
+    pub fn parse_endpoint(endpoint: &str) -> Result<Self, EndpointError> {
+        Endpoint::parse(endpoint).map(S3Addressing::from)
+    }
+}
+
+impl From<Endpoint> for S3Addressing {
+    fn from(e: Endpoint) -> Self {
+        S3Addressing::PathStyle {
+            scheme: e.scheme,
+            authority: e.authority,
+            base_path: e.base_path,
         }
-        Ok(S3Addressing::PathStyle {
-            authority: authority.to_string(),
-            base_path: path.trim_end_matches('/').to_string(),
-        })
     }
 }
 
@@ -120,6 +122,7 @@ fn request(
         S3Addressing::PathStyle {
             authority,
             base_path,
+            ..
         } => (
             authority.clone(),
             format!(
@@ -298,13 +301,51 @@ mod tests {
         assert_eq!(
             S3Addressing::parse_endpoint("https://s.example:443/base/"),
             Ok(S3Addressing::PathStyle {
+                scheme: UrlScheme::Https,
                 authority: "s.example:443".into(),
                 base_path: "/base".into()
             })
         );
-        assert!(S3Addressing::parse_endpoint("127.0.0.1:9000").is_err());
-        assert!(S3Addressing::parse_endpoint("http://").is_err());
-        assert!(S3Addressing::parse_endpoint("http:///x").is_err());
+        assert_eq!(
+            S3Addressing::parse_endpoint(" http://127.0.0.1:9000 "),
+            Ok(S3Addressing::PathStyle {
+                scheme: UrlScheme::Http,
+                authority: "127.0.0.1:9000".into(),
+                base_path: String::new()
+            })
+        );
+        assert_eq!(
+            S3Addressing::parse_endpoint("127.0.0.1:9000"),
+            Err(EndpointError::NoScheme)
+        );
+        assert_eq!(
+            S3Addressing::parse_endpoint("http://"),
+            Err(EndpointError::NoHost)
+        );
+        assert_eq!(
+            S3Addressing::parse_endpoint("http:///x"),
+            Err(EndpointError::NoHost)
+        );
+        assert_eq!(
+            EndpointError::NoHost.to_string(),
+            "must name a host, as in http://127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn the_scheme_does_not_change_the_request() {
+        let get = |endpoint: &str| {
+            store(
+                S3Addressing::parse_endpoint(endpoint).unwrap(),
+                Some(creds()),
+            )
+            .get("k", Timestamp(0))
+            .unwrap()
+        };
+        let (plain, tls) = (get("http://s.example/b"), get("https://s.example/b"));
+        assert_eq!(tls.authority, "s.example");
+        assert_eq!(tls.path, "/b/bkt/k");
+        assert_eq!(plain, tls);
     }
 
     #[test]
