@@ -22,13 +22,13 @@
 //!
 //! Leadership alone never authorises a write of `config.json`: that write
 //! is itself conditional on the ETag the leader last read or wrote, and
-//! carries the leader's term (see [`crate::controller`]), which fences out
+//! carries the leader's term (see [`crate::controller::exporter`]), which fences out
 //! a stale leader that has not noticed it lost the lease.
 
-use crate::controller::{Action, Level};
+use crate::clock::{Instant, Now};
+use crate::event::{Event, LossReason};
 use crate::settings::ElectionSettings;
 use crate::storage::{Object, PutMode, StorageError};
-use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ enum Role {
         /// `None` after a renewal whose answer had no ETag: read to learn it.
         etag: Option<String>,
         renewals: u64,
-        valid_until: Timestamp,
+        valid_until: Instant,
     },
 }
 
@@ -102,7 +102,7 @@ enum Role {
 #[derive(Clone, Debug)]
 struct Observed {
     etag: String,
-    first_seen: Timestamp,
+    first_seen: Instant,
 }
 
 #[derive(Debug)]
@@ -110,7 +110,7 @@ pub struct Election {
     settings: ElectionSettings,
     node_id: String,
     role: Role,
-    next_at: Timestamp,
+    next_at: Instant,
     in_flight: bool,
     observed: Option<Observed>,
     /// Terms at or below this are known to be used: never acquire them.
@@ -130,7 +130,7 @@ impl Election {
             settings,
             node_id,
             role: Role::Follower,
-            next_at: Timestamp(0),
+            next_at: Instant::ZERO,
             in_flight: false,
             observed: None,
             min_term: 0,
@@ -150,7 +150,7 @@ impl Election {
     }
 
     /// The term this node leads in, if it may act as leader at `now`.
-    pub fn leader_term(&self, now: Timestamp) -> Option<u64> {
+    pub fn leader_term(&self, now: Instant) -> Option<u64> {
         match &self.role {
             Role::Leader {
                 term, valid_until, ..
@@ -159,17 +159,21 @@ impl Election {
         }
     }
 
+    /// When [`Election::poll`] next has work (or a lease validity runs out).
+    pub fn next_due(&self) -> Instant {
+        match self.role {
+            Role::Leader { valid_until, .. } => self.next_at.min(valid_until),
+            Role::Follower => self.next_at,
+        }
+    }
+
     /// The request to send now, if any. At most one is in flight.
-    pub fn poll(
-        &mut self,
-        now: Timestamp,
-        out: &mut Vec<Action>,
-    ) -> Option<(Step, Option<WriteKind>)> {
-        self.expire(now, out);
-        if self.in_flight || now < self.next_at {
+    pub fn poll(&mut self, now: Now, out: &mut Vec<Event>) -> Option<(Step, Option<WriteKind>)> {
+        self.expire(now.mono, out);
+        if self.in_flight || now.mono < self.next_at {
             return None;
         }
-        self.next_at = now.plus(match self.role {
+        self.next_at = now.mono.plus(match self.role {
             Role::Leader { .. } => self.leader_renew_interval(),
             Role::Follower => self.settings.renew_interval,
         });
@@ -196,8 +200,8 @@ impl Election {
     pub fn on_read(
         &mut self,
         result: Result<Object, StorageError>,
-        now: Timestamp,
-        out: &mut Vec<Action>,
+        now: Now,
+        out: &mut Vec<Event>,
     ) -> Option<(Step, Option<WriteKind>)> {
         self.in_flight = false;
         let fresh = std::mem::replace(&mut self.fresh, false);
@@ -205,7 +209,7 @@ impl Election {
             Ok(o) => o,
             Err(StorageError::NotFound { .. }) => {
                 if matches!(self.role, Role::Leader { .. }) {
-                    self.lose("the lease object disappeared", out);
+                    self.lose(LossReason::LeaseDisappeared, out);
                 }
                 let term = self.min_term + 1;
                 return self.acquire(PutMode::Create, term, now);
@@ -229,14 +233,10 @@ impl Election {
                 }
                 return None;
             }
-            self.lose("the lease names another holder", out);
+            self.lose(LossReason::OtherHolder, out);
         }
         let Some(record) = record else {
-            log(
-                out,
-                Level::Warn,
-                "election: the lease object does not parse; taking it over".into(),
-            );
+            out.push(Event::LeaseUnparseable);
             let term = self.min_term + 1;
             return self.acquire(PutMode::Update { etag }, term, now);
         };
@@ -250,9 +250,9 @@ impl Election {
             _ => {
                 self.observed = Some(Observed {
                     etag: etag.clone(),
-                    first_seen: now,
+                    first_seen: now.mono,
                 });
-                now
+                now.mono
             }
         };
         let ttl = match record.ttl_ms {
@@ -266,18 +266,14 @@ impl Election {
         // Expired by the store's clock, or unchanged for ttl plus a renew
         // interval by ours (stores without Date/Last-Modified).
         let expired = server_age.is_some_and(|age| age >= ttl)
-            || now.since(seen_since) >= ttl + self.settings.renew_interval;
+            || now.mono.since(seen_since) >= ttl + self.settings.renew_interval;
         if !expired {
             return None;
         }
-        log(
-            out,
-            Level::Info,
-            format!(
-                "election: lease of {} (term {}) expired; trying to take over",
-                record.holder, record.term
-            ),
-        );
+        out.push(Event::LeaseExpired {
+            holder: record.holder,
+            term: record.term,
+        });
         self.acquire(PutMode::Update { etag }, self.min_term + 1, now)
     }
 
@@ -286,9 +282,9 @@ impl Election {
         &mut self,
         kind: WriteKind,
         result: Result<Option<String>, StorageError>,
-        sent_at: Timestamp,
-        now: Timestamp,
-        out: &mut Vec<Action>,
+        sent_at: Instant,
+        now: Now,
+        out: &mut Vec<Event>,
     ) {
         self.in_flight = false;
         let valid_until = sent_at.plus(self.settings.lease_ttl - self.margin());
@@ -303,24 +299,19 @@ impl Election {
                     valid_until,
                 };
                 self.observed = None;
-                self.next_at = now.plus(self.leader_renew_interval());
-                log(
-                    out,
-                    Level::Info,
-                    format!("became leader (term {term}) node={}", self.node_id),
-                );
+                self.next_at = now.mono.plus(self.leader_renew_interval());
+                out.push(Event::BecameLeader {
+                    term,
+                    node: self.node_id.clone(),
+                });
                 self.changes.push(Change::BecameLeader { term });
             }
             (WriteKind::Acquire { term }, Err(e)) => {
                 self.min_term = self.min_term.max(term);
                 if e == StorageError::PreconditionFailed {
                     // Another node won this term; look again at once.
-                    log(
-                        out,
-                        Level::Debug,
-                        format!("election: lost the race for term {term}"),
-                    );
-                    self.next_at = now;
+                    out.push(Event::LostRace { term });
+                    self.next_at = now.mono;
                 } else {
                     self.failed("taking the election lease", e, now);
                 }
@@ -342,8 +333,8 @@ impl Election {
                 }
             }
             (WriteKind::Renew { .. }, Err(StorageError::PreconditionFailed)) => {
-                self.lose("the lease was taken over", out);
-                self.next_at = now;
+                self.lose(LossReason::TakenOver, out);
+                self.next_at = now.mono;
             }
             (WriteKind::Renew { .. }, Err(e)) => {
                 self.failed("renewing the election lease", e, now);
@@ -351,35 +342,32 @@ impl Election {
         }
     }
 
-    /// Stops acting as leader because a write of `config.json` showed that
-    /// a newer term exists (`seen_term`) or lost its precondition.
-    pub fn stand_down(&mut self, seen_term: u64, reason: &str, out: &mut Vec<Action>) {
-        self.min_term = self.min_term.max(seen_term);
+    /// Stops acting as leader because `config.json` holds a newer term
+    /// (`stored_term`): a newer leader exists.
+    pub fn stand_down(&mut self, stored_term: u64, out: &mut Vec<Event>) {
+        self.min_term = self.min_term.max(stored_term);
         if let Role::Leader { term, .. } = self.role {
-            log(
-                out,
-                Level::Info,
-                format!("stood down (term {term}) node={}: {reason}", self.node_id),
-            );
+            out.push(Event::StoodDown {
+                term,
+                node: self.node_id.clone(),
+                stored_term,
+            });
             self.role = Role::Follower;
             self.changes.push(Change::LostLeadership { term });
         }
     }
 
     /// A leader that has not renewed in time is no longer leader.
-    fn expire(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+    fn expire(&mut self, now: Instant, out: &mut Vec<Event>) {
         match self.role {
             Role::Leader {
                 term, valid_until, ..
             } if now >= valid_until => {
-                log(
-                    out,
-                    Level::Info,
-                    format!(
-                        "lost leadership (term {term}) node={}: no successful renewal within the lease ttl",
-                        self.node_id
-                    ),
-                );
+                out.push(Event::LostLeadership {
+                    term,
+                    node: self.node_id.clone(),
+                    reason: LossReason::NotRenewed,
+                });
                 self.role = Role::Follower;
                 self.next_at = now;
                 self.changes.push(Change::LostLeadership { term });
@@ -388,27 +376,19 @@ impl Election {
         }
     }
 
-    fn lose(&mut self, reason: &str, out: &mut Vec<Action>) {
+    fn lose(&mut self, reason: LossReason, out: &mut Vec<Event>) {
         if let Role::Leader { term, .. } = self.role {
-            log(
-                out,
-                Level::Info,
-                format!(
-                    "lost leadership (term {term}) node={}: {reason}",
-                    self.node_id
-                ),
-            );
+            out.push(Event::LostLeadership {
+                term,
+                node: self.node_id.clone(),
+                reason,
+            });
             self.role = Role::Follower;
             self.changes.push(Change::LostLeadership { term });
         }
     }
 
-    fn acquire(
-        &mut self,
-        mode: PutMode,
-        term: u64,
-        now: Timestamp,
-    ) -> Option<(Step, Option<WriteKind>)> {
+    fn acquire(&mut self, mode: PutMode, term: u64, now: Now) -> Option<(Step, Option<WriteKind>)> {
         self.in_flight = true;
         Some((
             Step::Write {
@@ -419,24 +399,24 @@ impl Election {
         ))
     }
 
-    fn record(&self, term: u64, renewals: u64, now: Timestamp) -> LeaseRecord {
+    fn record(&self, term: u64, renewals: u64, now: Now) -> LeaseRecord {
         LeaseRecord {
             holder: self.node_id.clone(),
             term,
             renewals,
             ttl_ms: u64::try_from(self.settings.lease_ttl.as_millis()).unwrap_or(u64::MAX),
-            renewed_at: now.rfc3339(),
+            renewed_at: now.wall.rfc3339(),
         }
     }
 
     /// Retries sooner than the renew interval after a failure (1 s, 2 s,
     /// 4 s, ... up to the interval), so a fixed credential or a store
     /// back up is noticed quickly.
-    fn failed(&mut self, doing: &'static str, error: StorageError, now: Timestamp) {
+    fn failed(&mut self, doing: &'static str, error: StorageError, now: Now) {
         let retry_in =
             Duration::from_secs(1u64 << self.failures.min(16)).min(self.settings.renew_interval);
         self.failures = self.failures.saturating_add(1);
-        self.next_at = now.plus(retry_in);
+        self.next_at = now.mono.plus(retry_in);
         self.changes.push(Change::Failed {
             doing,
             error,
@@ -466,8 +446,4 @@ impl Election {
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
     }
-}
-
-fn log(out: &mut Vec<Action>, level: Level, message: String) {
-    out.push(Action::Log { level, message });
 }

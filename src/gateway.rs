@@ -31,7 +31,7 @@ pub struct Route {
 }
 
 /// Why a gateway config was refused. Names the offending field.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GatewayConfigError {
     /// Not JSON, or not of the config's shape (serde's message names the field).
     Parse(String),

@@ -1,21 +1,28 @@
-//! The config as published to proxy-wasm shared data, where every worker
-//! of the process reads it.
+//! What the filter keeps in proxy-wasm shared data, where every root and
+//! worker of the process reads it: the keys and their byte layouts.
 //!
-//! Two keys: a tiny generation counter that request handlers read on every
-//! request (cheap: a few bytes), and the config record itself, read and
-//! parsed only when the generation changed. So the request path never
-//! copies the whole config per request.
+//! - [`DRIVER_KEY`]: the [`DriverRecord`], the process's one piece of
+//!   coordination state (who drives, the last generation handed out,
+//!   whether the CP answered, the import's state). Only ever written by
+//!   compare-and-swap, see [`crate::process`].
+//! - [`CONFIG_KEY`]: the published config record ([`encode`]): a header
+//!   line with generation, source, digest and revision, then the config.
+//! - [`GENERATION_KEY`]: the generation of that record, a few bytes that
+//!   request handlers read to learn that a new record exists.
+//!
+//! The `v2` keys replace v1's, whose driver lease carried a wall-clock
+//! expiry and whose generations could repeat.
 
+use crate::gateway::GatewayConfigError;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Shared-data key of the generation counter (decimal `u64`).
-pub const GENERATION_KEY: &str = "fallback_config.v1.generation";
-/// Shared-data key of the config record.
-pub const CONFIG_KEY: &str = "fallback_config.v1.config";
-/// Shared-data key set once the one-shot import was attempted in this process.
-pub const IMPORT_ATTEMPTED_KEY: &str = "fallback_config.v1.import_attempted";
-/// Shared-data key of the driver lease (see [`crate::driver`]).
-pub const DRIVER_KEY: &str = "fallback_config.v1.driver";
+/// Shared-data key of the driver record.
+pub const DRIVER_KEY: &str = "fallback_config.v2.driver";
+/// Shared-data key of the published config record.
+pub const CONFIG_KEY: &str = "fallback_config.v2.config";
+/// Shared-data key of the published generation (decimal `u64`).
+pub const GENERATION_KEY: &str = "fallback_config.v2.generation";
 
 /// Where a published config came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +39,14 @@ impl Source {
         }
     }
 
+    /// For log lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::ControlPlane => "the control plane",
+            Source::Storage => "storage",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         match s {
             "cp" => Some(Source::ControlPlane),
@@ -44,6 +59,8 @@ impl Source {
 /// What is known about a published config without parsing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
+    /// Unique in the process: handed out by the driver record's CAS and
+    /// never reused, so it alone names a record.
     pub generation: u64,
     pub source: Source,
     pub revision: String,
@@ -68,7 +85,7 @@ pub fn encode(meta: &Meta, config: &[u8]) -> Vec<u8> {
 }
 
 /// A record that is not of the layout above.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MalformedRecord;
 
 impl fmt::Display for MalformedRecord {
@@ -110,9 +127,79 @@ pub fn decode(record: &[u8]) -> Result<(Meta, &[u8]), MalformedRecord> {
     ))
 }
 
+/// The generation in a record's header, without looking at the config.
+pub fn record_generation(record: &[u8]) -> Option<u64> {
+    let end = record.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(record.get(..end)?).ok()?.parse().ok()
+}
+
 /// Parses the generation counter.
 pub fn decode_generation(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+pub fn encode_generation(generation: u64) -> Vec<u8> {
+    generation.to_string().into_bytes()
+}
+
+/// Why a published record could not be loaded by a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    Record(MalformedRecord),
+    Config(GatewayConfigError),
+    /// The counter names a generation but no record is stored.
+    Missing,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Record(e) => e.fmt(f),
+            LoadError::Config(e) => e.fmt(f),
+            LoadError::Missing => f.write_str("no config record is stored"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The process's coordination state, in [`DRIVER_KEY`].
+///
+/// Every change is a compare-and-swap of the whole record by the root
+/// that holds it (or takes it over), so its fields change together or
+/// not at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverRecord {
+    /// The root context that drives the process (unique per root);
+    /// meaningless when `released`.
+    pub owner: String,
+    /// Grows with every change of owner: a root recognises its own lease
+    /// by owner *and* epoch.
+    pub epoch: u64,
+    /// Grows with every renewal, so that followers see the holder alive.
+    pub renewals: u64,
+    /// The holder shut down and handed the lease over: take it at once.
+    pub released: bool,
+    /// The node id of this process when none is configured: chosen once,
+    /// by the root that created the record, and kept by every later
+    /// driver, so a handoff between roots keeps the node's identity.
+    pub node_id: String,
+    /// The last generation handed out.
+    pub generation: u64,
+    /// A driver of this process applied a CP answer: no import, ever.
+    pub cp_answered: bool,
+    /// Imports sent by this process.
+    pub import_attempts: u32,
+}
+
+impl DriverRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<DriverRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 #[cfg(test)]
@@ -131,7 +218,9 @@ mod tests {
         let (m, c) = decode(&rec).unwrap();
         assert_eq!(m, meta);
         assert_eq!(c, b"{\"a\":\n1}");
-        assert_eq!(decode_generation(b"42"), Some(42));
+        assert_eq!(record_generation(&rec), Some(7));
+        assert_eq!(record_generation(b"x y"), None);
+        assert_eq!(decode_generation(&encode_generation(42)), Some(42));
         assert_eq!(decode_generation(b"x"), None);
     }
 
@@ -141,5 +230,21 @@ mod tests {
         assert_eq!(decode(b"1 cp abc\n{}"), Err(MalformedRecord));
         assert_eq!(decode(b"x cp abc r\n{}"), Err(MalformedRecord));
         assert_eq!(decode(b"1 other abc r\n{}"), Err(MalformedRecord));
+    }
+
+    #[test]
+    fn driver_record_round_trips() {
+        let r = DriverRecord {
+            owner: "root-7-00ff".into(),
+            epoch: 3,
+            renewals: 9,
+            released: false,
+            node_id: "node-1".into(),
+            generation: 12,
+            cp_answered: true,
+            import_attempts: 1,
+        };
+        assert_eq!(DriverRecord::decode(&r.encode()), Some(r));
+        assert_eq!(DriverRecord::decode(b"owner 123"), None);
     }
 }

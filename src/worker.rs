@@ -1,14 +1,16 @@
 //! The request path: a per-worker cache of the parsed config and the
 //! routing verdict for one request.
 //!
-//! The cache is keyed by the published generation: the shell reads the
-//! small generation counter on each request and hands the full record to
-//! [`WorkerCache::refresh`] only when it changed, so a worker parses each
-//! revision once.
+//! Per request the shell reads what [`WorkerCache::poll_read`] asks for:
+//! the small generation counter, and the full record only when the counter
+//! changed since the last look. Generations are unique in the process
+//! ([`crate::process`]), so a generation names one record: each is copied
+//! and parsed once per worker, and one that fails to load is remembered,
+//! warned about once, and never copied again.
 
+use crate::event::Event;
 use crate::gateway::{GatewayConfig, RequestInfo};
-use crate::published;
-use std::fmt;
+use crate::published::{self, LoadError, CONFIG_KEY, GENERATION_KEY};
 
 /// Body of the 503 sent while no config is available.
 pub const NO_CONFIG_BODY: &str = r#"{"message": "no configuration available"}"#;
@@ -28,45 +30,102 @@ pub enum Verdict<'a> {
     Reply { status: u32, body: &'static str },
 }
 
-/// Why a published record could not be loaded.
-#[derive(Debug)]
-pub enum RefreshError {
-    Record(published::MalformedRecord),
-    Config(crate::gateway::GatewayConfigError),
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Look {
+    /// Nothing to read.
+    #[default]
+    Idle,
+    /// Read the counter.
+    Counter,
+    /// The counter says this: read the record.
+    Record(u64),
 }
-
-impl fmt::Display for RefreshError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RefreshError::Record(e) => e.fmt(f),
-            RefreshError::Config(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for RefreshError {}
 
 /// One worker's view of the published config.
 #[derive(Debug, Default)]
 pub struct WorkerCache {
-    generation: Option<u64>,
     config: Option<GatewayConfig>,
+    /// The generation of `config`.
+    loaded: Option<u64>,
+    /// The counter value the record was last read for.
+    seen: Option<u64>,
+    /// A generation whose record did not load.
+    failed: Option<u64>,
+    look: Look,
+    event: Option<Event>,
 }
 
 impl WorkerCache {
-    /// Whether the record for `generation` must be loaded.
-    pub fn is_stale(&self, generation: Option<u64>) -> bool {
-        generation.is_some() && generation != self.generation
+    /// A request starts: the next [`Self::poll_read`] asks for the counter.
+    pub fn begin(&mut self) {
+        self.look = Look::Counter;
     }
 
-    /// Loads a published record. On error the previous config stays (it was
-    /// valid), so a bad record never takes routing down.
-    pub fn refresh(&mut self, record: &[u8]) -> Result<u64, RefreshError> {
-        let (meta, bytes) = published::decode(record).map_err(RefreshError::Record)?;
-        let config = GatewayConfig::parse(bytes).map_err(RefreshError::Config)?;
-        self.generation = Some(meta.generation);
-        self.config = Some(config);
-        Ok(meta.generation)
+    /// The shared-data key to read next, if any.
+    pub fn poll_read(&self) -> Option<&'static str> {
+        match self.look {
+            Look::Idle => None,
+            Look::Counter => Some(GENERATION_KEY),
+            Look::Record(_) => Some(CONFIG_KEY),
+        }
+    }
+
+    /// The value of the key [`Self::poll_read`] asked for.
+    pub fn handle_read(&mut self, bytes: Option<&[u8]>) {
+        match self.look {
+            Look::Idle => {}
+            Look::Counter => {
+                let counter = bytes.and_then(published::decode_generation);
+                self.look = match counter {
+                    Some(g) if Some(g) != self.seen => Look::Record(g),
+                    _ => Look::Idle,
+                };
+            }
+            Look::Record(counter) => {
+                self.look = Look::Idle;
+                self.seen = Some(counter);
+                self.load(counter, bytes);
+            }
+        }
+    }
+
+    /// The warning about a record that did not load, once per generation.
+    pub fn take_event(&mut self) -> Option<Event> {
+        self.event.take()
+    }
+
+    fn load(&mut self, counter: u64, record: Option<&[u8]>) {
+        let Some(record) = record else {
+            return self.fail(counter, LoadError::Missing);
+        };
+        let generation = published::record_generation(record).unwrap_or(counter);
+        if Some(generation) == self.loaded || Some(generation) == self.failed {
+            return;
+        }
+        let parsed = published::decode(record)
+            .map_err(LoadError::Record)
+            .and_then(|(_, bytes)| GatewayConfig::parse(bytes).map_err(LoadError::Config));
+        match parsed {
+            Ok(config) => {
+                self.config = Some(config);
+                self.loaded = Some(generation);
+            }
+            // The previous config stays (it was valid): a bad record never
+            // takes routing down.
+            Err(error) => self.fail(generation, error),
+        }
+    }
+
+    fn fail(&mut self, generation: u64, error: LoadError) {
+        if self.failed != Some(generation) {
+            self.failed = Some(generation);
+            self.event = Some(Event::RecordUnusable { generation, error });
+        }
+    }
+
+    /// The generation this worker serves, if any.
+    pub fn generation(&self) -> Option<u64> {
+        self.loaded
     }
 
     pub fn decide(&self, req: RequestInfo<'_>) -> Verdict<'_> {
@@ -91,7 +150,8 @@ impl WorkerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::published::{encode, Meta, Source};
+    use crate::published::{encode, encode_generation, Meta, Source};
+    use std::collections::HashMap;
 
     fn record(generation: u64, config: &str) -> Vec<u8> {
         let meta = Meta {
@@ -108,11 +168,39 @@ mod tests {
         host: "h",
         path: "/echo/1",
     };
+    const CFG: &str =
+        r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"upstream":"echo_service"}]}"#;
+
+    /// Shared data as a map, counting the reads of each key.
+    #[derive(Default)]
+    struct Shared {
+        map: HashMap<&'static str, Vec<u8>>,
+        reads: HashMap<&'static str, u32>,
+    }
+
+    impl Shared {
+        fn publish(&mut self, generation: u64, config: &str) {
+            self.map.insert(CONFIG_KEY, record(generation, config));
+            self.map
+                .insert(GENERATION_KEY, encode_generation(generation));
+        }
+
+        /// One request through the cache, as the shell runs it.
+        fn request(&mut self, c: &mut WorkerCache) -> Option<Event> {
+            c.begin();
+            while let Some(key) = c.poll_read() {
+                *self.reads.entry(key).or_default() += 1;
+                c.handle_read(self.map.get(key).map(Vec::as_slice));
+            }
+            c.take_event()
+        }
+    }
 
     #[test]
     fn no_config_then_routes() {
+        let mut s = Shared::default();
         let mut c = WorkerCache::default();
-        assert!(!c.is_stale(None));
+        assert_eq!(s.request(&mut c), None);
         assert_eq!(
             c.decide(REQ),
             Verdict::Reply {
@@ -120,16 +208,18 @@ mod tests {
                 body: NO_CONFIG_BODY
             }
         );
-        assert!(c.is_stale(Some(1)));
-        let cfg = r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"upstream":"echo_service"}]}"#;
-        assert_eq!(c.refresh(&record(1, cfg)).unwrap(), 1);
-        assert!(!c.is_stale(Some(1)));
+        s.publish(1, CFG);
+        assert_eq!(s.request(&mut c), None);
         assert_eq!(
             c.decide(REQ),
             Verdict::Forward {
                 upstream: "echo_service"
             }
         );
+        for _ in 0..10 {
+            s.request(&mut c);
+        }
+        assert_eq!(s.reads[CONFIG_KEY], 1, "the record is copied once");
         let other = RequestInfo {
             path: "/nope",
             ..REQ
@@ -145,14 +235,66 @@ mod tests {
         assert_eq!(v["message"], "no Route matched with those values");
     }
 
+    /// A record that fails to load is warned about once and never copied
+    /// again while the counter stays; the previous config keeps serving.
     #[test]
-    fn bad_record_keeps_previous_config() {
+    fn bad_record_is_remembered_and_keeps_the_previous_config() {
+        let mut s = Shared::default();
         let mut c = WorkerCache::default();
-        let cfg = r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"upstream":"u"}]}"#;
-        c.refresh(&record(1, cfg)).unwrap();
-        assert!(c.refresh(&record(2, "{")).is_err());
-        assert!(c.refresh(b"junk").is_err());
-        assert_eq!(c.decide(REQ), Verdict::Forward { upstream: "u" });
-        assert!(c.is_stale(Some(2)));
+        s.publish(1, CFG);
+        s.request(&mut c);
+        s.publish(2, "{");
+        let warned = s.request(&mut c);
+        assert!(
+            matches!(warned, Some(Event::RecordUnusable { generation: 2, .. })),
+            "{warned:?}"
+        );
+        for _ in 0..100 {
+            assert_eq!(s.request(&mut c), None, "one warning per generation");
+        }
+        assert_eq!(s.reads[CONFIG_KEY], 2, "no per-request copy");
+        assert_eq!(
+            c.decide(REQ),
+            Verdict::Forward {
+                upstream: "echo_service"
+            }
+        );
+        assert_eq!(c.generation(), Some(1));
+        // The next generation loads.
+        s.publish(3, CFG);
+        assert_eq!(s.request(&mut c), None);
+        assert_eq!(c.generation(), Some(3));
+    }
+
+    /// Two different records never share a key: a new generation is
+    /// loaded even when an old one had the same number in another
+    /// process layout (the cache keys on the generation the record itself
+    /// names, which the process never reuses).
+    #[test]
+    fn a_new_generation_replaces_the_config() {
+        let mut s = Shared::default();
+        let mut c = WorkerCache::default();
+        s.publish(1, CFG);
+        s.request(&mut c);
+        let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
+        s.publish(2, v2);
+        s.request(&mut c);
+        assert_eq!(c.decide(REQ), Verdict::Forward { upstream: "v2" });
+    }
+
+    #[test]
+    fn a_missing_record_is_reported_once() {
+        let mut s = Shared::default();
+        let mut c = WorkerCache::default();
+        s.map.insert(GENERATION_KEY, encode_generation(4));
+        let e = s.request(&mut c);
+        assert!(matches!(
+            e,
+            Some(Event::RecordUnusable {
+                generation: 4,
+                error: LoadError::Missing
+            })
+        ));
+        assert_eq!(s.request(&mut c), None);
     }
 }

@@ -7,7 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use fallback_config::controller::{Action, Controller, Metric, Token};
+use fallback_config::action::{Metric, Token};
+use fallback_config::clock::{Instant, Now};
+use fallback_config::controller::{Controller, Inherited, Output};
 use fallback_config::envelope;
 use fallback_config::http::{HttpRequest, HttpResponse};
 use fallback_config::settings::Settings;
@@ -35,6 +37,19 @@ fn settings_with(ttl_ms: u64, renew_ms: u64) -> Settings {
     let env: HashMap<&str, &str> =
         [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")].into();
     Settings::parse(json.as_bytes(), &|k| env.get(k).map(|v| v.to_string())).unwrap()
+}
+
+/// The store's clock at the start of every scenario.
+const START: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+fn controller(settings: &Settings, id: &str) -> Controller {
+    Controller::new(
+        settings,
+        id.to_string(),
+        Inherited::default(),
+        1,
+        Now::at_millis(0),
+    )
 }
 
 fn cp_config(n: u32) -> String {
@@ -151,8 +166,13 @@ struct Node {
 }
 
 impl Node {
-    fn local(&self, server: Timestamp) -> Timestamp {
-        Timestamp((server.as_millis() as i64 + self.skew_ms) as u64)
+    /// The node's time: its monotonic clock counts from the start of the
+    /// simulation, its wall clock is the store's plus the skew.
+    fn local(&self, server: Timestamp) -> Now {
+        Now {
+            mono: Instant::from_millis(server.as_millis() - START.as_millis()),
+            wall: Timestamp((server.as_millis() as i64 + self.skew_ms) as u64),
+        }
     }
 
     fn is_leader(&self) -> bool {
@@ -187,7 +207,7 @@ impl World {
             .map(|(i, &skew_ms)| {
                 let id = format!("backup-{}", i + 1);
                 Node {
-                    c: Controller::new(&settings(), id.clone()),
+                    c: controller(&settings(), &id),
                     id,
                     skew_ms,
                     alive: true,
@@ -200,7 +220,7 @@ impl World {
             })
             .collect();
         World {
-            now: Timestamp::from_secs(1_800_000_000),
+            now: START,
             store: Store::default(),
             nodes,
             cp_revision: 1,
@@ -244,18 +264,23 @@ impl World {
                 .partition(|(at, _, _)| *at <= self.now);
             self.nodes[i].inbox = later;
             for (_, token, answer) in due {
-                let actions = self.nodes[i].c.on_response(token, answer, local);
-                self.apply(i, actions);
+                self.nodes[i].c.on_response(token, answer, local);
+                self.apply(i);
             }
-            let actions = self.nodes[i].c.tick(local);
-            self.apply(i, actions);
+            self.nodes[i].c.tick(local);
+            self.apply(i);
         }
     }
 
-    fn apply(&mut self, i: usize, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Send { token, request } => {
+    fn apply(&mut self, i: usize) {
+        let events = self.nodes[i].c.take_events();
+        self.nodes[i]
+            .logs
+            .extend(events.iter().map(ToString::to_string));
+        for output in self.nodes[i].c.take_outputs() {
+            match output {
+                Output::Send(call) => {
+                    let (token, request) = (call.token, call.request);
                     let answer = if request.cluster == "control_plane" {
                         let etag = format!("\"cp{}\"", self.cp_revision);
                         let matches = request
@@ -288,9 +313,8 @@ impl World {
                         .inbox
                         .push((self.now.plus(STEP), token, answer));
                 }
-                Action::Log { message, .. } => self.nodes[i].logs.push(message),
-                Action::Metric(Metric::ExportWritten) => self.nodes[i].exports += 1,
-                Action::Metric(_) | Action::Publish { .. } | Action::MarkImportAttempted => {}
+                Output::Metric(Metric::ExportWritten) => self.nodes[i].exports += 1,
+                Output::Metric(_) | Output::Publish(_) | Output::RequestImport { .. } => {}
             }
         }
     }
@@ -540,7 +564,7 @@ fn a_restarted_node_takes_its_own_lease_back_at_once() {
     assert_eq!(w.leaders(), vec!["backup-1"]);
     let term = w.stored().unwrap().term;
     // Same node id, new process: it need not wait for its own lease to expire.
-    w.nodes[0].c = Controller::new(&settings(), "backup-1".into());
+    w.nodes[0].c = controller(&settings(), "backup-1");
     w.nodes[0].inbox.clear();
     w.cp_revision = 2;
     let took = w
@@ -634,7 +658,7 @@ fn a_renew_interval_close_to_the_ttl_still_keeps_a_healthy_leader() {
     for (ttl, renew) in [(4000, 3500), (3000, 2900), (30_000, 29_000)] {
         let mut w = World::new(&[0, 0]);
         for n in &mut w.nodes {
-            n.c = Controller::new(&settings_with(ttl, renew), n.id.clone());
+            n.c = controller(&settings_with(ttl, renew), &n.id);
         }
         w.run(Duration::from_millis(ttl * 8));
         for n in &w.nodes {

@@ -16,10 +16,9 @@ use crate::process::Proc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use fallback_config::storage::azure::{
-    sign_shared_key, AzureCredentials, AzureEndpoint, AzureSettings, Dispatch, SharedKeyRequest,
-    API_VERSION,
+    sign_shared_key, AzureCredentials, AzureEndpoint, AzureSettings, SharedKeyRequest, API_VERSION,
 };
-use fallback_config::storage::PutMode;
+use fallback_config::storage::{PutMode, Via};
 use fallback_config::time::Timestamp;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -129,7 +128,7 @@ pub struct Blob {
     pub last_modified: Option<SystemTime>,
 }
 
-const VIA: Dispatch<'static> = Dispatch {
+const VIA: Via<'static> = Via {
     cluster: "harness",
     timeout: Duration::from_secs(5),
 };

@@ -242,6 +242,7 @@ fn azurite_verifies_shared_key_sas_and_conditions() {
 /// preconditions hold. Requests are built with the filter's own code.
 #[test]
 fn gcs_stack_verifies_tokens_and_generations() {
+    use fallback_config::clock::{Instant, Now};
     use fallback_config::http::HttpResponse;
     use fallback_config::storage::gcp_auth::{ServiceAccount, TokenCache};
     use fallback_config::storage::gcs::{self, GcsSettings};
@@ -250,12 +251,16 @@ fn gcs_stack_verifies_tokens_and_generations() {
 
     let stack = Stack::without_wasm_on(StoreKind::Gcs, "harness-gcs", true);
     let g = stack.store.gcs();
-    let now = Timestamp(
+    let wall = Timestamp(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64,
     );
+    let now = Now {
+        mono: Instant::from_millis(1_000),
+        wall,
+    };
     let send = |port: u16, req: &fallback_config::http::HttpRequest| {
         let r = http::send(port, req).unwrap();
         HttpResponse {
@@ -279,7 +284,7 @@ fn gcs_stack_verifies_tokens_and_generations() {
     let (r, cache) = token_for(&g.service_account_json());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let cache = cache.unwrap();
-    let token = cache.token(now).expect("token").clone();
+    let token = cache.token(now.mono).expect("token").clone();
     let (r, refused) = token_for(&g.wrong_service_account_json());
     assert_eq!(r.status, 400);
     let e = refused.expect_err("refused").to_string();

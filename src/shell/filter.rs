@@ -1,9 +1,8 @@
 //! The HTTP context: one per request.
 
 use super::host;
-use crate::controller::Level;
+use crate::event::Level;
 use crate::gateway::RequestInfo;
-use crate::published::{self, CONFIG_KEY, GENERATION_KEY};
 use crate::worker::{Verdict, WorkerCache, INTERNAL_ERROR_BODY};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -16,25 +15,19 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Loads the published config into this worker's cache if a newer
-    /// generation exists. Reads only the small counter when nothing changed.
+    /// Reads what the worker cache asks for (the generation counter, and
+    /// the record only when the counter changed).
     fn refresh(&self) {
-        let generation = host::shared_get(GENERATION_KEY)
-            .0
-            .and_then(|g| published::decode_generation(&g));
         let Ok(mut cache) = self.cache.try_borrow_mut() else {
             return;
         };
-        if !cache.is_stale(generation) {
-            return;
+        cache.begin();
+        while let Some(key) = cache.poll_read() {
+            let value = host::shared_get(key);
+            cache.handle_read(value.bytes.as_deref());
         }
-        if let (Some(record), _) = host::shared_get(CONFIG_KEY) {
-            if let Err(e) = cache.refresh(&record) {
-                host::log(
-                    Level::Warn,
-                    &format!("cannot load the published config: {e}"),
-                );
-            }
+        if let Some(event) = cache.take_event() {
+            host::log_event(&event);
         }
     }
 }

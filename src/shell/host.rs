@@ -1,7 +1,11 @@
-//! Host calls that cannot panic.
+//! Host calls that cannot panic (the SDK's convenience methods panic on
+//! unexpected host statuses), each mapped to and from the core's types.
 
-use crate::controller::{Level, Metric};
+use crate::action::Metric;
+use crate::clock::HostTime;
+use crate::event::{Event, Level};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::process::{SharedOp, SharedValue, WriteResult};
 use crate::time::Timestamp;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
@@ -18,15 +22,53 @@ pub fn log(level: Level, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-/// The host's wall clock; the epoch if the host cannot tell (then timers
-/// simply fire late, nothing breaks).
-pub fn now() -> Timestamp {
-    hostcalls::get_current_time()
+pub fn log_event(event: &Event) {
+    log(event.level(), &event.to_string());
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI `clock_time_get`; Envoy answers the monotonic id (1) with its
+    /// steady clock, shared by every thread of the process.
+    fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> i32;
+    /// WASI `random_get`: Envoy fills it from its random generator.
+    fn random_get(buf: *mut u8, len: usize) -> i32;
+}
+
+const WASI_CLOCK_MONOTONIC: u32 = 1;
+
+/// What the host says the time is: its monotonic clock (if it answers)
+/// and its wall clock (the epoch if it cannot tell).
+pub fn time() -> HostTime {
+    let mut ns: u64 = 0;
+    // SAFETY: `ns` is a valid, writable u64 for the duration of the call.
+    let status = unsafe { clock_time_get(WASI_CLOCK_MONOTONIC, 1, &mut ns) };
+    let wall = hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(Timestamp(0), |d| {
             Timestamp(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        })
+        });
+    HostTime {
+        monotonic_ns: wasi_result(status).ok().map(|()| ns),
+        wall,
+    }
+}
+
+/// A WASI errno as a `Result` (0 is success).
+fn wasi_result(errno: i32) -> Result<(), i32> {
+    (errno == 0).then_some(()).ok_or(errno)
+}
+
+/// 64 random bits from the host, mixed with the wall clock and a counter
+/// if the host refuses (ids then stay unique enough within a process).
+pub fn random(salt: u32) -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid and writable for its 8 bytes.
+    let status = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    wasi_result(status)
+        .map(|()| u64::from_le_bytes(buf))
+        .unwrap_or_else(|_| time().wall.as_millis() ^ (u64::from(salt) << 40))
 }
 
 pub fn plugin_configuration() -> Vec<u8> {
@@ -42,13 +84,31 @@ pub fn property(path: Vec<&str>) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// A shared-data value and its CAS.
-pub fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-    hostcalls::get_shared_data(key).unwrap_or((None, None))
+pub fn shared_get(key: &str) -> SharedValue {
+    let (bytes, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+    SharedValue { bytes, cas }
 }
 
-pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
-    hostcalls::set_shared_data(key, Some(value), cas)
+/// Carries out a shared-data write.
+pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> WriteResult {
+    match hostcalls::set_shared_data(key, Some(value), cas) {
+        Ok(()) => WriteResult::Done,
+        Err(Status::CasMismatch) => WriteResult::CasMismatch,
+        Err(status) => WriteResult::Refused(format!("{status:?}")),
+    }
+}
+
+/// A shared-data call the core asked for, with its answer.
+pub enum SharedAnswer {
+    Read(SharedValue),
+    Write(WriteResult),
+}
+
+pub fn shared(op: &SharedOp) -> SharedAnswer {
+    match op {
+        SharedOp::Read { key } => SharedAnswer::Read(shared_get(key)),
+        SharedOp::Write { key, value, cas } => SharedAnswer::Write(shared_set(key, value, *cas)),
+    }
 }
 
 /// Dispatches a call; the answer arrives in `on_http_call_response` with
@@ -127,6 +187,10 @@ pub fn send_local_reply(status: u32, body: &str) -> Result<(), Status> {
         vec![("content-type", "application/json")],
         Some(body.as_bytes()),
     )
+}
+
+pub fn set_tick_period(period: std::time::Duration) -> Result<(), Status> {
+    hostcalls::set_tick_period(period)
 }
 
 /// The filter's metrics (Envoy shows them in its stats).

@@ -299,12 +299,6 @@ pub struct AzureSettings {
     pub credentials: AzureCredentials,
 }
 
-/// The former name of [`Via`], which this backend now takes like the
-/// others. Kept only because the envoy-test harness
-/// (`envoy-test/src/azure.rs`) still names it; remove it once that uses
-/// [`Via`].
-pub type Dispatch<'a> = Via<'a>;
-
 impl AzureSettings {
     /// Checks the account and container names; `endpoint: None` means
     /// Azure's public endpoint for the account. Build the parts with

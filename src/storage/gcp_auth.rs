@@ -15,6 +15,7 @@
 //! never appear in an error message.
 
 use super::endpoint::{split_url, EndpointError, UrlScheme};
+use crate::clock::{Instant, Now};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::time::Timestamp;
@@ -615,30 +616,31 @@ pub struct TokenCache {
     timeout: Duration,
     token: Option<AccessToken>,
     /// When the outstanding request was made.
-    in_flight_since: Option<Timestamp>,
+    in_flight_since: Option<Now>,
     /// Consecutive failures, for the backoff.
     failures: u32,
     /// No new request before this (backoff).
-    retry_at: Timestamp,
+    retry_at: Instant,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct AccessToken {
     value: Secret,
-    renew_at: Timestamp,
+    renew_at: Instant,
     /// Last instant at which the token is handed out.
-    usable_until: Timestamp,
+    usable_until: Instant,
+    /// By the wall clock, for log lines.
     expires_at: Timestamp,
 }
 
 impl AccessToken {
     /// `issued` is when the request was sent: the lifetime started no
     /// earlier, so expiry is counted conservatively.
-    fn new(value: Secret, issued: Timestamp, lifetime: Duration) -> Self {
+    fn new(value: Secret, issued: Instant, issued_wall: Timestamp, lifetime: Duration) -> Self {
         let renew_after = (lifetime * 4 / 5)
             .min(lifetime.saturating_sub(RENEW_BEFORE_EXPIRY))
             .max(lifetime / 2);
-        let expires_at = issued.plus(lifetime);
+        let expires_at = issued_wall.plus(lifetime);
         let margin = EXPIRY_MARGIN.min(lifetime / 10);
         AccessToken {
             value,
@@ -660,7 +662,7 @@ impl TokenCache {
             token: None,
             in_flight_since: None,
             failures: 0,
-            retry_at: Timestamp(0),
+            retry_at: Instant::ZERO,
         }
     }
 
@@ -672,24 +674,25 @@ impl TokenCache {
     /// [`TokenCache`]). `Ok(None)`: nothing to do. An error (signing
     /// failed) counts as a failed request for the backoff, so it is not
     /// retried on every tick.
-    pub fn next_request(&mut self, now: Timestamp) -> Result<Option<HttpRequest>, TokenError> {
+    pub fn next_request(&mut self, now: Now) -> Result<Option<HttpRequest>, TokenError> {
         if let Some(since) = self.in_flight_since {
-            if now < since.plus(self.timeout).plus(STUCK_GRACE) {
+            if now.mono < since.mono.plus(self.timeout).plus(STUCK_GRACE) {
                 return Ok(None);
             }
             // The host never answered; allow a new request.
             self.in_flight_since = None;
         }
-        if now < self.retry_at {
+        if now.mono < self.retry_at {
             return Ok(None);
         }
-        if self.token.as_ref().is_some_and(|t| now < t.renew_at) {
+        if self.token.as_ref().is_some_and(|t| now.mono < t.renew_at) {
             return Ok(None);
         }
-        let assertion = match jwt_assertion(&self.account, now) {
+        // JWT claims are wall-clock times (the token endpoint checks them).
+        let assertion = match jwt_assertion(&self.account, now.wall) {
             Ok(jwt) => jwt,
             Err(e) => {
-                self.note_failure(now);
+                self.note_failure(now.mono);
                 return Err(TokenError::Jwt(e));
             }
         };
@@ -715,21 +718,18 @@ impl TokenCache {
     /// The answer to the request from [`Self::next_request`]. Status 0
     /// (the controller's "no answer") and every other failure start or
     /// extend the backoff; the current token, if still valid, stays in use.
-    pub fn on_response(
-        &mut self,
-        response: HttpResponse,
-        now: Timestamp,
-    ) -> Result<(), TokenError> {
-        let issued = self.in_flight_since.take().unwrap_or(now).min(now);
+    pub fn on_response(&mut self, response: HttpResponse, now: Now) -> Result<(), TokenError> {
+        let issued = self.in_flight_since.take().unwrap_or(now);
         match parse_token_response(&response) {
             Ok((value, lifetime)) => {
                 self.failures = 0;
-                self.retry_at = Timestamp(0);
-                self.token = Some(AccessToken::new(value, issued, lifetime));
+                self.retry_at = Instant::ZERO;
+                let at = issued.mono.min(now.mono);
+                self.token = Some(AccessToken::new(value, at, issued.wall, lifetime));
                 Ok(())
             }
             Err(e) => {
-                self.note_failure(now);
+                self.note_failure(now.mono);
                 Err(e)
             }
         }
@@ -738,7 +738,7 @@ impl TokenCache {
     /// The token to send now, if there is a valid one. Renewal never takes
     /// it away early: only expiry (less the margin in the policy above) or
     /// [`Self::invalidate`] does.
-    pub fn token(&self, now: Timestamp) -> Option<&Secret> {
+    pub fn token(&self, now: Instant) -> Option<&Secret> {
         self.token
             .as_ref()
             .filter(|t| now < t.usable_until)
@@ -757,7 +757,7 @@ impl TokenCache {
         self.token = None;
     }
 
-    fn note_failure(&mut self, now: Timestamp) {
+    fn note_failure(&mut self, now: Instant) {
         self.failures = self.failures.saturating_add(1);
         let doublings = self.failures.saturating_sub(1).min(6);
         let delay = (FIRST_BACKOFF * (1u32 << doublings)).min(MAX_BACKOFF);
@@ -1271,8 +1271,11 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
 
     const T0: u64 = 1_700_000_000;
 
-    fn at(secs: u64) -> Timestamp {
-        Timestamp::from_secs(T0 + secs)
+    fn at(secs: u64) -> Now {
+        Now {
+            mono: Instant::from_millis(secs * 1000),
+            wall: Timestamp::from_secs(T0 + secs),
+        }
     }
 
     fn cache() -> TokenCache {
@@ -1298,13 +1301,13 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
     }
 
     fn tok(c: &TokenCache, secs: u64) -> Option<&str> {
-        c.token(at(secs)).map(Secret::expose)
+        c.token(at(secs).mono).map(Secret::expose)
     }
 
     #[test]
     fn first_request_has_the_token_endpoint_shape() {
         let mut c = cache();
-        assert_eq!(c.token(at(0)), None);
+        assert_eq!(c.token(at(0).mono), None);
         let r = c.next_request(at(0)).unwrap().unwrap();
         assert_eq!(r.method, "POST");
         assert_eq!(r.cluster, "gcp_token");
@@ -1336,7 +1339,7 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         assert_eq!(c.next_request(at(1)), Ok(None));
         assert_eq!(c.on_response(granted("tok-1", 3600), at(1)), Ok(()));
         assert_eq!(tok(&c, 1), Some("tok-1"));
-        assert_eq!(c.expires_at(), Some(at(3600)));
+        assert_eq!(c.expires_at(), Some(at(3600).wall));
         // Reused, no request, until 80 % of the lifetime (48 min, counted
         // from when the request was sent).
         assert_eq!(c.next_request(at(2879)), Ok(None));
@@ -1348,7 +1351,7 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         assert_eq!(tok(&c, 2884), Some("tok-1"));
         c.on_response(granted("tok-2", 3600), at(2885)).unwrap();
         assert_eq!(tok(&c, 2885), Some("tok-2"));
-        assert_eq!(c.expires_at(), Some(at(2880 + 3600)));
+        assert_eq!(c.expires_at(), Some(at(2880 + 3600).wall));
         assert_eq!(c.next_request(at(2886)), Ok(None));
     }
 
@@ -1419,7 +1422,7 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         let mut fail = |response: HttpResponse| {
             c.next_request(at(0)).unwrap();
             let e = c.on_response(response, at(0)).unwrap_err();
-            c.retry_at = Timestamp(0);
+            c.retry_at = Instant::ZERO;
             e.to_string()
         };
         assert_eq!(
@@ -1480,13 +1483,13 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
             let mut c = cache();
             c.next_request(at(0)).unwrap();
             c.on_response(answer(200, body), at(0)).unwrap();
-            assert_eq!(c.expires_at(), Some(at(3600)), "{body}");
+            assert_eq!(c.expires_at(), Some(at(3600).wall), "{body}");
         }
         // Absurd lifetimes are capped (and do not overflow).
         let mut c = cache();
         c.next_request(at(0)).unwrap();
         c.on_response(granted("t", u64::MAX), at(0)).unwrap();
-        assert_eq!(c.expires_at(), Some(at(12 * 3600)));
+        assert_eq!(c.expires_at(), Some(at(12 * 3600).wall));
     }
 
     #[test]

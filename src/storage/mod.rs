@@ -28,8 +28,8 @@ pub use location::{LocationError, Scheme, StorageLocation};
 pub use model::{Object, PutMode, StorageError, Via};
 pub use s3::{S3Addressing, S3Settings};
 
+use crate::clock::Now;
 use crate::http::{HttpRequest, HttpResponse};
-use crate::time::Timestamp;
 use std::time::Duration;
 
 /// Everything needed to reach the store.
@@ -87,10 +87,7 @@ impl ObjectStore {
 
     /// A credential request to send now (fetching or renewing an access
     /// token), if the backend needs one.
-    pub fn credential_request(
-        &mut self,
-        now: Timestamp,
-    ) -> Result<Option<HttpRequest>, StorageError> {
+    pub fn credential_request(&mut self, now: Now) -> Result<Option<HttpRequest>, StorageError> {
         match self.tokens.as_mut() {
             Some(tokens) => tokens.next_request(now).map_err(StorageError::Token),
             None => Ok(None),
@@ -101,7 +98,7 @@ impl ObjectStore {
     pub fn on_credential_response(
         &mut self,
         response: HttpResponse,
-        now: Timestamp,
+        now: Now,
     ) -> Result<(), StorageError> {
         match self.tokens.as_mut() {
             Some(tokens) => tokens
@@ -120,29 +117,32 @@ impl ObjectStore {
     }
 
     /// Whether requests can be built now (no access token to wait for).
-    pub fn credentials_ready(&self, now: Timestamp) -> bool {
-        self.tokens.as_ref().is_none_or(|t| t.token(now).is_some())
+    pub fn credentials_ready(&self, now: Now) -> bool {
+        self.tokens
+            .as_ref()
+            .is_none_or(|t| t.token(now.mono).is_some())
     }
 
     /// The bearer token for GCS requests: `Ok(None)` for anonymous ones.
-    fn bearer(&self, now: Timestamp) -> Result<Option<&crate::secret::Secret>, StorageError> {
+    fn bearer(&self, now: Now) -> Result<Option<&crate::secret::Secret>, StorageError> {
         match &self.tokens {
             None => Ok(None),
             Some(t) => t
-                .token(now)
+                .token(now.mono)
                 .map(Some)
                 .ok_or(StorageError::CredentialsPending),
         }
     }
 
-    pub fn get(&self, key: &str, now: Timestamp) -> Result<HttpRequest, StorageError> {
+    /// A GET of `key`; `now.wall` signs it, `now.mono` judges the token.
+    pub fn get(&self, key: &str, now: Now) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
         let via = Via {
             cluster: &s.cluster,
             timeout: s.timeout,
         };
         match &s.backend {
-            Backend::S3(s3) => s3::get(s3, via, &s.location.bucket, key, now),
+            Backend::S3(s3) => s3::get(s3, via, &s.location.bucket, key, now.wall),
             Backend::Gcs { gcs, .. } => Ok(gcs::get(
                 gcs,
                 via,
@@ -150,7 +150,7 @@ impl ObjectStore {
                 key,
                 self.bearer(now)?,
             )),
-            Backend::Azure(az) => Ok(az.get_blob(via, key, now)),
+            Backend::Azure(az) => Ok(az.get_blob(via, key, now.wall)),
         }
     }
 
@@ -160,7 +160,7 @@ impl ObjectStore {
         key: &str,
         body: Vec<u8>,
         mode: &PutMode,
-        now: Timestamp,
+        now: Now,
     ) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
         let via = Via {
@@ -168,7 +168,9 @@ impl ObjectStore {
             timeout: s.timeout,
         };
         match &s.backend {
-            Backend::S3(s3) => s3::put(s3, via, &s.location.bucket, key, body, JSON, mode, now),
+            Backend::S3(s3) => {
+                s3::put(s3, via, &s.location.bucket, key, body, JSON, mode, now.wall)
+            }
             Backend::Gcs { gcs, .. } => {
                 let token = self.bearer(now)?;
                 Ok(gcs::put(
@@ -182,7 +184,7 @@ impl ObjectStore {
                     token,
                 ))
             }
-            Backend::Azure(az) => Ok(az.put_blob(via, key, body, JSON, mode, now)),
+            Backend::Azure(az) => Ok(az.put_blob(via, key, body, JSON, mode, now.wall)),
         }
     }
 

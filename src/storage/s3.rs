@@ -191,6 +191,7 @@ fn xml_element(body: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Now;
     use crate::secret::Secret;
     use crate::storage::{Backend, ObjectStore, PutMode, StorageLocation, StorageSettings};
     use std::time::Duration;
@@ -231,7 +232,7 @@ mod tests {
         );
         let key = s.key("0.1.0", "config.json");
         assert_eq!(key, "pre/fix/0.1.0/config.json");
-        let r = s.get(&key, Timestamp::from_secs(1_440_938_160)).unwrap();
+        let r = s.get(&key, Now::from_wall(Timestamp::from_secs(1_440_938_160))).unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.authority, "127.0.0.1:9000");
         assert_eq!(r.path, "/bkt/pre/fix/0.1.0/config.json");
@@ -266,7 +267,7 @@ mod tests {
                 "a b/c+d.json",
                 b"{}".to_vec(),
                 &PutMode::Create,
-                Timestamp(0),
+                Now::from_wall(Timestamp(0)),
             )
             .unwrap();
         assert_eq!(r.authority, "bkt.s3.us-east-1.amazonaws.com");
@@ -282,7 +283,7 @@ mod tests {
                 &PutMode::Update {
                     etag: "\"e\"".into(),
                 },
-                Timestamp(0),
+                Now::from_wall(Timestamp(0)),
             )
             .unwrap();
         assert_eq!(header(&r, "if-match"), Some("\"e\""));
@@ -292,7 +293,7 @@ mod tests {
     #[test]
     fn anonymous_requests_are_unsigned() {
         let s = store(S3Addressing::VirtualHosted, None);
-        let r = s.get("k", Timestamp(0)).unwrap();
+        let r = s.get("k", Now::from_wall(Timestamp(0))).unwrap();
         assert!(header(&r, "authorization").is_none());
     }
 
@@ -339,7 +340,7 @@ mod tests {
                 S3Addressing::parse_endpoint(endpoint).unwrap(),
                 Some(creds()),
             )
-            .get("k", Timestamp(0))
+            .get("k", Now::from_wall(Timestamp(0)))
             .unwrap()
         };
         let (plain, tls) = (get("http://s.example/b"), get("https://s.example/b"));

@@ -1,0 +1,411 @@
+//! The exporter: which CP config to write to `config.json`, when, and
+//! under which precondition.
+//!
+//! Two rules make the stored snapshot safe with several exporters:
+//! - **Never unconditional.** A write carries `If-Match` on the ETag this
+//!   node last read or wrote, or `If-None-Match: *` when it saw the object
+//!   absent. A read that came back without an ETag gives no precondition,
+//!   so no write follows it ([`Event::ExportRefusedNoEtag`]).
+//! - **Never older than what it replaces.** A candidate may replace the
+//!   object only if its CP poll was *sent after* this node learnt the
+//!   object's current state (the answer to its read, or its own write of
+//!   an earlier candidate). The object was written from a CP answer
+//!   received before that, so, with a CP that serves revisions in order,
+//!   the stored revision never goes back, whichever exporter led when.
+//!   A candidate too old for that waits for the next CP answer.
+//!
+//! Order is measured in [`Seq`], the router's count of sends and answers,
+//! not in time: it needs no clock.
+
+use crate::action::{CallKind, Metric};
+use crate::clock::{Instant, Now};
+use crate::envelope;
+use crate::event::Event;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::storage::{ObjectStore, PutMode, StorageError};
+use std::time::Duration;
+
+/// A position in the router's order of sends and answers.
+pub type Seq = u64;
+
+/// Longest wait between export retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A revision waiting to be exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub revision: String,
+    pub config: Vec<u8>,
+    pub sha256: String,
+    /// Not written before this.
+    pub due: Instant,
+    /// When the CP poll that brought it was sent (0: unknown, e.g.
+    /// inherited from an earlier driver).
+    pub fetched: Seq,
+}
+
+/// What this node knows of `config.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stored {
+    /// Read before writing.
+    Unknown,
+    /// Absent when last seen: the next write is `If-None-Match: *`.
+    Absent { seen: Seq },
+    /// Present with this ETag (and this content digest, when it opened).
+    Present {
+        etag: String,
+        sha256: Option<String>,
+        seen: Seq,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Work {
+    Idle,
+    Reading,
+    Writing(Candidate),
+}
+
+/// What [`Exporter::drive`] wants done.
+#[derive(Debug)]
+pub enum ExportStep {
+    Send(CallKind, HttpRequest),
+    /// The queued candidate is older than the stored object's state:
+    /// poll the CP soon.
+    NeedFresherCp,
+}
+
+/// What a read of `config.json` showed about leadership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadVerdict {
+    Continue,
+    /// A newer leader wrote it in this term: stand down.
+    NewerTerm(u64),
+}
+
+#[derive(Debug)]
+pub struct Exporter {
+    key: String,
+    url: String,
+    version: String,
+    node_id: String,
+    queued: Option<Candidate>,
+    /// The newest CP config, which a follower keeps ready to write the
+    /// moment it leads.
+    latest: Option<Candidate>,
+    stored: Stored,
+    work: Work,
+    failures: u32,
+    retry_at: Instant,
+    /// The candidate already reported as waiting for a fresher CP answer.
+    awaiting_cp: Option<Seq>,
+}
+
+impl Exporter {
+    pub fn new(store: &ObjectStore, version: &str, node_id: &str) -> Self {
+        let key = store.key(version, crate::controller::CONFIG_OBJECT);
+        Exporter {
+            url: store.url(&key),
+            key,
+            version: version.to_string(),
+            node_id: node_id.to_string(),
+            queued: None,
+            latest: None,
+            stored: Stored::Unknown,
+            work: Work::Idle,
+            failures: 0,
+            retry_at: Instant::ZERO,
+            awaiting_cp: None,
+        }
+    }
+
+    /// A new CP config. A newer revision replaces the pending one but
+    /// keeps its due time: a CP changing faster than the delay still gets
+    /// exported.
+    pub fn offer(&mut self, mut c: Candidate, events: &mut Vec<Event>) {
+        self.latest = Some(c.clone());
+        if let Some(pending) = self.queued.take() {
+            c.due = c.due.min(pending.due);
+            events.push(Event::ExportReplaced {
+                revision: c.revision.clone(),
+                replaced: pending.revision,
+            });
+        }
+        self.queued = Some(c);
+    }
+
+    /// The CP answered 304 to a poll sent at `fetched`: the newest config
+    /// is still current as of then.
+    pub fn confirm(&mut self, fetched: Seq) {
+        let Some(latest) = self.latest.as_mut() else {
+            return;
+        };
+        latest.fetched = latest.fetched.max(fetched);
+        if let Some(q) = self.queued.as_mut().filter(|q| q.sha256 == latest.sha256) {
+            q.fetched = q.fetched.max(fetched);
+        }
+    }
+
+    /// The earliest instant at which [`Exporter::drive`] may act.
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.work != Work::Idle {
+            return None;
+        }
+        self.queued.as_ref().map(|c| c.due.max(self.retry_at))
+    }
+
+    /// This node became leader: re-read `config.json` before writing, and
+    /// write the newest CP config it has.
+    pub fn became_leader(&mut self, now: Instant) {
+        self.stored = Stored::Unknown;
+        self.failures = 0;
+        self.retry_at = now;
+        if self.queued.is_none() {
+            self.queued = self.latest.clone().map(|mut c| {
+                c.due = now;
+                c
+            });
+        }
+    }
+
+    pub fn lost_leadership(&mut self) {
+        self.stored = Stored::Unknown;
+    }
+
+    /// The request to send now, if any. Only a leader (`term`) writes.
+    pub fn drive(
+        &mut self,
+        store: &ObjectStore,
+        term: u64,
+        now: Now,
+        events: &mut Vec<Event>,
+    ) -> Option<ExportStep> {
+        if self.work != Work::Idle || now.mono < self.retry_at {
+            return None;
+        }
+        let c = self.queued.take_if(|c| now.mono >= c.due)?;
+        let (mode, seen) = match &self.stored {
+            Stored::Unknown => {
+                self.queued = Some(c);
+                return self.send(store.get(&self.key, now), Work::Reading, now, events);
+            }
+            Stored::Present {
+                sha256: Some(s), ..
+            } if *s == c.sha256 => {
+                events.push(Event::ExportSkipped {
+                    revision: c.revision,
+                });
+                return None;
+            }
+            Stored::Absent { seen } => (PutMode::Create, *seen),
+            Stored::Present { etag, seen, .. } => (PutMode::Update { etag: etag.clone() }, *seen),
+        };
+        if c.fetched <= seen {
+            if self.awaiting_cp != Some(c.fetched) {
+                self.awaiting_cp = Some(c.fetched);
+                events.push(Event::ExportAwaitsFresherCp {
+                    revision: c.revision.clone(),
+                });
+            }
+            self.queued = Some(c);
+            return Some(ExportStep::NeedFresherCp);
+        }
+        let body = envelope::seal(envelope::Export {
+            config: &c.config,
+            revision: &c.revision,
+            version: &self.version,
+            exporter: &self.node_id,
+            exported_at: now.wall,
+            term,
+        });
+        match body {
+            Ok(body) => {
+                let request = store.put(&self.key, body, &mode, now);
+                self.send(request, Work::Writing(c), now, events)
+            }
+            // Cannot happen for a config we validated; never retry it.
+            Err(error) => {
+                events.push(Event::ExportUnbuildable {
+                    revision: c.revision,
+                    error,
+                });
+                None
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        request: Result<HttpRequest, StorageError>,
+        work: Work,
+        now: Now,
+        events: &mut Vec<Event>,
+    ) -> Option<ExportStep> {
+        let kind = match work {
+            Work::Writing(_) => CallKind::ExportWrite,
+            _ => CallKind::ExportRead,
+        };
+        match request {
+            Ok(request) => {
+                self.work = work;
+                Some(ExportStep::Send(kind, request))
+            }
+            Err(e) => {
+                if let Work::Writing(c) = work {
+                    self.requeue(c);
+                }
+                self.failed(&e, now.mono, events);
+                None
+            }
+        }
+    }
+
+    /// The answer to the read of `config.json`, received at `seq`.
+    pub fn on_read(
+        &mut self,
+        result: Result<crate::storage::Object, StorageError>,
+        my_term: u64,
+        seq: Seq,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> ReadVerdict {
+        self.work = Work::Idle;
+        match result {
+            Ok(object) => {
+                // The fence: a config.json written in a newer term means a
+                // newer leader exists, whatever this node believes.
+                let stored_term = envelope::stored_term(&object.body).unwrap_or(0);
+                if stored_term > my_term {
+                    self.stored = Stored::Unknown;
+                    return ReadVerdict::NewerTerm(stored_term);
+                }
+                match object.etag {
+                    Some(etag) => {
+                        self.failures = 0;
+                        self.stored = Stored::Present {
+                            etag,
+                            sha256: envelope::open(&object.body, &self.version)
+                                .ok()
+                                .map(|o| o.sha256),
+                            seen: seq,
+                        };
+                    }
+                    None => {
+                        self.stored = Stored::Unknown;
+                        let retry_in = self.backoff(now);
+                        let revision = self.pending_revision();
+                        events.push(Event::ExportRefusedNoEtag { revision, retry_in });
+                    }
+                }
+            }
+            Err(StorageError::NotFound { .. }) => {
+                self.failures = 0;
+                self.stored = Stored::Absent { seen: seq };
+            }
+            // Without s3:ListBucket, S3 answers a missing key with 403
+            // AccessDenied: the exporter cannot tell whether the object
+            // exists. It writes `If-None-Match: *`: right when absent (the
+            // case without ListBucket), and a refused precondition rather
+            // than a blind overwrite when it exists but cannot be read.
+            Err(StorageError::Status {
+                status: 403,
+                code: Some(code),
+                ..
+            }) if code == "AccessDenied" => {
+                events.push(Event::ExportCheckForbidden);
+                self.stored = Stored::Absent { seen: seq };
+            }
+            Err(e) => self.failed(&e, now, events),
+        }
+        ReadVerdict::Continue
+    }
+
+    /// The answer to the write.
+    pub fn on_write(
+        &mut self,
+        store: &ObjectStore,
+        response: &HttpResponse,
+        now: Instant,
+        events: &mut Vec<Event>,
+        metrics: &mut Vec<Metric>,
+    ) {
+        let Work::Writing(c) = std::mem::replace(&mut self.work, Work::Idle) else {
+            return;
+        };
+        match store.write_result(response) {
+            Ok(etag) => {
+                self.failures = 0;
+                events.push(Event::Exported {
+                    revision: c.revision.clone(),
+                    url: self.url.clone(),
+                });
+                metrics.push(Metric::ExportWritten);
+                // Without the new ETag the next write must read first.
+                self.stored = match etag {
+                    Some(etag) => Stored::Present {
+                        etag,
+                        sha256: Some(c.sha256),
+                        seen: c.fetched,
+                    },
+                    None => Stored::Unknown,
+                };
+            }
+            Err(StorageError::PreconditionFailed) => {
+                // Someone wrote since this node looked: read again; the
+                // read decides whether a newer leader exists.
+                self.stored = Stored::Unknown;
+                self.requeue(c);
+            }
+            Err(e) => {
+                self.requeue(c);
+                self.failed(&e, now, events);
+            }
+        }
+    }
+
+    /// An answer that never came (or a request the host refused).
+    pub fn abandoned(&mut self, now: Instant, error: StorageError, events: &mut Vec<Event>) {
+        if let Work::Writing(c) = std::mem::replace(&mut self.work, Work::Idle) {
+            // The write may have happened: read before the next one.
+            self.stored = Stored::Unknown;
+            self.requeue(c);
+        }
+        self.failed(&error, now, events);
+    }
+
+    /// Puts a candidate back unless a newer revision took its place.
+    fn requeue(&mut self, c: Candidate) {
+        if self.queued.is_none() {
+            self.queued = Some(c);
+        }
+    }
+
+    /// The newest CP revision this exporter holds, for log lines.
+    pub fn latest_revision(&self) -> Option<String> {
+        self.latest.as_ref().map(|c| c.revision.clone())
+    }
+
+    fn pending_revision(&self) -> String {
+        self.queued
+            .as_ref()
+            .or(self.latest.as_ref())
+            .map_or_else(String::new, |c| c.revision.clone())
+    }
+
+    fn failed(&mut self, error: &StorageError, now: Instant, events: &mut Vec<Event>) {
+        let retry_in = self.backoff(now);
+        events.push(Event::ExportFailed {
+            revision: self.pending_revision(),
+            error: error.clone(),
+            retry_in,
+        });
+    }
+
+    /// 1 s, 2 s, 4 s, ... capped at [`MAX_BACKOFF`]; sets the retry time.
+    fn backoff(&mut self, now: Instant) -> Duration {
+        let delay = Duration::from_secs(1u64 << self.failures.min(6)).min(MAX_BACKOFF);
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = now.plus(delay);
+        delay
+    }
+}

@@ -1,0 +1,510 @@
+//! What the core reports: typed events, each with its log level and the
+//! log line it renders to.
+//!
+//! Every state machine pushes [`Event`]s; the shell only logs
+//! `event.to_string()` at `event.level()`, and tests assert on the events
+//! themselves. A leaf module: it names the error types of the modules
+//! below it and is imported by every machine above it.
+
+use crate::clock::ClockSource;
+use crate::envelope::EnvelopeError;
+use crate::gateway::GatewayConfigError;
+use crate::published::{LoadError, Source};
+use crate::storage::StorageError;
+use std::fmt;
+use std::time::Duration;
+
+/// Log severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why the CP did not give a usable config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpFailure {
+    /// An error status, with the start of its body (Envoy reports connect
+    /// errors as 503 and timeouts as 504).
+    Status { status: u16, excerpt: String },
+    /// No answer at all (status 0): the reason the host or the core gave.
+    NoAnswer { detail: String },
+    /// A 200 whose body is not a valid gateway config.
+    Unusable(GatewayConfigError),
+}
+
+impl fmt::Display for CpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CpFailure::Status { status, excerpt } => write!(f, "status {status}: {excerpt}"),
+            CpFailure::NoAnswer { detail } => f.write_str(detail),
+            CpFailure::Unusable(e) => write!(f, "it sent an unusable config: {e}"),
+        }
+    }
+}
+
+/// Why an import applied nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImportFailure {
+    /// The store's answer (or no answer).
+    Storage(StorageError),
+    /// The object was read but cannot be trusted or used.
+    Envelope(EnvelopeError),
+    /// No credentials could be had to ask the store.
+    Credentials(StorageError),
+}
+
+impl fmt::Display for ImportFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportFailure::Storage(e) | ImportFailure::Credentials(e) => e.fmt(f),
+            ImportFailure::Envelope(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Why a leader stopped leading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossReason {
+    LeaseDisappeared,
+    OtherHolder,
+    TakenOver,
+    NotRenewed,
+    /// The root context stopped driving its process.
+    NoLongerDriving,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossReason::LeaseDisappeared => "the lease object disappeared",
+            LossReason::OtherHolder => "the lease names another holder",
+            LossReason::TakenOver => "the lease was taken over",
+            LossReason::NotRenewed => "no successful renewal within the lease ttl",
+            LossReason::NoLongerDriving => "this root context no longer drives the process",
+        })
+    }
+}
+
+/// Why a root stopped driving its process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverLoss {
+    /// Another root holds the driver record now.
+    TakenOver,
+    /// The root is shutting down and released the lease.
+    Released,
+}
+
+impl fmt::Display for DriverLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DriverLoss::TakenOver => "another root context took the driver lease",
+            DriverLoss::Released => "it is shutting down and handed the lease over",
+        })
+    }
+}
+
+/// A shared-data write the host refused for another reason than a lost
+/// compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRefusal {
+    pub key: &'static str,
+    /// The host's status, as the shell named it.
+    pub status: String,
+}
+
+/// Everything the core reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    // ---- process ----
+    Configured {
+        import: bool,
+        export: bool,
+        storage: String,
+        /// `None`: chosen per process by the first driver.
+        node_id: Option<String>,
+    },
+    ClockChosen(ClockSource),
+    WallClockJumped {
+        by_ms: i64,
+    },
+    DriverTaken {
+        root: u32,
+        epoch: u64,
+        node_id: String,
+    },
+    DriverLost {
+        root: u32,
+        reason: DriverLoss,
+    },
+    Published {
+        generation: u64,
+        revision: String,
+        source: Source,
+    },
+    /// A newer generation was published first: this one is not.
+    PublishSuperseded {
+        generation: u64,
+        newer: u64,
+    },
+    SharedDataRefused(HostRefusal),
+    /// The driver record in shared data does not parse: it is replaced.
+    DriverRecordUnreadable,
+
+    // ---- request path ----
+    RecordUnusable {
+        generation: u64,
+        error: LoadError,
+    },
+
+    // ---- control plane ----
+    CpFetched {
+        revision: String,
+    },
+    CpUnchanged {
+        revision: String,
+    },
+    CpBack,
+    CpUnavailable {
+        reason: CpFailure,
+        /// The CP was already unavailable at the previous poll.
+        again: bool,
+    },
+    ExportReplaced {
+        revision: String,
+        replaced: String,
+    },
+
+    // ---- import ----
+    ImportWaitingForCredentials,
+    ImportStarted {
+        url: String,
+    },
+    Imported {
+        revision: String,
+        url: String,
+        exported_at: String,
+        exporter: String,
+    },
+    ImportFailed {
+        url: String,
+        error: ImportFailure,
+    },
+    ImportDiscarded {
+        revision: String,
+    },
+    /// The CP answered before the import was sent: it never will be.
+    ImportCancelled,
+
+    // ---- export ----
+    ExportSkipped {
+        revision: String,
+    },
+    Exported {
+        revision: String,
+        url: String,
+    },
+    ExportFailed {
+        revision: String,
+        error: StorageError,
+        retry_in: Duration,
+    },
+    /// `config.json` came back without an ETag/generation: no write can
+    /// be conditional on it, so none is made.
+    ExportRefusedNoEtag {
+        revision: String,
+        retry_in: Duration,
+    },
+    ExportCheckForbidden,
+    /// The candidate was fetched from the CP before the stored object was
+    /// last seen: the export waits for a newer CP answer.
+    ExportAwaitsFresherCp {
+        revision: String,
+    },
+    ExportUnbuildable {
+        revision: String,
+        error: EnvelopeError,
+    },
+
+    // ---- election ----
+    BecameLeader {
+        term: u64,
+        node: String,
+    },
+    LostLeadership {
+        term: u64,
+        node: String,
+        reason: LossReason,
+    },
+    StoodDown {
+        term: u64,
+        node: String,
+        stored_term: u64,
+    },
+    LeaseExpired {
+        holder: String,
+        term: u64,
+    },
+    LostRace {
+        term: u64,
+    },
+    LeaseUnparseable,
+    ElectionFailed {
+        /// The revision waiting for export, if any.
+        revision: Option<String>,
+        error: StorageError,
+        doing: &'static str,
+        retry_in: Duration,
+    },
+
+    // ---- credentials ----
+    CredentialsFailed {
+        error: StorageError,
+    },
+}
+
+impl Event {
+    pub fn level(&self) -> Level {
+        use Event::*;
+        match self {
+            Configured { .. }
+            | ClockChosen(_)
+            | DriverTaken { .. }
+            | Published { .. }
+            | PublishSuperseded { .. }
+            | CpUnchanged { .. }
+            | ExportReplaced { .. }
+            | ImportCancelled
+            | ExportCheckForbidden
+            | ExportAwaitsFresherCp { .. }
+            | LostRace { .. } => Level::Debug,
+            CpUnavailable { again: true, .. } => Level::Debug,
+            DriverLost { .. }
+            | CpFetched { .. }
+            | CpBack
+            | CpUnavailable { again: false, .. }
+            | ImportWaitingForCredentials
+            | ImportStarted { .. }
+            | Imported { .. }
+            | ImportDiscarded { .. }
+            | ExportSkipped { .. }
+            | Exported { .. }
+            | BecameLeader { .. }
+            | LostLeadership { .. }
+            | StoodDown { .. }
+            | LeaseExpired { .. } => Level::Info,
+            WallClockJumped { .. }
+            | DriverRecordUnreadable
+            | RecordUnusable { .. }
+            | ExportFailed { .. }
+            | ExportRefusedNoEtag { .. }
+            | LeaseUnparseable
+            | ElectionFailed { .. }
+            | CredentialsFailed { .. } => Level::Warn,
+            SharedDataRefused(_) | ImportFailed { .. } | ExportUnbuildable { .. } => Level::Error,
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Event::*;
+        match self {
+            Configured {
+                import,
+                export,
+                storage,
+                node_id,
+            } => {
+                let node = node_id.as_deref().unwrap_or("(per process)");
+                write!(
+                    f,
+                    "configured: import={import} export={export} storage={storage} node_id={node}"
+                )
+            }
+            ClockChosen(source) => write!(f, "timers run on the {}", source.as_str()),
+            WallClockJumped { by_ms } => write!(
+                f,
+                "the wall clock jumped by {by_ms} ms; timers run on the monotonic clock and are unaffected"
+            ),
+            DriverTaken {
+                root,
+                epoch,
+                node_id,
+            } => write!(
+                f,
+                "root context {root} now drives this process (driver epoch {epoch}, node_id={node_id})"
+            ),
+            DriverLost { root, reason } => {
+                write!(f, "root context {root} no longer drives this process: {reason}")
+            }
+            Published {
+                generation,
+                revision,
+                source,
+            } => write!(
+                f,
+                "published revision {revision} from {} as generation {generation}",
+                source.describe()
+            ),
+            PublishSuperseded { generation, newer } => write!(
+                f,
+                "generation {generation} not published: generation {newer} is newer"
+            ),
+            SharedDataRefused(HostRefusal { key, status }) => {
+                write!(f, "the host refused to write shared data `{key}`: {status}")
+            }
+            DriverRecordUnreadable => {
+                f.write_str("the driver record in shared data does not parse; replacing it")
+            }
+            RecordUnusable { generation, error } => write!(
+                f,
+                "cannot load the published config (generation {generation}): {error}"
+            ),
+            CpFetched { revision } => write!(f, "CP fetched revision {revision}; applying it"),
+            CpUnchanged { revision } => write!(f, "CP config unchanged (revision {revision})"),
+            CpBack => f.write_str("CP available again; config unchanged"),
+            CpUnavailable { reason, .. } => write!(f, "CP unavailable: {reason}"),
+            ExportReplaced { revision, replaced } => write!(
+                f,
+                "revision {revision} replaces revision {replaced} awaiting export"
+            ),
+            ImportWaitingForCredentials => {
+                f.write_str("waiting for the store's access token before importing")
+            }
+            ImportStarted { url } => write!(f, "importing fallback config from {url}"),
+            Imported {
+                revision,
+                url,
+                exported_at,
+                exporter,
+            } => write!(
+                f,
+                "imported revision {revision} from {url} (exported at {exported_at} by {exporter})"
+            ),
+            ImportFailed { url, error } => write!(
+                f,
+                "import failed: {error} ({url}); nothing applied, still polling the CP"
+            ),
+            ImportDiscarded { revision } => write!(
+                f,
+                "imported revision {revision} discarded: the CP answered first"
+            ),
+            ImportCancelled => f.write_str("import not sent: the CP answered first"),
+            ExportSkipped { revision } => write!(
+                f,
+                "export of revision {revision} skipped: the same config is already stored"
+            ),
+            Exported { revision, url } => write!(f, "exported revision {revision} to {url}"),
+            ExportFailed {
+                revision,
+                error,
+                retry_in,
+            } => write!(
+                f,
+                "export of revision {revision} failed: {error}; retrying in {} ms",
+                retry_in.as_millis()
+            ),
+            ExportRefusedNoEtag { revision, retry_in } => write!(
+                f,
+                "export of revision {revision} refused: the store sent no ETag for config.json, \
+                 so the write cannot be made conditional (it would overwrite blindly); \
+                 reading again in {} ms",
+                retry_in.as_millis()
+            ),
+            ExportCheckForbidden => {
+                f.write_str("cannot read the stored config (403 AccessDenied); writing it")
+            }
+            ExportAwaitsFresherCp { revision } => write!(
+                f,
+                "export of revision {revision} waits for a CP answer newer than the stored config"
+            ),
+            ExportUnbuildable { revision, error } => {
+                write!(f, "export of revision {revision} failed: {error}")
+            }
+            BecameLeader { term, node } => write!(f, "became leader (term {term}) node={node}"),
+            LostLeadership { term, node, reason } => {
+                write!(f, "lost leadership (term {term}) node={node}: {reason}")
+            }
+            StoodDown {
+                term,
+                node,
+                stored_term,
+            } => write!(
+                f,
+                "stood down (term {term}) node={node}: config.json holds term {stored_term}, newer than term {term}"
+            ),
+            LeaseExpired { holder, term } => write!(
+                f,
+                "election: lease of {holder} (term {term}) expired; trying to take over"
+            ),
+            LostRace { term } => write!(f, "election: lost the race for term {term}"),
+            LeaseUnparseable => {
+                f.write_str("election: the lease object does not parse; taking it over")
+            }
+            ElectionFailed {
+                revision,
+                error,
+                doing,
+                retry_in,
+            } => {
+                match revision {
+                    Some(r) => write!(f, "export of revision {r} failed")?,
+                    None => f.write_str("election failed")?,
+                }
+                write!(
+                    f,
+                    ": {error} ({doing}); retrying in {} ms",
+                    retry_in.as_millis()
+                )
+            }
+            CredentialsFailed { error } => {
+                write!(f, "cannot get an access token for the store: {error}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_keep_the_documented_wording() {
+        let e = Event::BecameLeader {
+            term: 3,
+            node: "backup-2".into(),
+        };
+        assert_eq!(e.to_string(), "became leader (term 3) node=backup-2");
+        assert_eq!(e.level(), Level::Info);
+        let e = Event::CpUnavailable {
+            reason: CpFailure::Status {
+                status: 503,
+                excerpt: "upstream connect error".into(),
+            },
+            again: true,
+        };
+        assert_eq!(
+            e.to_string(),
+            "CP unavailable: status 503: upstream connect error"
+        );
+        assert_eq!(e.level(), Level::Debug);
+        let e = Event::StoodDown {
+            term: 3,
+            node: "n".into(),
+            stored_term: 4,
+        };
+        assert_eq!(
+            e.to_string(),
+            "stood down (term 3) node=n: config.json holds term 4, newer than term 3"
+        );
+        let e = Event::ExportRefusedNoEtag {
+            revision: "r1".into(),
+            retry_in: Duration::from_secs(1),
+        };
+        assert!(e.to_string().contains("no ETag"));
+        assert_eq!(e.level(), Level::Warn);
+    }
+}

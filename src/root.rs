@@ -1,0 +1,372 @@
+//! One root context's whole core: the clock, its side of the process
+//! protocol ([`Coordinator`]) and, while it drives, the [`Controller`].
+//!
+//! The shell feeds it host callbacks (`handle_*`, each with the host's
+//! raw time) and carries out what [`Root::poll_action`] returns, one at a
+//! time: shared-data calls are answered at once with
+//! [`Root::handle_shared_read`] / [`Root::handle_shared_write`], calls are
+//! dispatched and answered later with [`Root::handle_http_response`].
+//! Log lines come from [`Root::poll_event`]. The simulator drives the
+//! same type, so what it proves is what runs in Envoy.
+//!
+//! The order that keeps a root that lost the lease from acting: a tick
+//! first renews the lease and only then runs the controller; an answer
+//! that arrives after the lease's validity ran out (a stalled thread)
+//! waits until a renewal succeeded, and is dropped if the lease was lost.
+
+use crate::action::{Call, Metric, Token};
+use crate::clock::{Clock, ClockNotice, HostTime, Now};
+use crate::controller::{Controller, Inherited, Output};
+use crate::event::Event;
+use crate::http::HttpResponse;
+use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult};
+use crate::rng::Rng;
+use crate::settings::{Settings, SettingsError, DEFAULT_UPSTREAM_HEADER};
+use std::collections::VecDeque;
+
+/// What the shell must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A shared-data call; answer it before polling again.
+    Shared(SharedOp),
+    /// Dispatch this call; report its end with its token.
+    Send(Call),
+    Metric(Metric),
+}
+
+/// Inputs that wait until the lease is confirmed.
+#[derive(Debug)]
+enum Deferred {
+    Tick,
+    Answer(Token, HttpResponse),
+    NotSent(Token, String),
+}
+
+#[derive(Debug)]
+struct Configured {
+    settings: Settings,
+    /// `node_id` from the plugin config, else the host's node id.
+    node_id: Option<String>,
+    coordinator: Coordinator,
+}
+
+/// The core of one root context.
+#[derive(Debug)]
+pub struct Root {
+    context_id: u32,
+    clock: Clock,
+    now: Now,
+    configured: Option<Configured>,
+    controller: Option<Controller>,
+    deferred: VecDeque<Deferred>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    /// The first token of the next controller: tokens stay unique across
+    /// the controllers one root runs, so a late answer to a call of an
+    /// earlier one can never be taken for a call of the current one.
+    next_token: Token,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Self {
+        Root {
+            context_id,
+            clock: Clock::new(),
+            now: Now::at_millis(0),
+            configured: None,
+            controller: None,
+            deferred: VecDeque::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            next_token: 1,
+        }
+    }
+
+    /// Parses the plugin configuration. Does no shared-data or network
+    /// work: Envoy's canary VM is configured and thrown away without ever
+    /// ticking. `random` comes from the host (it makes this root's lease
+    /// owner unique, and the process's node id if this root chooses it).
+    pub fn configure(
+        &mut self,
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+        host_node_id: Option<String>,
+        random: u64,
+        time: HostTime,
+    ) -> Result<(), SettingsError> {
+        self.read_clock(time);
+        let settings = Settings::parse(json, env)?;
+        let node_id = settings
+            .node_id
+            .clone()
+            .or(host_node_id.filter(|n| !n.trim().is_empty()));
+        let mut rng = Rng::new(random);
+        let owner = format!("root-{}-{:016x}", self.context_id, rng.next_u64());
+        let proposed = node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:016x}", rng.next_u64()));
+        self.events.push_back(Event::Configured {
+            import: settings.import,
+            export: settings.export,
+            storage: settings
+                .storage
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |s| s.location.url("")),
+            node_id: node_id.clone(),
+        });
+        self.configured = Some(Configured {
+            coordinator: Coordinator::new(self.context_id, owner, proposed),
+            settings,
+            node_id,
+        });
+        Ok(())
+    }
+
+    /// The request header the filter sets to the chosen upstream.
+    pub fn upstream_header(&self) -> &str {
+        self.configured
+            .as_ref()
+            .map_or(DEFAULT_UPSTREAM_HEADER, |c| {
+                c.settings.upstream_header.as_str()
+            })
+    }
+
+    /// Whether this root drives its process.
+    pub fn is_driver(&self) -> bool {
+        self.configured
+            .as_ref()
+            .is_some_and(|c| c.coordinator.is_driver())
+    }
+
+    /// The node id the controller runs with, while driving.
+    pub fn node_id(&self) -> Option<&str> {
+        self.controller.as_ref().map(Controller::node_id)
+    }
+
+    /// This root's lease owner name.
+    pub fn owner(&self) -> Option<&str> {
+        self.configured.as_ref().map(|c| c.coordinator.owner())
+    }
+
+    pub fn handle_tick(&mut self, time: HostTime) {
+        self.read_clock(time);
+        let now = self.now;
+        let Some(c) = self.configured.as_mut() else {
+            return;
+        };
+        self.deferred.push_back(Deferred::Tick);
+        c.coordinator.tick(now);
+        self.pump();
+    }
+
+    pub fn handle_http_response(&mut self, token: Token, response: HttpResponse, time: HostTime) {
+        self.read_clock(time);
+        self.answer(Deferred::Answer(token, response));
+    }
+
+    /// A call the host refused to dispatch.
+    pub fn handle_send_failed(&mut self, token: Token, reason: String) {
+        self.answer(Deferred::NotSent(token, reason));
+    }
+
+    /// The root context is going away (a config update replaced it, or
+    /// the proxy stops): hand the lease over at once.
+    pub fn handle_done(&mut self, time: HostTime) {
+        self.read_clock(time);
+        let now = self.now;
+        if let Some(c) = self.configured.as_mut() {
+            if c.coordinator.is_driver() {
+                c.coordinator.release(now);
+            }
+        }
+        self.deferred.clear();
+        self.pump();
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if let Some(op) = self
+            .configured
+            .as_mut()
+            .and_then(|c| c.coordinator.poll_shared())
+        {
+            return Some(Action::Shared(op));
+        }
+        self.actions.pop_front()
+    }
+
+    pub fn handle_shared_read(&mut self, value: SharedValue) {
+        let now = self.now;
+        if let Some(c) = self.configured.as_mut() {
+            c.coordinator.handle_read(value, now);
+        }
+        self.pump();
+    }
+
+    pub fn handle_shared_write(&mut self, result: WriteResult) {
+        let now = self.now;
+        if let Some(c) = self.configured.as_mut() {
+            c.coordinator.handle_write(result, now);
+        }
+        self.pump();
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn read_clock(&mut self, time: HostTime) {
+        let (now, notice) = self.clock.read(time);
+        self.now = now;
+        match notice {
+            Some(ClockNotice::Source(s)) => self.events.push_back(Event::ClockChosen(s)),
+            // Only the driver's report matters (every root sees the jump).
+            Some(ClockNotice::WallJumped { by_ms }) if self.is_driver() => {
+                self.events.push_back(Event::WallClockJumped { by_ms })
+            }
+            _ => {}
+        }
+    }
+
+    fn answer(&mut self, input: Deferred) {
+        let now = self.now;
+        let Some(c) = self.configured.as_mut() else {
+            return;
+        };
+        if self.controller.is_none() {
+            return;
+        }
+        let may_act = c.coordinator.may_act(now.mono);
+        if may_act && self.deferred.is_empty() {
+            self.run(input);
+        } else {
+            // The lease's validity ran out, or a renewal is under way:
+            // confirm it before acting on anything, in order.
+            self.deferred.push_back(input);
+            if !may_act {
+                c.coordinator.revalidate(now);
+            }
+        }
+        self.pump();
+    }
+
+    fn run(&mut self, input: Deferred) {
+        let now = self.now;
+        let Some(controller) = self.controller.as_mut() else {
+            return;
+        };
+        match input {
+            Deferred::Tick => controller.tick(now),
+            Deferred::Answer(token, response) => controller.on_response(token, response, now),
+            Deferred::NotSent(token, reason) => controller.on_send_failed(token, &reason, now),
+        }
+    }
+
+    /// Routes outcomes and outputs between the coordinator and the
+    /// controller until neither has anything new.
+    fn pump(&mut self) {
+        let now = self.now;
+        loop {
+            let Some(c) = self.configured.as_mut() else {
+                return;
+            };
+            self.events.extend(c.coordinator.take_events());
+            let outcome = c.coordinator.poll_outcome();
+            let had_outcome = outcome.is_some();
+            if let Some(outcome) = outcome {
+                self.on_outcome(outcome);
+            }
+            let outputs = self
+                .controller
+                .as_mut()
+                .map(|ctl| (ctl.take_outputs(), ctl.take_events()));
+            let mut routed = false;
+            if let Some((outputs, events)) = outputs {
+                self.events.extend(events);
+                routed = !outputs.is_empty();
+                for output in outputs {
+                    self.route(output, now);
+                }
+            }
+            if !had_outcome && !routed {
+                return;
+            }
+        }
+    }
+
+    fn route(&mut self, output: Output, now: Now) {
+        let Some(c) = self.configured.as_mut() else {
+            return;
+        };
+        match output {
+            Output::Send(call) => self.actions.push_back(Action::Send(call)),
+            Output::Metric(m) => self.actions.push_back(Action::Metric(m)),
+            Output::Publish(job) => c.coordinator.publish(job, now),
+            Output::RequestImport { max_attempts } => c.coordinator.begin_import(max_attempts, now),
+        }
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        let now = self.now;
+        match outcome {
+            Outcome::Took { record, published } => {
+                let Some(c) = self.configured.as_ref() else {
+                    return;
+                };
+                let node_id = c.node_id.clone().unwrap_or(record.node_id);
+                let inherited = Inherited {
+                    published,
+                    cp_answered: record.cp_answered,
+                    import_attempts: record.import_attempts,
+                };
+                self.controller = Some(Controller::new(
+                    &c.settings,
+                    node_id,
+                    inherited,
+                    self.next_token,
+                    now,
+                ));
+                self.run_deferred();
+            }
+            Outcome::Renewed => self.run_deferred(),
+            Outcome::Following => self.deferred.clear(),
+            Outcome::Lost(_) => {
+                self.deferred.clear();
+                if let Some(mut ctl) = self.controller.take() {
+                    self.next_token = ctl.next_token();
+                    ctl.resign();
+                    self.events.extend(ctl.take_events());
+                    for output in ctl.take_outputs() {
+                        if let Output::Metric(m) = output {
+                            self.actions.push_back(Action::Metric(m));
+                        }
+                    }
+                }
+                // Calls of the lost controller are never acted on: their
+                // answers find no controller, or an unknown token.
+                self.actions.retain(|a| !matches!(a, Action::Send(_)));
+            }
+            Outcome::ImportGranted => {
+                if let Some(ctl) = self.controller.as_mut() {
+                    ctl.import_granted(now);
+                }
+            }
+            Outcome::ImportRefused(r) => {
+                if let Some(ctl) = self.controller.as_mut() {
+                    ctl.import_refused(r);
+                }
+            }
+            Outcome::PublishFailed(job) => {
+                if let Some(ctl) = self.controller.as_mut() {
+                    ctl.publish_failed(&job);
+                }
+            }
+            Outcome::Published(_) | Outcome::Superseded(_) => {}
+        }
+    }
+
+    fn run_deferred(&mut self) {
+        while let Some(input) = self.deferred.pop_front() {
+            self.run(input);
+        }
+    }
+}
