@@ -241,9 +241,15 @@ mod tests {
         );
         assert_eq!(c.read(host(None, 20_000_200)).0.mono, Instant(200));
         // Back an hour: no progress.
-        assert_eq!(c.read(host(None, 20_000_200 - 3_600_000)).0.mono, Instant(200));
+        assert_eq!(
+            c.read(host(None, 20_000_200 - 3_600_000)).0.mono,
+            Instant(200)
+        );
         // Then on by 200 ms from there.
-        assert_eq!(c.read(host(None, 20_000_400 - 3_600_000)).0.mono, Instant(400));
+        assert_eq!(
+            c.read(host(None, 20_000_400 - 3_600_000)).0.mono,
+            Instant(400)
+        );
         // Forward an hour: at most MAX_WALL_STEP.
         let n = c.read(host(None, 20_000_400 + 3_600_000)).0;
         assert_eq!(n.mono, Instant(1_400));

@@ -232,7 +232,9 @@ mod tests {
         );
         let key = s.key("0.1.0", "config.json");
         assert_eq!(key, "pre/fix/0.1.0/config.json");
-        let r = s.get(&key, Now::from_wall(Timestamp::from_secs(1_440_938_160))).unwrap();
+        let r = s
+            .get(&key, Now::from_wall(Timestamp::from_secs(1_440_938_160)))
+            .unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.authority, "127.0.0.1:9000");
         assert_eq!(r.path, "/bkt/pre/fix/0.1.0/config.json");
