@@ -13,10 +13,13 @@
 //!   ([`ClockSource::HostMonotonic`]).
 //! - A host that answers it with an error gets a clock derived from its
 //!   wall readings ([`ClockSource::DerivedFromWall`]): a reading that went
-//!   back advances nothing, and one that jumped forward advances at most
-//!   [`MAX_WALL_STEP`], so a jump can never expire a lease. (The price: a
-//!   real pause of the process then also looks short; the fence on
-//!   `config.json` still holds, see [`crate::election`].)
+//!   back advances nothing, so a clock set back never extends a lease or
+//!   delays a timer by the jump. A jump forward does count as time passed:
+//!   a wall clock cannot tell it from a stalled thread or a paused process,
+//!   and treating a real stall as short would let a root act on a lease it
+//!   may have lost. So on such a host a forward jump can end a lease early
+//!   (another root drives, the leader re-takes its lease: churn, never two
+//!   writers). With Envoy's monotonic clock neither jump changes anything.
 
 use crate::time::Timestamp;
 use std::time::Duration;
@@ -112,10 +115,6 @@ impl ClockSource {
     }
 }
 
-/// The largest step a wall reading may advance a derived clock by. Roots
-/// tick every 200 ms, so a real gap between readings is rarely longer.
-pub const MAX_WALL_STEP: Duration = Duration::from_secs(1);
-
 /// A wall clock that disagrees with the monotonic one by more than this
 /// between two readings is reported as having jumped.
 const JUMP_REPORT: Duration = Duration::from_secs(2);
@@ -176,11 +175,10 @@ impl Clock {
         let mono = match (source, host_mono) {
             (ClockSource::HostMonotonic, Some(m)) => m.max(last.mono),
             // A derived clock, or a host that stopped answering: advance by
-            // the wall step, never back, never by more than MAX_WALL_STEP.
+            // the wall step, never back.
             _ => {
                 let step = u64::try_from(wall_step.max(0)).unwrap_or(u64::MAX);
-                last.mono
-                    .plus(Duration::from_millis(step).min(MAX_WALL_STEP))
+                last.mono.plus(Duration::from_millis(step))
             }
         };
         let now = Now {
@@ -231,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn derived_clock_never_goes_back_nor_leaps() {
+    fn derived_clock_never_goes_back() {
         let mut c = Clock::new();
         let (n, notice) = c.read(host(None, 20_000_000));
         assert_eq!(n.mono, Instant(0));
@@ -250,9 +248,10 @@ mod tests {
             c.read(host(None, 20_000_400 - 3_600_000)).0.mono,
             Instant(400)
         );
-        // Forward an hour: at most MAX_WALL_STEP.
+        // Forward two hours from there: counted (it cannot be told from a
+        // stall).
         let n = c.read(host(None, 20_000_400 + 3_600_000)).0;
-        assert_eq!(n.mono, Instant(1_400));
+        assert_eq!(n.mono, Instant(7_200_400));
         assert_eq!(c.source(), Some(ClockSource::DerivedFromWall));
     }
 

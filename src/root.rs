@@ -183,13 +183,21 @@ impl Root {
         self.pump();
     }
 
-    pub fn poll_action(&mut self) -> Option<Action> {
-        if let Some(op) = self
-            .configured
-            .as_mut()
-            .and_then(|c| c.coordinator.poll_shared())
-        {
+    /// The next thing to do. `time` is read by the shell just before: a
+    /// thread that stalled since the callback began must not send on the
+    /// strength of a lease that may have run out meanwhile, so a call
+    /// waits for a renewal first (and is dropped if the lease was lost).
+    pub fn poll_action(&mut self, time: HostTime) -> Option<Action> {
+        self.read_clock(time);
+        let now = self.now;
+        let c = self.configured.as_mut()?;
+        if let Some(op) = c.coordinator.poll_shared() {
             return Some(Action::Shared(op));
+        }
+        let send_next = matches!(self.actions.front(), Some(Action::Send(_)));
+        if send_next && !c.coordinator.may_act(now.mono) {
+            c.coordinator.revalidate(now);
+            return c.coordinator.poll_shared().map(Action::Shared);
         }
         self.actions.pop_front()
     }

@@ -37,7 +37,7 @@ impl RootShell {
     /// Carries out the core's actions until it has none, then logs its
     /// events.
     fn pump(&mut self) {
-        while let Some(action) = self.core.poll_action() {
+        while let Some(action) = self.core.poll_action(host::time()) {
             match action {
                 Action::Shared(op) => match host::shared(&op) {
                     SharedAnswer::Read(value) => self.core.handle_shared_read(value),

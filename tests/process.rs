@@ -1,0 +1,366 @@
+//! The process model, scripted: several root contexts of one proxy
+//! process plus Envoy's canary, all running the real core against
+//! simulated shared data with Envoy's semantics (see `sim/`), no faults
+//! but the one each scenario injects. Every invariant of the simulator is
+//! checked after every step here too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod sim;
+
+use fallback_config::action::CallKind;
+use fallback_config::event::{DriverLoss, Event};
+use fallback_config::published::{self, CONFIG_KEY};
+use sim::checks::Checker;
+use sim::world::{Chaos, NodeSpec, World, TICK_MS};
+
+fn calm(specs: Vec<NodeSpec>) -> World {
+    World::new(
+        7,
+        specs,
+        Chaos {
+            until_ms: 0,
+            ..Chaos::default()
+        },
+    )
+}
+
+fn spec(import: bool, export: bool) -> NodeSpec {
+    NodeSpec {
+        import,
+        export,
+        node_id: None,
+        monotonic: true,
+    }
+}
+
+/// (uid, node id) of every `DriverTaken` in process `p`, by root age.
+fn takeovers(w: &World, p: usize) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for r in &w.procs[p].roots {
+        for e in &r.events {
+            if let Event::DriverTaken { node_id, .. } = e {
+                out.push((r.uid, node_id.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn published_generation(w: &World, p: usize) -> Option<u64> {
+    w.procs[p]
+        .shared
+        .bytes(CONFIG_KEY)
+        .and_then(published::record_generation)
+}
+
+fn root_events(w: &World, p: usize, uid: u32) -> &[Event] {
+    let r = w.procs[p].roots.iter().find(|r| r.uid == uid).unwrap();
+    &r.events
+}
+
+/// Runs until `done` holds, in 10 ms steps, at most `limit` ms; returns
+/// the time it took.
+fn run_until(w: &mut World, limit: u64, done: impl Fn(&World) -> bool) -> Option<u64> {
+    let start = w.now;
+    while w.now - start <= limit {
+        if done(w) {
+            return Some(w.now - start);
+        }
+        let next = w.now + 10;
+        w.run_until(next);
+    }
+    None
+}
+
+#[test]
+fn several_roots_and_the_canary_make_one_driver_and_one_poll_per_interval() {
+    let mut w = calm(vec![spec(true, true)]);
+    w.run_until(2_000);
+    let before: usize = w.procs[0]
+        .roots
+        .iter()
+        .map(|r| {
+            r.sent
+                .iter()
+                .filter(|(k, _)| *k == CallKind::CpPoll)
+                .count()
+        })
+        .sum();
+    w.run_until(12_000);
+    let roots = &w.procs[0].roots;
+    let drivers: Vec<_> = roots.iter().filter(|r| r.core.is_driver()).collect();
+    assert_eq!(drivers.len(), 1, "one driver");
+    assert_eq!(takeovers(&w, 0).len(), 1, "taken once, never handed around");
+    let polls: usize = roots
+        .iter()
+        .map(|r| {
+            r.sent
+                .iter()
+                .filter(|(k, _)| *k == CallKind::CpPoll)
+                .count()
+        })
+        .sum::<usize>()
+        - before;
+    // 10 s at a 500 ms interval, on 200 ms ticks.
+    assert!((19..=21).contains(&polls), "{polls} CP polls in 10 s");
+    for r in roots.iter().filter(|r| !r.core.is_driver()) {
+        assert!(r.sent.is_empty(), "root {} sent calls", r.context_id);
+    }
+    let canary = roots.iter().find(|r| r.canary).unwrap();
+    assert_eq!(canary.writes, 0, "the canary wrote shared data");
+    Checker::converged(&mut w).unwrap();
+}
+
+/// A driver whose thread stalls with a CP answer in flight: another root
+/// takes over within the lease TTL plus a tick, and the stalled root,
+/// once it runs again, handles that late answer without publishing it.
+#[test]
+fn a_stalled_driver_is_replaced_and_never_publishes_late() {
+    let mut w = calm(vec![spec(false, false)]);
+    w.run_until(3_000);
+    let old = w.driver(0).unwrap();
+    w.cp.revision = 2;
+    // Stall it right after it sent its next CP poll.
+    let polls = |w: &World| {
+        w.procs[0]
+            .roots
+            .iter()
+            .find(|r| r.uid == old)
+            .unwrap()
+            .sent
+            .len()
+    };
+    let sent = polls(&w);
+    run_until(&mut w, 2_000, |w| polls(w) > sent).expect("a poll");
+    let stalled_at = w.now;
+    w.stall_root(0, old, stalled_at + 6_000);
+    let took = run_until(&mut w, 5_000, |w| {
+        takeovers(w, 0).iter().any(|(u, _)| *u != old)
+    })
+    .expect("no takeover");
+    assert!(
+        took <= 2_000 + 2 * TICK_MS + 100,
+        "took over {took} ms after the stall"
+    );
+    w.run_until(stalled_at + 9_000);
+    let events = root_events(&w, 0, old);
+    let late = events
+        .iter()
+        .filter(|e| matches!(e, Event::Published { revision, .. } if revision == "r2"))
+        .count();
+    assert_eq!(late, 0, "the stalled root published: {events:?}");
+    assert!(
+        events.contains(&Event::DriverLost {
+            root: w.procs[0]
+                .roots
+                .iter()
+                .find(|r| r.uid == old)
+                .unwrap()
+                .context_id,
+            reason: DriverLoss::TakenOver
+        }),
+        "{events:?}"
+    );
+    Checker::converged(&mut w).unwrap();
+}
+
+#[test]
+fn a_root_shutting_down_hands_over_at_once() {
+    let mut w = calm(vec![spec(false, false)]);
+    w.run_until(3_000);
+    let old = w.driver(0).unwrap();
+    w.shutdown_root(0, old);
+    let took = run_until(&mut w, 3_000, |w| {
+        takeovers(w, 0).iter().any(|(u, _)| *u != old)
+    })
+    .expect("no takeover");
+    assert!(
+        took <= 2 * TICK_MS + 50,
+        "took {took} ms, not a tick or two"
+    );
+    w.run_until(w.now + 2_000);
+    let generation = published_generation(&w, 0);
+    assert_eq!(generation, Some(1), "the new driver republished");
+}
+
+/// An ECDS update replaces every root context of the process: the new
+/// driver keeps the node's id, serves what was published, takes the
+/// node's election lease back at once (no TTL wait) and never imports.
+#[test]
+fn a_config_update_keeps_config_identity_and_leadership() {
+    let mut w = calm(vec![spec(true, true), spec(false, true)]);
+    w.run_until(8_000);
+    let p = (0..2)
+        .find(|&p| {
+            w.events(p)
+                .iter()
+                .any(|(_, e)| matches!(e, Event::BecameLeader { .. }))
+        })
+        .expect("a leader");
+    let generation = published_generation(&w, p);
+    let writes = w.store.config_writes.len();
+    let at = w.now;
+    w.reconfigure(p);
+    let back = run_until(&mut w, 5_000, |w| {
+        w.procs[p].roots.iter().filter(|r| r.alive).any(|r| {
+            r.events
+                .iter()
+                .any(|e| matches!(e, Event::BecameLeader { .. }))
+        })
+    })
+    .expect("leadership not taken back");
+    assert!(back < 3_000, "waited {back} ms (the lease TTL is 3 s)");
+    w.run_until(at + 8_000);
+    let ids: Vec<String> = takeovers(&w, p).into_iter().map(|(_, n)| n).collect();
+    assert!(
+        ids.len() >= 2 && ids.iter().all(|n| *n == ids[0]),
+        "{ids:?}"
+    );
+    assert_eq!(published_generation(&w, p), generation, "republished");
+    assert_eq!(
+        w.store.config_writes.len(),
+        writes,
+        "re-exported the same config"
+    );
+    let imports = w.procs[p]
+        .roots
+        .iter()
+        .flat_map(|r| &r.sent)
+        .filter(|(k, _)| *k == CallKind::Import)
+        .count();
+    assert_eq!(imports, 0);
+    Checker::converged(&mut w).unwrap();
+}
+
+/// The driver's import is in flight when its thread stalls past the
+/// lease: its answer is never applied, and the new driver does not send
+/// a second import while the first may still be out.
+#[test]
+fn a_lease_lost_with_the_import_in_flight_applies_nothing() {
+    let mut w = calm(vec![spec(true, false)]);
+    w.cp.up = false;
+    w.store.objects.clear();
+    run_until(&mut w, 5_000, |w| {
+        w.procs[0]
+            .roots
+            .iter()
+            .any(|r| r.sent.iter().any(|(k, _)| *k == CallKind::Import))
+    })
+    .expect("an import");
+    let old = w.driver(0).unwrap();
+    w.stall_root(0, old, w.now + 5_000);
+    w.run_until(w.now + 8_000);
+    assert!(takeovers(&w, 0).iter().any(|(u, _)| *u != old));
+    let imports = w.procs[0]
+        .roots
+        .iter()
+        .flat_map(|r| &r.sent)
+        .filter(|(k, _)| *k == CallKind::Import)
+        .count();
+    assert_eq!(imports, 1);
+    let old_events = root_events(&w, 0, old);
+    assert!(
+        !old_events
+            .iter()
+            .any(|e| matches!(e, Event::Published { .. } | Event::Imported { .. })),
+        "{old_events:?}"
+    );
+}
+
+/// With the host's monotonic clock, the wall clock jumping an hour
+/// forward, then two hours back, changes no lease decision: no handoff,
+/// no lost leadership, no new term.
+#[test]
+fn wall_clock_jumps_change_no_lease_decision() {
+    let mut w = calm(vec![spec(false, true), spec(false, true)]);
+    w.run_until(10_000);
+    let count = |w: &World| {
+        let mut n = 0;
+        for p in 0..2 {
+            n += w
+                .events(p)
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(
+                        e,
+                        Event::DriverTaken { .. }
+                            | Event::DriverLost { .. }
+                            | Event::BecameLeader { .. }
+                            | Event::LostLeadership { .. }
+                    )
+                })
+                .count();
+        }
+        n
+    };
+    let before = count(&w);
+    let terms = w.store.config_writes.last().map(|c| c.term);
+    for p in 0..2 {
+        w.procs[p].wall_offset_ms += 3_600_000;
+    }
+    w.run_until(15_000);
+    for p in 0..2 {
+        w.procs[p].wall_offset_ms -= 7_200_000;
+    }
+    w.cp.revision = 2;
+    w.run_until(25_000);
+    assert_eq!(count(&w), before, "a lease decision changed");
+    assert_eq!(w.store.config_writes.last().map(|c| c.term), terms);
+    let jumps = (0..2)
+        .flat_map(|p| w.events(p))
+        .filter(|(_, e)| matches!(e, Event::WallClockJumped { .. }))
+        .count();
+    assert_eq!(jumps, 4, "each driver reports each jump once");
+    Checker::converged(&mut w).unwrap();
+}
+
+/// Without a monotonic clock from the host, a wall clock set back still
+/// changes nothing (a forward jump may hand the lease around, safely).
+#[test]
+fn a_wall_clock_set_back_changes_nothing_on_a_derived_clock() {
+    let derived = NodeSpec {
+        monotonic: false,
+        ..spec(false, true)
+    };
+    let mut w = calm(vec![derived]);
+    w.run_until(8_000);
+    let events = w.events(0).len();
+    let leader_events = |w: &World| {
+        w.events(0)
+            .iter()
+            .filter(|(_, e)| {
+                matches!(
+                    e,
+                    Event::DriverTaken { .. }
+                        | Event::DriverLost { .. }
+                        | Event::LostLeadership { .. }
+                )
+            })
+            .count()
+    };
+    let before = leader_events(&w);
+    w.procs[0].wall_offset_ms -= 3_600_000;
+    w.cp.revision = 2;
+    w.run_until(16_000);
+    assert!(w.events(0).len() > events);
+    assert_eq!(leader_events(&w), before);
+    Checker::converged(&mut w).unwrap();
+}
+
+/// The default node id is one per process: every root that drives it uses
+/// the same, and two processes never share one.
+#[test]
+fn the_default_node_id_is_stable_per_process() {
+    let mut w = calm(vec![spec(false, true), spec(false, true)]);
+    w.run_until(3_000);
+    let old = w.driver(0).unwrap();
+    w.shutdown_root(0, old);
+    w.run_until(6_000);
+    let ids: Vec<Vec<String>> = (0..2)
+        .map(|p| takeovers(&w, p).into_iter().map(|(_, n)| n).collect())
+        .collect();
+    assert_eq!(ids[0].len(), 2);
+    assert_eq!(ids[0][0], ids[0][1]);
+    assert_ne!(ids[0][0], ids[1][0]);
+}
