@@ -221,7 +221,6 @@ impl Election {
         };
         self.failures = 0;
         let record: Option<LeaseRecord> = serde_json::from_slice(&object.body).ok();
-        let etag = object.etag.clone().unwrap_or_default();
         // A leader that lost track of its lease's ETag learns it here.
         if let Role::Leader { term, .. } = self.role {
             let still_mine = record
@@ -235,6 +234,12 @@ impl Election {
             }
             self.lose(LossReason::OtherHolder, out);
         }
+        let Some(etag) = object.etag.clone() else {
+            // Without an ETag no write of the lease could be conditional:
+            // taking it over would overwrite it blindly.
+            self.failed("reading the election lease", StorageError::MissingEtag, now);
+            return None;
+        };
         let Some(record) = record else {
             out.push(Event::LeaseUnparseable);
             let term = self.min_term + 1;

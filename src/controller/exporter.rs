@@ -201,14 +201,17 @@ impl Exporter {
             Stored::Present { etag, seen, .. } => (PutMode::Update { etag: etag.clone() }, *seen),
         };
         if c.fetched <= seen {
-            if self.awaiting_cp != Some(c.fetched) {
+            // Ask for a sooner poll once per candidate: a CP that is down
+            // must not be polled on every tick while the export waits.
+            let first = self.awaiting_cp != Some(c.fetched);
+            if first {
                 self.awaiting_cp = Some(c.fetched);
                 events.push(Event::ExportAwaitsFresherCp {
                     revision: c.revision.clone(),
                 });
             }
             self.queued = Some(c);
-            return Some(ExportStep::NeedFresherCp);
+            return first.then_some(ExportStep::NeedFresherCp);
         }
         let body = envelope::seal(envelope::Export {
             config: &c.config,

@@ -15,6 +15,8 @@
 pub mod cp;
 pub mod exporter;
 pub mod importer;
+#[cfg(test)]
+mod tests;
 
 use crate::action::{Call, CallKind, Metric, Token};
 use crate::clock::{Instant, Now};
@@ -565,10 +567,12 @@ impl Controller {
     }
 
     fn on_export_read(&mut self, response: HttpResponse, seq: Seq, now: Now) {
+        // The term this node holds or last held: a read answered after its
+        // validity ran out is still compared with its own term.
         let my_term = self
             .election
             .as_ref()
-            .and_then(|e| e.leader_term(now.mono))
+            .and_then(Election::held_term)
             .unwrap_or(0);
         let (Some(store), Some(exporter)) = (&self.store, self.exporter.as_mut()) else {
             return;

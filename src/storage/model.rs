@@ -71,6 +71,9 @@ pub enum StorageError {
     CredentialsPending,
     /// No access token could be had (GCS: the token endpoint refused).
     Token(gcp_auth::TokenError),
+    /// A read came back without an ETag (or generation), so no write can
+    /// be made conditional on it.
+    MissingEtag,
 }
 
 impl fmt::Display for StorageError {
@@ -96,6 +99,9 @@ impl fmt::Display for StorageError {
             StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
             StorageError::CredentialsPending => f.write_str("no access token yet"),
             StorageError::Token(e) => write!(f, "cannot get an access token: {e}"),
+            StorageError::MissingEtag => f.write_str(
+                "the store sent no ETag, so no write can be made conditional (it would overwrite blindly)",
+            ),
         }
     }
 }
