@@ -31,6 +31,8 @@ fn spec(import: bool, export: bool) -> NodeSpec {
         export,
         node_id: None,
         monotonic: true,
+        gcs: false,
+        storage_timeout_ms: 1_000,
     }
 }
 

@@ -24,6 +24,9 @@ const CALM_MS: u64 = 75_000;
 fn specs(seed: u64) -> Vec<NodeSpec> {
     let mut rng = fallback_config::rng::Rng::new(seed ^ 0x5eed);
     let n = 2 + (rng.next_u64() % 2) as usize;
+    // One store for the fleet: GCS (with access tokens; RS256 signing is slow here) in a tenth of the
+    // seeds, S3 in the others.
+    let gcs = rng.next_u64().is_multiple_of(10);
     let mut specs: Vec<NodeSpec> = (0..n)
         .map(|i| {
             let bits = rng.next_u64();
@@ -32,6 +35,10 @@ fn specs(seed: u64) -> Vec<NodeSpec> {
                 export: bits & 2 == 2,
                 node_id: (bits & 4 == 4).then(|| format!("node-{i}")),
                 monotonic: bits % 10 != 9,
+                gcs,
+                // Longer than the driver lease in some: an import can then
+                // still be out when another root takes over.
+                storage_timeout_ms: if bits & 8 == 8 { 5_000 } else { 1_000 },
             }
         })
         .collect();
@@ -153,7 +160,11 @@ fn failure(seed: u64, e: Box<dyn std::any::Any + Send>) -> String {
 fn replay() {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         let w = run(seed);
-        eprintln!("seed {seed}: {} steps, converged", w.steps);
+        eprintln!(
+            "seed {seed}: {} steps, {} tokens issued, converged",
+            w.steps,
+            w.tokens.issued.len()
+        );
         for line in &w.trace {
             eprintln!("  {line}");
         }

@@ -8,7 +8,7 @@
 //! Invariants are checked after every step ([`super::checks`]).
 
 use super::checks::Checker;
-use super::host::{Cp, SharedData, Store};
+use super::host::{Cp, SharedData, Store, TokenServer};
 use fallback_config::action::{CallKind, Token};
 use fallback_config::clock::HostTime;
 use fallback_config::event::Event;
@@ -35,6 +35,9 @@ pub struct NodeSpec {
     pub node_id: Option<String>,
     /// The host answers the WASI monotonic clock.
     pub monotonic: bool,
+    /// GCS (an access token from a token endpoint) instead of S3.
+    pub gcs: bool,
+    pub storage_timeout_ms: u64,
 }
 
 impl NodeSpec {
@@ -44,13 +47,17 @@ impl NodeSpec {
             .as_ref()
             .map(|n| format!(r#","node_id":"{n}""#))
             .unwrap_or_default();
+        let (url, endpoint) = match self.gcs {
+            true => ("gs://bkt/pre", "http://gcs:9000"),
+            false => ("s3://bkt/pre", "http://store:9000"),
+        };
         format!(
             r#"{{"cluster_fallback_config_import":{},"cluster_fallback_config_export":{},
-            "cluster_fallback_config_storage":"s3://bkt/pre"{node},
-            "storage":{{"endpoint":"http://store:9000","timeout_ms":1000}},
+            "cluster_fallback_config_storage":"{url}"{node},
+            "storage":{{"endpoint":"{endpoint}","timeout_ms":{}}},
             "control_plane":{{"timeout_ms":1000,"poll_interval_ms":500}},
             "election":{{"lease_ttl_ms":3000,"renew_interval_ms":1000}}}}"#,
-            self.import, self.export
+            self.import, self.export, self.storage_timeout_ms
         )
     }
 }
@@ -206,6 +213,7 @@ pub struct World {
     pub procs: Vec<Proc>,
     pub store: Store,
     pub cp: Cp,
+    pub tokens: TokenServer,
     pub chaos: Chaos,
     pub checker: Checker,
     next_uid: u32,
@@ -229,6 +237,10 @@ impl World {
             cp: Cp {
                 up: true,
                 revision: 1,
+            },
+            tokens: TokenServer {
+                lifetime_s: 60,
+                ..TokenServer::default()
             },
             chaos,
             checker: Checker::default(),
@@ -338,6 +350,7 @@ impl World {
         let env = |k: &str| match k {
             "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
             "AWS_SECRET_ACCESS_KEY" => Some("SK".to_string()),
+            "GCP_SERVICE_ACCOUNT" => Some(super::host::service_account_json()),
             _ => None,
         };
         if let Err(e) = core.configure(plugin.as_bytes(), &env, None, random, time) {
@@ -799,15 +812,20 @@ impl World {
 
     fn arrive(&mut self, a: Arrival) {
         let writer = format!("p{}.{}/{}", a.p, a.inc, a.uid);
-        let to_cp = a.request.cluster == "control_plane";
-        let mut response = if to_cp {
-            self.cp.handle(&a.request)
-        } else {
-            self.store.handle(&a.request, self.now, &writer)
+        let to_store = a.request.cluster == "object_storage";
+        let gcs = a.request.authority == "gcs:9000";
+        let mut response = match a.request.cluster.as_str() {
+            "control_plane" => self.cp.handle(&a.request),
+            "gcp_oauth" => self.tokens.handle(&a.request, self.now),
+            _ => {
+                let tokens = gcs.then_some(&self.tokens.issued);
+                self.store.handle(&a.request, self.now, &writer, tokens)
+            }
         };
-        if a.duplicate && !to_cp {
+        if a.duplicate && to_store {
             // The request reached the store twice; the second answer wins.
-            response = self.store.handle(&a.request, self.now + 1, &writer);
+            let tokens = gcs.then_some(&self.tokens.issued);
+            response = self.store.handle(&a.request, self.now + 1, &writer, tokens);
         }
         if a.answer_lost {
             return;
@@ -873,6 +891,11 @@ impl World {
                 let r = self.cp.revision;
                 self.note(format!("CP serves r{r}"));
             }
+            8 => {
+                self.tokens.down = !self.tokens.down;
+                let down = self.tokens.down;
+                self.note(format!("FAULT token endpoint down: {down}"));
+            }
             7 => {
                 self.store.omit_etags = !self.store.omit_etags;
                 let on = self.store.omit_etags;
@@ -912,6 +935,7 @@ impl World {
     pub fn heal(&mut self) {
         self.cp.up = true;
         self.store.omit_etags = false;
+        self.tokens.down = false;
         for p in 0..self.procs.len() {
             self.procs[p].paused_until = self.procs[p].paused_until.min(self.now);
             if !self.procs[p].alive {
