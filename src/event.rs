@@ -134,6 +134,7 @@ pub enum Event {
         root: u32,
         epoch: u64,
         node_id: String,
+        clock: ClockSource,
     },
     DriverLost {
         root: u32,
@@ -152,6 +153,10 @@ pub enum Event {
     SharedDataRefused(HostRefusal),
     /// The driver record in shared data does not parse: it is replaced.
     DriverRecordUnreadable,
+    /// The host refused a write with [`crate::process::CREATE_CAS`] to an
+    /// absent key (Envoy accepts it): the record is created by a plain
+    /// write, which two roots starting at once could both make.
+    CreateCasRefused,
 
     // ---- request path ----
     RecordUnusable {
@@ -271,7 +276,6 @@ impl Event {
         match self {
             Configured { .. }
             | ClockChosen(_)
-            | DriverTaken { .. }
             | Published { .. }
             | PublishSuperseded { .. }
             | CpUnchanged { .. }
@@ -281,7 +285,8 @@ impl Event {
             | ExportAwaitsFresherCp { .. }
             | LostRace { .. } => Level::Debug,
             CpUnavailable { again: true, .. } => Level::Debug,
-            DriverLost { .. }
+            DriverTaken { .. }
+            | DriverLost { .. }
             | CpFetched { .. }
             | CpBack
             | CpUnavailable { again: false, .. }
@@ -296,6 +301,7 @@ impl Event {
             | StoodDown { .. }
             | LeaseExpired { .. } => Level::Info,
             WallClockJumped { .. }
+            | CreateCasRefused
             | DriverRecordUnreadable
             | RecordUnusable { .. }
             | ExportFailed { .. }
@@ -333,9 +339,11 @@ impl fmt::Display for Event {
                 root,
                 epoch,
                 node_id,
+                clock,
             } => write!(
                 f,
-                "root context {root} now drives this process (driver epoch {epoch}, node_id={node_id})"
+                "root context {root} now drives this process (driver epoch {epoch}, node_id={node_id}, timers on the {})",
+                clock.as_str()
             ),
             DriverLost { root, reason } => {
                 write!(f, "root context {root} no longer drives this process: {reason}")
@@ -356,6 +364,9 @@ impl fmt::Display for Event {
             SharedDataRefused(HostRefusal { key, status }) => {
                 write!(f, "the host refused to write shared data `{key}`: {status}")
             }
+            CreateCasRefused => f.write_str(
+                "this host checks a shared-data CAS against absent keys too; creating the driver record with a plain write",
+            ),
             DriverRecordUnreadable => {
                 f.write_str("the driver record in shared data does not parse; replacing it")
             }

@@ -229,6 +229,7 @@ pub struct Coordinator {
     /// The last read of a key during a create, to detect hosts that
     /// refuse CAS on absent keys.
     create_refused: bool,
+    reported_create_refusal: bool,
     outcomes: VecDeque<Outcome>,
     events: Vec<Event>,
     now: Now,
@@ -249,6 +250,7 @@ impl Coordinator {
             pending_write: None,
             job: None,
             create_refused: false,
+            reported_create_refusal: false,
             outcomes: VecDeque::new(),
             events: Vec::new(),
             now: Now::at_millis(0),
@@ -485,6 +487,12 @@ impl Coordinator {
     fn on_driver_read(&mut self, op: Op, value: SharedValue) {
         let now = self.now.mono;
         let bytes = value.bytes.clone();
+        if self.create_refused && bytes.is_none() && !self.reported_create_refusal {
+            // The create failed its CAS, yet the key is still absent: this
+            // host checks a CAS against absent keys too.
+            self.reported_create_refusal = true;
+            self.events.push(Event::CreateCasRefused);
+        }
         let record = bytes.as_deref().and_then(DriverRecord::decode);
         if bytes.is_some() && record.is_none() {
             self.events.push(Event::DriverRecordUnreadable);
@@ -618,11 +626,6 @@ impl Coordinator {
                         valid_until,
                         floor: 0,
                     };
-                    self.events.push(Event::DriverTaken {
-                        root: self.context_id,
-                        epoch: record.epoch,
-                        node_id: record.node_id.clone(),
-                    });
                     self.current = Some((op, Step::ReadInherit { record }));
                     return;
                 }

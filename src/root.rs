@@ -15,7 +15,7 @@
 //! waits until a renewal succeeded, and is dropped if the lease was lost.
 
 use crate::action::{Call, Metric, Token};
-use crate::clock::{Clock, ClockNotice, HostTime, Now};
+use crate::clock::{Clock, ClockNotice, ClockSource, HostTime, Now};
 use crate::controller::{Controller, Inherited, Output};
 use crate::event::Event;
 use crate::http::HttpResponse;
@@ -321,6 +321,12 @@ impl Root {
                     return;
                 };
                 let node_id = c.node_id.clone().unwrap_or(record.node_id);
+                self.events.push_back(Event::DriverTaken {
+                    root: self.context_id,
+                    epoch: record.epoch,
+                    node_id: node_id.clone(),
+                    clock: self.clock.source().unwrap_or(ClockSource::DerivedFromWall),
+                });
                 let inherited = Inherited {
                     published,
                     cp_answered: record.cp_answered,

@@ -26,5 +26,19 @@ fn one_cp_poll_per_interval_per_process() {
     );
     // Storage was never read: the CP answered.
     assert_eq!(envoy.upstream_rq_attempts("object_storage"), 0);
+    // The host behaviours the process protocol relies on, as Envoy shows
+    // them: one root took the driver record once (created by the CAS that
+    // only an absent key passes), and timers run on the WASI monotonic
+    // clock.
+    let drivers = envoy.log_lines("now drives this process");
+    assert_eq!(drivers.len(), 1, "{drivers:#?}");
+    assert!(
+        drivers[0].contains("timers on the host monotonic clock"),
+        "{}",
+        drivers[0]
+    );
+    assert!(envoy
+        .log_lines("checks a shared-data CAS against absent keys")
+        .is_empty());
     expect_healthy(&mut envoy);
 }
