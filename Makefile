@@ -27,13 +27,14 @@ TEST_THREADS ?= 2
 export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN
 export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help setup wasm test unit e2e run lint fmt clean
+.PHONY: help setup wasm test unit e2e run lint fmt clean mutants
 
 help:
 	@echo "make run    - local demo: export to a local S3 server, CP outage, import on a new Envoy"
 	@echo "make test   - unit tests, the AWS SigV4 suite and the Envoy scenarios"
 	@echo "make wasm   - build $(WASM)"
 	@echo "make lint   - rustfmt check and clippy (host and wasm)"
+	@echo "make mutants - show that the simulator catches each bug in tests/mutations"
 
 setup: $(ENVOY_BIN) $(S3S_FS_BIN) $(AZURITE_BIN) $(GCS_EMULATOR_BIN) .wasm-target
 
@@ -87,6 +88,10 @@ lint: .wasm-target
 
 fmt:
 	cargo fmt --all
+
+# Not part of `make test`: each injected bug must make the simulator fail.
+mutants:
+	SIM_SEEDS=$${SIM_SEEDS:-2000} tests/mutations/run.sh
 
 clean:
 	cargo clean

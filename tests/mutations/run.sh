@@ -7,11 +7,11 @@
 #
 #   tests/mutations/run.sh            all patches
 #   tests/mutations/run.sh 3-...      one
-#   SIM_SEEDS=600 tests/mutations/run.sh
+#   SIM_SEEDS=4000 tests/mutations/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-seeds=${SIM_SEEDS:-600}
+seeds=${SIM_SEEDS:-2000}
 export CARGO_TARGET_DIR=$root/target/mutants
 declare -A expect=(
   [1-term-reused]="invariant 1"
