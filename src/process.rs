@@ -376,43 +376,10 @@ impl Coordinator {
                 self.outcomes.push_back(Outcome::Took { record, published });
             }
             Step::ReadConfig { meta, attempt } => {
-                let stored = value
-                    .bytes
-                    .as_deref()
-                    .and_then(published::record_generation);
-                match stored {
-                    Some(g) if g >= meta.generation => self.superseded(meta, g),
-                    _ => {
-                        let record = match &self.job {
-                            Some(job) => published::encode(&meta, &job.config),
-                            None => return,
-                        };
-                        self.write(
-                            (op, Step::WriteConfig { meta, attempt }),
-                            CONFIG_KEY,
-                            record,
-                            &value,
-                        );
-                    }
-                }
+                self.write_if_newer(op, CONFIG_KEY, meta, attempt, &value)
             }
             Step::ReadGeneration { meta, attempt } => {
-                let stored = value
-                    .bytes
-                    .as_deref()
-                    .and_then(published::decode_generation);
-                match stored {
-                    Some(g) if g >= meta.generation => self.superseded(meta, g),
-                    _ => {
-                        let bytes = published::encode_generation(meta.generation);
-                        self.write(
-                            (op, Step::WriteGeneration { meta, attempt }),
-                            GENERATION_KEY,
-                            bytes,
-                            &value,
-                        );
-                    }
-                }
+                self.write_if_newer(op, GENERATION_KEY, meta, attempt, &value)
             }
             // A read answer while a write was expected: ignore it.
             other => self.current = Some((op, other)),
@@ -702,6 +669,37 @@ impl Coordinator {
         };
         self.pending_write = Some(SharedOp::Write { key, value, cas });
         self.current = Some((op, step));
+    }
+
+    /// A publish step on the config record or the counter: write
+    /// `meta`'s generation there unless a newer one is already stored.
+    fn write_if_newer(
+        &mut self,
+        op: Op,
+        key: &'static str,
+        meta: Meta,
+        attempt: u32,
+        read: &SharedValue,
+    ) {
+        let stored = read.bytes.as_deref().and_then(|b| match key {
+            CONFIG_KEY => published::record_generation(b),
+            _ => published::decode_generation(b),
+        });
+        if let Some(newer) = stored.filter(|g| *g >= meta.generation) {
+            return self.superseded(meta, newer);
+        }
+        let (bytes, step) = match (key, &self.job) {
+            (CONFIG_KEY, Some(job)) => (
+                published::encode(&meta, &job.config),
+                Step::WriteConfig { meta, attempt },
+            ),
+            (CONFIG_KEY, None) => return,
+            _ => (
+                published::encode_generation(meta.generation),
+                Step::WriteGeneration { meta, attempt },
+            ),
+        };
+        self.write((op, step), key, bytes, read);
     }
 
     fn lose(&mut self, reason: DriverLoss) {

@@ -12,7 +12,7 @@ use fallback_config::action::CallKind;
 use fallback_config::event::{DriverLoss, Event};
 use fallback_config::published::{self, CONFIG_KEY};
 use sim::checks::Checker;
-use sim::world::{Chaos, NodeSpec, World, TICK_MS};
+use sim::world::{Chaos, NodeSpec, SimRoot, World, TICK_MS};
 
 fn calm(specs: Vec<NodeSpec>) -> World {
     World::new(
@@ -56,9 +56,22 @@ fn published_generation(w: &World, p: usize) -> Option<u64> {
         .and_then(published::record_generation)
 }
 
+fn root(w: &World, p: usize, uid: u32) -> &SimRoot {
+    w.procs[p].roots.iter().find(|r| r.uid == uid).unwrap()
+}
+
 fn root_events(w: &World, p: usize, uid: u32) -> &[Event] {
-    let r = w.procs[p].roots.iter().find(|r| r.uid == uid).unwrap();
-    &r.events
+    &root(w, p, uid).events
+}
+
+/// Calls of `kind` process `p` sent so far.
+fn sent(w: &World, p: usize, kind: CallKind) -> usize {
+    w.procs[p]
+        .roots
+        .iter()
+        .flat_map(|r| &r.sent)
+        .filter(|(k, _)| *k == kind)
+        .count()
 }
 
 /// Runs until `done` holds, in 10 ms steps, at most `limit` ms; returns
@@ -79,31 +92,13 @@ fn run_until(w: &mut World, limit: u64, done: impl Fn(&World) -> bool) -> Option
 fn several_roots_and_the_canary_make_one_driver_and_one_poll_per_interval() {
     let mut w = calm(vec![spec(true, true)]);
     w.run_until(2_000);
-    let before: usize = w.procs[0]
-        .roots
-        .iter()
-        .map(|r| {
-            r.sent
-                .iter()
-                .filter(|(k, _)| *k == CallKind::CpPoll)
-                .count()
-        })
-        .sum();
+    let before = sent(&w, 0, CallKind::CpPoll);
     w.run_until(12_000);
     let roots = &w.procs[0].roots;
     let drivers: Vec<_> = roots.iter().filter(|r| r.core.is_driver()).collect();
     assert_eq!(drivers.len(), 1, "one driver");
     assert_eq!(takeovers(&w, 0).len(), 1, "taken once, never handed around");
-    let polls: usize = roots
-        .iter()
-        .map(|r| {
-            r.sent
-                .iter()
-                .filter(|(k, _)| *k == CallKind::CpPoll)
-                .count()
-        })
-        .sum::<usize>()
-        - before;
+    let polls = sent(&w, 0, CallKind::CpPoll) - before;
     // 10 s at a 500 ms interval, on 200 ms ticks.
     assert!((19..=21).contains(&polls), "{polls} CP polls in 10 s");
     for r in roots.iter().filter(|r| !r.core.is_driver()) {
@@ -124,17 +119,9 @@ fn a_stalled_driver_is_replaced_and_never_publishes_late() {
     let old = w.driver(0).unwrap();
     w.cp.revision = 2;
     // Stall it right after it sent its next CP poll.
-    let polls = |w: &World| {
-        w.procs[0]
-            .roots
-            .iter()
-            .find(|r| r.uid == old)
-            .unwrap()
-            .sent
-            .len()
-    };
-    let sent = polls(&w);
-    run_until(&mut w, 2_000, |w| polls(w) > sent).expect("a poll");
+    let polls = |w: &World| root(w, 0, old).sent.len();
+    let before = polls(&w);
+    run_until(&mut w, 2_000, |w| polls(w) > before).expect("a poll");
     let stalled_at = w.now;
     w.stall_root(0, old, stalled_at + 6_000);
     let took = run_until(&mut w, 5_000, |w| {
@@ -154,12 +141,7 @@ fn a_stalled_driver_is_replaced_and_never_publishes_late() {
     assert_eq!(late, 0, "the stalled root published: {events:?}");
     assert!(
         events.contains(&Event::DriverLost {
-            root: w.procs[0]
-                .roots
-                .iter()
-                .find(|r| r.uid == old)
-                .unwrap()
-                .context_id,
+            root: root(&w, 0, old).context_id,
             reason: DriverLoss::TakenOver
         }),
         "{events:?}"
@@ -225,12 +207,7 @@ fn a_config_update_keeps_config_identity_and_leadership() {
         writes,
         "re-exported the same config"
     );
-    let imports = w.procs[p]
-        .roots
-        .iter()
-        .flat_map(|r| &r.sent)
-        .filter(|(k, _)| *k == CallKind::Import)
-        .count();
+    let imports = sent(&w, p, CallKind::Import);
     assert_eq!(imports, 0);
     Checker::converged(&mut w).unwrap();
 }
@@ -243,23 +220,12 @@ fn a_lease_lost_with_the_import_in_flight_applies_nothing() {
     let mut w = calm(vec![spec(true, false)]);
     w.cp.up = false;
     w.store.objects.clear();
-    run_until(&mut w, 5_000, |w| {
-        w.procs[0]
-            .roots
-            .iter()
-            .any(|r| r.sent.iter().any(|(k, _)| *k == CallKind::Import))
-    })
-    .expect("an import");
+    run_until(&mut w, 5_000, |w| sent(w, 0, CallKind::Import) > 0).expect("an import");
     let old = w.driver(0).unwrap();
     w.stall_root(0, old, w.now + 5_000);
     w.run_until(w.now + 8_000);
     assert!(takeovers(&w, 0).iter().any(|(u, _)| *u != old));
-    let imports = w.procs[0]
-        .roots
-        .iter()
-        .flat_map(|r| &r.sent)
-        .filter(|(k, _)| *k == CallKind::Import)
-        .count();
+    let imports = sent(&w, 0, CallKind::Import);
     assert_eq!(imports, 1);
     let old_events = root_events(&w, 0, old);
     assert!(
