@@ -735,3 +735,232 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Shared data with Envoy's CAS rules; `refuse` makes the next write
+    /// to that key fail as the host would.
+    #[derive(Default)]
+    struct Shared {
+        map: HashMap<&'static str, (Vec<u8>, u32)>,
+        cas: u32,
+        refuse: Option<&'static str>,
+    }
+
+    impl Shared {
+        /// Runs a coordinator's calls until it has none.
+        fn run(&mut self, c: &mut Coordinator, now: Now) -> Vec<Outcome> {
+            while let Some(op) = c.poll_shared() {
+                match op {
+                    SharedOp::Read { key } => {
+                        let value = match self.map.get(key) {
+                            Some((v, cas)) => SharedValue {
+                                bytes: Some(v.clone()),
+                                cas: Some(*cas),
+                            },
+                            None => SharedValue::default(),
+                        };
+                        c.handle_read(value, now);
+                    }
+                    SharedOp::Write { key, value, cas } => {
+                        let result = if self.refuse.take_if(|k| *k == key).is_some() {
+                            WriteResult::Refused("InternalFailure".into())
+                        } else {
+                            match (self.map.get(key), cas) {
+                                (Some((_, stored)), Some(cas)) if cas != *stored => {
+                                    WriteResult::CasMismatch
+                                }
+                                _ => {
+                                    self.cas += 1;
+                                    self.map.insert(key, (value, self.cas));
+                                    WriteResult::Done
+                                }
+                            }
+                        };
+                        c.handle_write(result, now);
+                    }
+                }
+            }
+            std::iter::from_fn(|| c.poll_outcome()).collect()
+        }
+
+        fn generation(&self) -> Option<u64> {
+            self.map
+                .get(GENERATION_KEY)
+                .and_then(|(v, _)| published::decode_generation(v))
+        }
+    }
+
+    fn job(revision: &str) -> PublishJob {
+        PublishJob {
+            source: Source::ControlPlane,
+            revision: revision.into(),
+            sha256: format!("sha-{revision}"),
+            config: br#"{"revision":"r","routes":[]}"#.to_vec(),
+        }
+    }
+
+    fn root(n: u32) -> Coordinator {
+        Coordinator::new(n, format!("root-{n}"), format!("node-{n}"))
+    }
+
+    fn driving(shared: &mut Shared, n: u32, now: Now) -> Coordinator {
+        let mut c = root(n);
+        c.tick(now);
+        let out = shared.run(&mut c, now);
+        assert!(matches!(out[..], [Outcome::Took { .. }]), "{out:?}");
+        c
+    }
+
+    /// A publish the host refused never gives its generation to another
+    /// record (the old driver reset its count to 1 and could reuse it).
+    #[test]
+    fn a_failed_publish_never_reuses_its_generation() {
+        let mut shared = Shared::default();
+        let now = Now::at_millis(0);
+        let mut c = driving(&mut shared, 1, now);
+        shared.refuse = Some(CONFIG_KEY);
+        c.publish(job("r1"), now);
+        let out = shared.run(&mut c, now);
+        assert!(matches!(&out[..], [Outcome::PublishFailed(j)] if j.revision == "r1"));
+        c.publish(job("r2"), now);
+        let out = shared.run(&mut c, now);
+        assert!(
+            matches!(&out[..], [Outcome::Published(m)] if m.generation == 2 && m.revision == "r2"),
+            "{out:?}"
+        );
+        assert_eq!(shared.generation(), Some(2));
+    }
+
+    /// Generations are handed out process-wide: a new driver continues
+    /// after the last one, never from 1.
+    #[test]
+    fn a_new_driver_continues_the_generations() {
+        let mut shared = Shared::default();
+        let t0 = Now::at_millis(0);
+        let mut a = driving(&mut shared, 1, t0);
+        a.publish(job("r1"), t0);
+        shared.run(&mut a, t0);
+        a.release(t0);
+        let out = shared.run(&mut a, t0);
+        assert_eq!(out, vec![Outcome::Lost(DriverLoss::Released)]);
+        let t1 = Now::at_millis(200);
+        let mut b = root(2);
+        b.tick(t1);
+        let out = shared.run(&mut b, t1);
+        let Outcome::Took { record, published } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(record.node_id, "node-1", "the process keeps its node id");
+        assert_eq!(published.as_ref().map(|(m, _)| m.generation), Some(1));
+        b.publish(job("r2"), t1);
+        let out = shared.run(&mut b, t1);
+        assert!(matches!(&out[..], [Outcome::Published(m)] if m.generation == 2));
+    }
+
+    /// A root whose record was taken over learns it at its next read and
+    /// publishes nothing; the record holder is not disturbed.
+    #[test]
+    fn a_root_that_lost_the_lease_never_publishes() {
+        let mut shared = Shared::default();
+        let t0 = Now::at_millis(0);
+        let mut a = driving(&mut shared, 1, t0);
+        // B sees the record unchanged for the TTL and takes it.
+        let mut b = root(2);
+        b.tick(t0);
+        assert_eq!(shared.run(&mut b, t0), vec![Outcome::Following]);
+        let later = Now::at_millis(2_000);
+        b.tick(later);
+        assert!(matches!(
+            shared.run(&mut b, later)[..],
+            [Outcome::Took { .. }]
+        ));
+        // A, stalled all along, now tries to publish.
+        a.publish(job("late"), later);
+        let out = shared.run(&mut a, later);
+        assert!(
+            out.contains(&Outcome::Lost(DriverLoss::TakenOver)),
+            "{out:?}"
+        );
+        assert!(
+            matches!(out.last(), Some(Outcome::PublishFailed(_))),
+            "{out:?}"
+        );
+        assert_eq!(shared.generation(), None);
+        assert!(!a.is_driver() && b.is_driver());
+    }
+
+    /// A follower does not take a record that keeps changing, however
+    /// long it watches; it takes a released one at once.
+    #[test]
+    fn followers_wait_for_a_silent_holder_and_take_a_released_one_at_once() {
+        let mut shared = Shared::default();
+        let mut a = driving(&mut shared, 1, Now::at_millis(0));
+        let mut b = root(2);
+        for ms in (0..10_000).step_by(200) {
+            let now = Now::at_millis(ms);
+            a.tick(now);
+            assert_eq!(shared.run(&mut a, now), vec![Outcome::Renewed]);
+            b.tick(now);
+            assert_eq!(shared.run(&mut b, now), vec![Outcome::Following]);
+        }
+        let now = Now::at_millis(10_000);
+        a.release(now);
+        shared.run(&mut a, now);
+        b.tick(now);
+        assert!(matches!(
+            shared.run(&mut b, now)[..],
+            [Outcome::Took { .. }]
+        ));
+    }
+
+    /// The import is granted once per process, and never after a CP
+    /// config was published.
+    #[test]
+    fn imports_are_granted_once_and_never_after_the_cp_answered() {
+        let mut shared = Shared::default();
+        let now = Now::at_millis(0);
+        let mut a = driving(&mut shared, 1, now);
+        a.begin_import(1, now);
+        assert_eq!(shared.run(&mut a, now), vec![Outcome::ImportGranted]);
+        a.begin_import(1, now);
+        assert_eq!(
+            shared.run(&mut a, now),
+            vec![Outcome::ImportRefused(ImportRefusal::Exhausted)]
+        );
+        let mut shared = Shared::default();
+        let mut b = driving(&mut shared, 2, now);
+        b.publish(job("r1"), now);
+        shared.run(&mut b, now);
+        b.begin_import(1, now);
+        assert_eq!(
+            shared.run(&mut b, now),
+            vec![Outcome::ImportRefused(ImportRefusal::CpAnswered)]
+        );
+    }
+
+    /// Two roots creating the record at once: the CAS that only an absent
+    /// key passes lets exactly one of them drive.
+    #[test]
+    fn only_one_of_two_creators_drives() {
+        let mut shared = Shared::default();
+        let now = Now::at_millis(0);
+        let (mut a, mut b) = (root(1), root(2));
+        a.tick(now);
+        b.tick(now);
+        // Both read the key absent before either writes.
+        let (Some(ra), Some(rb)) = (a.poll_shared(), b.poll_shared()) else {
+            panic!("reads")
+        };
+        assert_eq!((&ra, &rb), (&SharedOp::Read { key: DRIVER_KEY }, &ra));
+        a.handle_read(SharedValue::default(), now);
+        b.handle_read(SharedValue::default(), now);
+        let out_a = shared.run(&mut a, now);
+        let out_b = shared.run(&mut b, now);
+        let took = |o: &[Outcome]| o.iter().any(|o| matches!(o, Outcome::Took { .. }));
+        assert!(took(&out_a) != took(&out_b), "{out_a:?} {out_b:?}");
+    }
+}

@@ -158,8 +158,12 @@ impl Checker {
         Ok(())
     }
 
-    /// Invariants 1 and 2 over the store's accepted writes.
+    /// Invariants 1 and 2 over the store's accepted writes, and the rule
+    /// behind them: no write without a precondition.
     pub fn check(&mut self, w: &World) -> Result<(), String> {
+        if let Some(write) = w.store.unconditional_writes.first() {
+            return Err(format!("invariant 1: an unconditional write: {write}"));
+        }
         let writes = &w.store.config_writes;
         for i in self.checked_writes..writes.len() {
             let cur = &writes[i];

@@ -72,6 +72,8 @@ pub struct Store {
     next_etag: u64,
     pub omit_etags: bool,
     pub requests: u64,
+    /// Writes that carried no precondition at all (none may happen).
+    pub unconditional_writes: Vec<String>,
 }
 
 pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -197,6 +199,10 @@ impl Store {
             },
             Op::Put { key, condition } => {
                 let existing = self.objects.get(&key).map(|o| o.etag.clone());
+                if condition.is_none() {
+                    self.unconditional_writes
+                        .push(format!("{writer} wrote {key}"));
+                }
                 let ok = match condition {
                     Some(None) => existing.is_none(),
                     Some(Some(tag)) => existing.as_deref() == Some(tag.as_str()),
