@@ -271,11 +271,6 @@ impl Coordinator {
         matches!(self.role, Role::Driver { .. })
     }
 
-    /// Whether work is queued or under way.
-    pub fn busy(&self) -> bool {
-        self.current.is_some() || !self.ops.is_empty()
-    }
-
     pub fn tick(&mut self, now: Now) {
         self.enqueue(Op::Tick, now);
     }
