@@ -173,8 +173,18 @@ fn gcs_tokens_are_renewed_ahead_of_expiry_and_after_a_401() {
         assert!(lines.is_empty(), "{}", lines.join("\n"));
     }
 
-    // 2. Revocation: a 401, then a new token at once.
-    let (tokens_before, objects_before) = (tokens.len(), objects.len());
+    // 2. Revocation: a 401, then a new token at once. First a long-lived
+    // token, so that no renewal can replace the revoked one before the
+    // filter next uses it.
+    gcs.token.set_token_lifetime(Duration::from_secs(3600));
+    let renewed = tokens.len();
+    wait::until("a long-lived token", TIMEOUT, || {
+        match gcs.token.requests().len() {
+            n if n > renewed => Ok(()),
+            n => Err(format!("{n} token requests")),
+        }
+    });
+    let (tokens_before, objects_before) = (gcs.token.requests().len(), gcs.front.requests().len());
     gcs.front.revoke_all_tokens();
     let revoked_at = Instant::now();
     let recovered = wait::until(
