@@ -27,7 +27,7 @@ TEST_THREADS ?= 2
 export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN
 export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help setup wasm test unit e2e run lint fmt clean mutants
+.PHONY: help setup wasm test unit e2e run lint fmt clean mutants fuzz
 
 help:
 	@echo "make run    - local demo: export to a local S3 server, CP outage, import on a new Envoy"
@@ -92,6 +92,30 @@ fmt:
 # Not part of `make test`: each injected bug must make the simulator fail.
 mutants:
 	SIM_SEEDS=$${SIM_SEEDS:-2000} tests/mutations/run.sh
+
+# Not part of `make test`: coverage-guided fuzzing of every parser of
+# bytes the filter does not control (fuzz/README.md), on nightly with
+# cargo-fuzz, FUZZ_SECONDS (default 60) per target, one after the other;
+# FUZZ_TARGET=<name> runs one. Reads the checked-in corpus fuzz/corpus/<target>
+# and grows a scratch one in fuzz/.work/<target>; a crash stops the run and
+# is written to fuzz/artifacts/<target>/.
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@test -x $(TOOLS)/cargo-fuzz/bin/cargo-fuzz || { \
+		echo "Installing cargo-fuzz 0.13.2 into $(TOOLS)/cargo-fuzz (once, ~1 min)"; \
+		cargo install cargo-fuzz --version 0.13.2 --locked --root $(TOOLS)/cargo-fuzz; }
+	cd fuzz && RUSTUP_TOOLCHAIN=nightly $(TOOLS)/cargo-fuzz/bin/cargo-fuzz build --sanitizer none
+	@cd fuzz && targets="$${FUZZ_TARGET:-$$(ls fuzz_targets | sed 's/\.rs$$//')}"; \
+	for t in $$targets; do \
+		test -f fuzz_targets/$$t.rs || { echo "no fuzz target $$t (see fuzz/fuzz_targets)"; exit 1; }; \
+		mkdir -p .work/$$t corpus/$$t; \
+		echo "== fuzz $$t for $${FUZZ_SECONDS:-60} s"; \
+		RUSTUP_TOOLCHAIN=nightly $(TOOLS)/cargo-fuzz/bin/cargo-fuzz run --sanitizer none $$t .work/$$t corpus/$$t -- \
+			-max_total_time=$${FUZZ_SECONDS:-60} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			>.work/$$t.log 2>&1; rc=$$?; \
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' .work/$$t.log | tr '\n' ' '; echo; \
+		test $$rc -eq 0 || { tail -n 60 .work/$$t.log; echo "fuzz $$t FAILED (log: fuzz/.work/$$t.log, input: fuzz/artifacts/$$t/)"; exit 1; }; \
+	done
 
 clean:
 	cargo clean

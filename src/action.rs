@@ -46,4 +46,14 @@ pub enum Metric {
     StorageRequest,
     /// This node leads in `Some(term)`, or does not (gauges).
     Leader(Option<u64>),
+    /// Where the applied config came from: 0 none, 1 CP, 2 storage.
+    ConfigSource(u64),
+    /// How old the applied config is, in seconds.
+    ConfigAge(u64),
+    /// An import attempt went out (counter).
+    ImportAttempt,
+    /// An import attempt applied nothing (counter).
+    ImportFailure,
+    /// 1 while the CP answers, 0 while it does not.
+    CpReachable(bool),
 }

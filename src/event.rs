@@ -9,6 +9,7 @@
 use crate::clock::ClockSource;
 use crate::envelope::EnvelopeError;
 use crate::gateway::GatewayConfigError;
+use crate::http::TransportError;
 use crate::published::{LoadError, Source};
 use crate::storage::StorageError;
 use std::fmt;
@@ -29,18 +30,19 @@ pub enum CpFailure {
     /// An error status, with the start of its body (Envoy reports connect
     /// errors as 503 and timeouts as 504).
     Status { status: u16, excerpt: String },
-    /// No answer at all (status 0): the reason the host or the core gave.
-    NoAnswer { detail: String },
     /// A 200 whose body is not a valid gateway config.
     Unusable(GatewayConfigError),
+    /// The call failed on the way (timeout, unreachable, reset,
+    /// truncated, over `control_plane.max_config_bytes`).
+    Transport(TransportError),
 }
 
 impl fmt::Display for CpFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CpFailure::Status { status, excerpt } => write!(f, "status {status}: {excerpt}"),
-            CpFailure::NoAnswer { detail } => f.write_str(detail),
             CpFailure::Unusable(e) => write!(f, "it sent an unusable config: {e}"),
+            CpFailure::Transport(e) => e.fmt(f),
         }
     }
 }
@@ -52,8 +54,19 @@ pub enum ImportFailure {
     Storage(StorageError),
     /// The object was read but cannot be trusted or used.
     Envelope(EnvelopeError),
+    /// The object is not JSON at all: its content type and first bytes.
+    NotJson { description: String },
+    /// The snapshot was exported longer ago than `import.max_age_s`.
+    TooOld { age_s: u64, limit_s: u64 },
     /// No credentials could be had to ask the store.
     Credentials(StorageError),
+    /// The version folders could not be listed.
+    ListFailed(StorageError),
+    /// No snapshot for this version, and none older that opened.
+    NoSnapshot { version: String, older_tried: usize },
+    /// No snapshot for this version; older ones not looked for
+    /// (`import.older_versions` is off).
+    NotFound { version: String },
 }
 
 impl fmt::Display for ImportFailure {
@@ -61,6 +74,33 @@ impl fmt::Display for ImportFailure {
         match self {
             ImportFailure::Storage(e) | ImportFailure::Credentials(e) => e.fmt(f),
             ImportFailure::Envelope(e) => e.fmt(f),
+            ImportFailure::NotJson { description } => {
+                write!(f, "the stored object is not JSON ({description})")
+            }
+            ImportFailure::TooOld { age_s, limit_s } => write!(
+                f,
+                "the snapshot is {age_s} s old, over import.max_age_s ({limit_s} s)"
+            ),
+            ImportFailure::ListFailed(e) => write!(
+                f,
+                "cannot list the versions under the prefix: {e} (listing needs s3:ListBucket, \
+                 storage.objects.list or the List permission)"
+            ),
+            ImportFailure::NotFound { version } => write!(
+                f,
+                "no snapshot for version {version} (older versions not looked for: import.older_versions is off)"
+            ),
+            ImportFailure::NoSnapshot {
+                version,
+                older_tried: 0,
+            } => write!(f, "no snapshot for version {version}, and none for an older version"),
+            ImportFailure::NoSnapshot {
+                version,
+                older_tried,
+            } => write!(
+                f,
+                "no snapshot for version {version}, and none of the {older_tried} older versions could be used"
+            ),
         }
     }
 }
@@ -187,8 +227,18 @@ pub enum Event {
     ImportStarted {
         url: String,
     },
+    /// This version has no snapshot: looking for older ones.
+    ImportListing {
+        url: String,
+    },
+    /// An older version's snapshot cannot be used; the next is tried.
+    ImportVersionSkipped {
+        version: String,
+        error: ImportFailure,
+    },
     Imported {
         revision: String,
+        version: String,
         url: String,
         exported_at: String,
         exporter: String,
@@ -196,6 +246,12 @@ pub enum Event {
     ImportFailed {
         url: String,
         error: ImportFailure,
+        /// `None`: no more attempts.
+        retry_in: Option<Duration>,
+    },
+    /// `import.max_attempts` attempts failed: no more.
+    ImportGaveUp {
+        attempts: u32,
     },
     ImportDiscarded {
         revision: String,
@@ -292,6 +348,7 @@ impl Event {
             | CpUnavailable { again: false, .. }
             | ImportWaitingForCredentials
             | ImportStarted { .. }
+            | ImportListing { .. }
             | Imported { .. }
             | ImportDiscarded { .. }
             | ExportSkipped { .. }
@@ -307,9 +364,13 @@ impl Event {
             | ExportFailed { .. }
             | ExportRefusedNoEtag { .. }
             | LeaseUnparseable
+            | ImportVersionSkipped { .. }
             | ElectionFailed { .. }
             | CredentialsFailed { .. } => Level::Warn,
-            SharedDataRefused(_) | ImportFailed { .. } | ExportUnbuildable { .. } => Level::Error,
+            SharedDataRefused(_)
+            | ImportFailed { .. }
+            | ImportGaveUp { .. }
+            | ExportUnbuildable { .. } => Level::Error,
         }
     }
 }
@@ -386,18 +447,43 @@ impl fmt::Display for Event {
                 f.write_str("waiting for the store's access token before importing")
             }
             ImportStarted { url } => write!(f, "importing fallback config from {url}"),
+            ImportListing { url } => write!(
+                f,
+                "no snapshot for this version; looking for older versions under {url}"
+            ),
+            ImportVersionSkipped { version, error } => {
+                write!(f, "snapshot of version {version} skipped: {error}")
+            }
             Imported {
                 revision,
+                version,
                 url,
                 exported_at,
                 exporter,
             } => write!(
                 f,
-                "imported revision {revision} from {url} (exported at {exported_at} by {exporter})"
+                "imported revision {revision} (version {version}) from {url} (exported at {exported_at} by {exporter})"
             ),
-            ImportFailed { url, error } => write!(
+            ImportFailed {
+                url,
+                error,
+                retry_in: Some(retry),
+            } => write!(
                 f,
-                "import failed: {error} ({url}); nothing applied, still polling the CP"
+                "import failed: {error} ({url}); nothing applied, retrying in {} ms, still polling the CP",
+                retry.as_millis()
+            ),
+            ImportFailed {
+                url,
+                error,
+                retry_in: None,
+            } => write!(
+                f,
+                "import failed: {error} ({url}); nothing applied, no more attempts, still polling the CP"
+            ),
+            ImportGaveUp { attempts } => write!(
+                f,
+                "import given up after {attempts} attempts (import.max_attempts); serving nothing until the CP answers"
             ),
             ImportDiscarded { revision } => write!(
                 f,

@@ -89,6 +89,111 @@ impl HttpResponse {
     }
 }
 
+/// A call that failed on the way rather than being answered by the
+/// server: what the proxy reported, classified so log lines say what
+/// happened instead of a bare status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportError {
+    /// The proxy gave up waiting (Envoy: 504 `upstream request timeout`).
+    Timeout,
+    /// No connection to the upstream (Envoy: 503 `upstream connect error
+    /// ...`), with the proxy's reason.
+    Unreachable(String),
+    /// The connection broke before a complete answer (Envoy reports it
+    /// with no status at all), with the host's reason.
+    Reset(String),
+    /// The answer's body is shorter than its `Content-Length`.
+    Truncated { got: usize, expected: usize },
+    /// The body is larger than the configured limit.
+    TooLarge { size: usize, limit: u64 },
+    /// No answer came at all, for the reason given.
+    NoAnswer(String),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Timeout => {
+                f.write_str("timed out (the proxy's upstream request timeout)")
+            }
+            TransportError::Unreachable(why) => {
+                write!(f, "the proxy got no answer from the upstream: {why}")
+            }
+            TransportError::Reset(why) => write!(
+                f,
+                "the call broke before a complete answer (host: {why}): a truncated or stalled \
+                 body, or a body over the proxy's buffer for a filter's calls (Envoy: runtime \
+                 key http.async_response_buffer_limit, 32 MiB by default)"
+            ),
+            TransportError::Truncated { got, expected } => write!(
+                f,
+                "truncated body: {got} of {expected} bytes (Content-Length)"
+            ),
+            TransportError::TooLarge { size, limit } => {
+                write!(f, "body of {size} bytes is over the limit of {limit} bytes")
+            }
+            TransportError::NoAnswer(why) => write!(f, "no answer: {why}"),
+        }
+    }
+}
+
+impl HttpResponse {
+    /// What went wrong on the way, if this is not a server's complete
+    /// answer of at most `limit` bytes.
+    pub fn transport_error(&self, limit: u64) -> Option<TransportError> {
+        let text = || self.body_excerpt(200);
+        let starts = |p: &str| self.body.starts_with(p.as_bytes());
+        match self.status {
+            0 if starts(RESET_PREFIX) => {
+                return Some(TransportError::Reset(
+                    String::from_utf8_lossy(&self.body[RESET_PREFIX.len()..]).into_owned(),
+                ))
+            }
+            0 => return Some(TransportError::NoAnswer(text())),
+            504 if starts("upstream request timeout") => return Some(TransportError::Timeout),
+            503 if starts("upstream connect error") || starts("no healthy upstream") => {
+                return Some(TransportError::Unreachable(text()))
+            }
+            _ => {}
+        }
+        if let Some(expected) = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            if expected != self.body.len() {
+                return Some(TransportError::Truncated {
+                    got: self.body.len(),
+                    expected,
+                });
+            }
+        }
+        let size = self.body.len();
+        (u64::try_from(size).unwrap_or(u64::MAX) > limit)
+            .then_some(TransportError::TooLarge { size, limit })
+    }
+
+    /// A broken call as the shell reports it: status 0 and the host's
+    /// reason after [`RESET_PREFIX`].
+    pub fn reset(reason: &str) -> HttpResponse {
+        HttpResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: format!("{RESET_PREFIX}{reason}").into_bytes(),
+        }
+    }
+
+    /// For a log line about a body that is not what was expected: its
+    /// content type and first 80 bytes.
+    pub fn describe_body(&self) -> String {
+        let kind = self.header("content-type").unwrap_or("no content type");
+        format!("{kind}: {:?}", self.body_excerpt(80))
+    }
+}
+
+/// How the shell marks a call the host reports as broken (see
+/// [`HttpResponse::reset`]).
+pub const RESET_PREFIX: &str = "reset: ";
+
 /// Decodes `%XX` escapes (and, when `plus_is_space`, `+` as a space, as
 /// in form bodies); malformed escapes are kept as they
 /// are. Lenient on purpose: it reads what others sent (Azure's signed

@@ -53,8 +53,10 @@ pub mod root;
 pub mod secret;
 pub mod settings;
 pub mod sigv4;
+pub mod status;
 pub mod storage;
 pub mod time;
+pub mod version;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]

@@ -51,7 +51,9 @@
 
 use crate::clock::{Instant, Now};
 use crate::event::{DriverLoss, Event, HostRefusal};
-use crate::published::{self, DriverRecord, Meta, Source, CONFIG_KEY, DRIVER_KEY, GENERATION_KEY};
+use crate::published::{
+    self, DriverRecord, Meta, Source, CONFIG_KEY, DRIVER_KEY, GENERATION_KEY, STATUS_KEY,
+};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -128,6 +130,8 @@ pub enum Outcome {
     Took {
         record: DriverRecord,
         published: Option<(Meta, Vec<u8>)>,
+        /// The status the earlier driver published (bytes).
+        status: Option<Vec<u8>>,
     },
     /// The lease is still this root's: it may act.
     Renewed,
@@ -135,7 +139,10 @@ pub enum Outcome {
     Following,
     /// This root no longer drives.
     Lost(DriverLoss),
-    ImportGranted,
+    /// The process's `attempt`-th import may go out.
+    ImportGranted {
+        attempt: u32,
+    },
     ImportRefused(ImportRefusal),
     Published(Meta),
     /// A newer generation was published first.
@@ -170,8 +177,12 @@ enum Op {
     Revalidate,
     Publish(PublishJob),
     BeginImport {
-        max_attempts: u32,
+        max_attempts: Option<u32>,
     },
+    /// The attempt finished: clear `import_in_flight`.
+    EndImport,
+    /// Write the driver's status for readiness probes.
+    Status(Vec<u8>),
     Release,
 }
 
@@ -190,6 +201,11 @@ enum Step {
     ReadInherit {
         record: DriverRecord,
     },
+    /// Then the status.
+    ReadInheritStatus {
+        record: DriverRecord,
+        published: Option<(Meta, Vec<u8>)>,
+    },
     ReadConfig {
         meta: Meta,
         attempt: u32,
@@ -206,6 +222,7 @@ enum Step {
         meta: Meta,
         attempt: u32,
     },
+    WriteStatus,
 }
 
 /// One root's side of the process protocol.
@@ -287,8 +304,20 @@ impl Coordinator {
     }
 
     /// Asks for the process's import; `max_attempts` is the import policy.
-    pub fn begin_import(&mut self, max_attempts: u32, now: Now) {
+    pub fn begin_import(&mut self, max_attempts: Option<u32>, now: Now) {
         self.enqueue(Op::BeginImport { max_attempts }, now);
+    }
+
+    /// The granted attempt is over.
+    pub fn end_import(&mut self, now: Now) {
+        self.enqueue(Op::EndImport, now);
+    }
+
+    /// Publishes the driver's status (see [`crate::status`]).
+    pub fn status(&mut self, bytes: Vec<u8>, now: Now) {
+        // Only the newest matters.
+        self.ops.retain(|op| !matches!(op, Op::Status(_)));
+        self.enqueue(Op::Status(bytes), now);
     }
 
     /// The root is shutting down: hand the lease over at once.
@@ -325,6 +354,7 @@ impl Coordinator {
                 Step::ReadGeneration { .. } => SharedOp::Read {
                     key: GENERATION_KEY,
                 },
+                Step::ReadInheritStatus { .. } => SharedOp::Read { key: STATUS_KEY },
                 // Writes are produced together with their CAS by the read
                 // before them, see `pending_write`.
                 _ => self.pending_write.take()?,
@@ -347,7 +377,19 @@ impl Coordinator {
                 }
                 driving
             }
-            Op::BeginImport { .. } => driving,
+            Op::BeginImport { .. } | Op::EndImport => driving,
+            Op::Status(bytes) => {
+                // Informational: a plain write, by the driver only.
+                if driving {
+                    self.pending_write = Some(SharedOp::Write {
+                        key: STATUS_KEY,
+                        value: bytes.clone(),
+                        cas: None,
+                    });
+                    return Some((op, Step::WriteStatus));
+                }
+                false
+            }
         };
         needed.then_some((op, Step::ReadDriver))
     }
@@ -368,7 +410,14 @@ impl Coordinator {
                 if let Role::Driver { floor, .. } = &mut self.role {
                     *floor = published.as_ref().map_or(0, |(m, _)| m.generation);
                 }
-                self.outcomes.push_back(Outcome::Took { record, published });
+                self.current = Some((op, Step::ReadInheritStatus { record, published }));
+            }
+            Step::ReadInheritStatus { record, published } => {
+                self.outcomes.push_back(Outcome::Took {
+                    record,
+                    published,
+                    status: value.bytes,
+                });
             }
             Step::ReadConfig { meta, attempt } => {
                 self.write_if_newer(op, CONFIG_KEY, meta, attempt, &value)
@@ -391,6 +440,7 @@ impl Coordinator {
             let key = match &step {
                 Step::WriteConfig { .. } => CONFIG_KEY,
                 Step::WriteGeneration { .. } => GENERATION_KEY,
+                Step::WriteStatus => STATUS_KEY,
                 _ => DRIVER_KEY,
             };
             self.events.push(Event::SharedDataRefused(HostRefusal {
@@ -430,6 +480,7 @@ impl Coordinator {
                 }
                 _ => self.publish_failed(),
             },
+            Step::WriteStatus => {}
             other => self.current = Some((op, other)),
         }
     }
@@ -486,7 +537,7 @@ impl Coordinator {
                     Op::BeginImport { max_attempts } => {
                         let refusal = if mine.cp_answered {
                             Some(ImportRefusal::CpAnswered)
-                        } else if mine.import_attempts >= *max_attempts {
+                        } else if max_attempts.is_some_and(|m| mine.import_attempts >= m) {
                             Some(ImportRefusal::Exhausted)
                         } else {
                             None
@@ -496,7 +547,10 @@ impl Coordinator {
                             return;
                         }
                         next.import_attempts += 1;
+                        next.import_in_flight = true;
                     }
+                    Op::EndImport => next.import_in_flight = false,
+                    Op::Status(_) => {}
                 }
                 let step = Step::WriteDriver {
                     record: next.clone(),
@@ -516,6 +570,7 @@ impl Coordinator {
                         generation: 0,
                         cp_answered: false,
                         import_attempts: 0,
+                        import_in_flight: false,
                     }),
                     (Some(b), r) => {
                         let expired = match &observed {
@@ -542,6 +597,7 @@ impl Coordinator {
                                 generation: 0,
                                 cp_answered: false,
                                 import_attempts: 0,
+                                import_in_flight: false,
                             });
                             DriverRecord {
                                 owner: self.me.clone(),
@@ -610,7 +666,10 @@ impl Coordinator {
                         });
                         self.outcomes.push_back(Outcome::Lost(DriverLoss::Released));
                     }
-                    Op::BeginImport { .. } => self.outcomes.push_back(Outcome::ImportGranted),
+                    Op::BeginImport { .. } => self.outcomes.push_back(Outcome::ImportGranted {
+                        attempt: record.import_attempts,
+                    }),
+                    Op::EndImport | Op::Status(_) => {}
                     Op::Publish(job) => {
                         let meta = Meta {
                             generation: record.generation,
@@ -846,7 +905,10 @@ mod tests {
         let mut b = root(2);
         b.tick(t1);
         let out = shared.run(&mut b, t1);
-        let Outcome::Took { record, published } = &out[0] else {
+        let Outcome::Took {
+            record, published, ..
+        } = &out[0]
+        else {
             panic!("{out:?}")
         };
         assert_eq!(record.node_id, "node-1", "the process keeps its node id");
@@ -919,9 +981,12 @@ mod tests {
         let mut shared = Shared::default();
         let now = Now::at_millis(0);
         let mut a = driving(&mut shared, 1, now);
-        a.begin_import(1, now);
-        assert_eq!(shared.run(&mut a, now), vec![Outcome::ImportGranted]);
-        a.begin_import(1, now);
+        a.begin_import(Some(1), now);
+        assert_eq!(
+            shared.run(&mut a, now),
+            vec![Outcome::ImportGranted { attempt: 1 }]
+        );
+        a.begin_import(Some(1), now);
         assert_eq!(
             shared.run(&mut a, now),
             vec![Outcome::ImportRefused(ImportRefusal::Exhausted)]
@@ -930,7 +995,7 @@ mod tests {
         let mut b = driving(&mut shared, 2, now);
         b.publish(job("r1"), now);
         shared.run(&mut b, now);
-        b.begin_import(1, now);
+        b.begin_import(Some(1), now);
         assert_eq!(
             shared.run(&mut b, now),
             vec![Outcome::ImportRefused(ImportRefusal::CpAnswered)]

@@ -23,6 +23,9 @@ pub const DRIVER_KEY: &str = "fallback_config.v2.driver";
 pub const CONFIG_KEY: &str = "fallback_config.v2.config";
 /// Shared-data key of the published generation (decimal `u64`).
 pub const GENERATION_KEY: &str = "fallback_config.v2.generation";
+/// Shared-data key of the driver's status, for readiness probes (JSON,
+/// see [`crate::status`]).
+pub const STATUS_KEY: &str = "fallback_config.v2.status";
 
 /// Where a published config came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,8 +191,12 @@ pub struct DriverRecord {
     pub generation: u64,
     /// A driver of this process applied a CP answer: no import, ever.
     pub cp_answered: bool,
-    /// Imports sent by this process.
+    /// Import attempts this process started.
     pub import_attempts: u32,
+    /// An attempt was granted and not yet reported finished: a new
+    /// driver waits out its timeout before starting another.
+    #[serde(default)]
+    pub import_in_flight: bool,
 }
 
 impl DriverRecord {
@@ -243,6 +250,7 @@ mod tests {
             generation: 12,
             cp_answered: true,
             import_attempts: 1,
+            import_in_flight: true,
         };
         assert_eq!(DriverRecord::decode(&r.encode()), Some(r));
         assert_eq!(DriverRecord::decode(b"owner 123"), None);

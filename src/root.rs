@@ -14,7 +14,7 @@
 //! that arrives after the lease's validity ran out (a stalled thread)
 //! waits until a renewal succeeded, and is dropped if the lease was lost.
 
-use crate::action::{Call, Metric, Token};
+use crate::action::{Call, CallKind, Metric, Token};
 use crate::clock::{Clock, ClockNotice, ClockSource, HostTime, Now};
 use crate::controller::{Controller, Inherited, Output};
 use crate::event::Event;
@@ -22,6 +22,7 @@ use crate::http::HttpResponse;
 use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult};
 use crate::rng::Rng;
 use crate::settings::{Settings, SettingsError, DEFAULT_UPSTREAM_HEADER};
+use crate::status::StatusRecord;
 use std::collections::VecDeque;
 
 /// What the shell must do next.
@@ -65,6 +66,11 @@ pub struct Root {
     /// the controllers one root runs, so a late answer to a call of an
     /// earlier one can never be taken for a call of the current one.
     next_token: Token,
+    /// Seeds each controller's jitter (from the host's randomness).
+    rng: Rng,
+    /// The last shared-data call renewed the lease (or granted an import):
+    /// an import request may go out right after it, and only then.
+    just_validated: bool,
 }
 
 impl Root {
@@ -79,6 +85,8 @@ impl Root {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             next_token: 1,
+            rng: Rng::new(u64::from(context_id)),
+            just_validated: false,
         }
     }
 
@@ -100,11 +108,11 @@ impl Root {
             .node_id
             .clone()
             .or(host_node_id.filter(|n| !n.trim().is_empty()));
-        let mut rng = Rng::new(random);
-        let owner = format!("root-{}-{:016x}", self.context_id, rng.next_u64());
+        self.rng = Rng::new(random);
+        let owner = format!("root-{}-{:016x}", self.context_id, self.rng.next_u64());
         let proposed = node_id
             .clone()
-            .unwrap_or_else(|| format!("node-{:016x}", rng.next_u64()));
+            .unwrap_or_else(|| format!("node-{:016x}", self.rng.next_u64()));
         self.events.push_back(Event::Configured {
             import: settings.import,
             export: settings.export,
@@ -129,6 +137,13 @@ impl Root {
             .map_or(DEFAULT_UPSTREAM_HEADER, |c| {
                 c.settings.upstream_header.as_str()
             })
+    }
+
+    /// `status_path`, if on: workers answer it themselves.
+    pub fn status_path(&self) -> Option<&str> {
+        self.configured
+            .as_ref()
+            .and_then(|c| c.settings.status_path.as_deref())
     }
 
     /// Whether this root drives its process.
@@ -187,15 +202,26 @@ impl Root {
     /// thread that stalled since the callback began must not send on the
     /// strength of a lease that may have run out meanwhile, so a call
     /// waits for a renewal first (and is dropped if the lease was lost).
+    ///
+    /// An import request goes out only right after a renewal of the lease
+    /// (or the grant itself): a wall clock can hide a stall (on a host
+    /// without a monotonic clock, set back while the thread was stuck), and
+    /// two imports must never be out at once. So the only window left is
+    /// between two hostcalls, the renewal and the dispatch.
     pub fn poll_action(&mut self, time: HostTime) -> Option<Action> {
         self.read_clock(time);
         let now = self.now;
+        let fresh = std::mem::take(&mut self.just_validated);
         let c = self.configured.as_mut()?;
         if let Some(op) = c.coordinator.poll_shared() {
             return Some(Action::Shared(op));
         }
-        let send_next = matches!(self.actions.front(), Some(Action::Send(_)));
-        if send_next && !c.coordinator.may_act(now.mono) {
+        let (send, import) = match self.actions.front() {
+            Some(Action::Send(call)) => (true, call.kind == CallKind::Import),
+            _ => (false, false),
+        };
+        let valid = c.coordinator.may_act(now.mono) && (fresh || !import);
+        if send && !valid {
             c.coordinator.revalidate(now);
             return c.coordinator.poll_shared().map(Action::Shared);
         }
@@ -310,13 +336,19 @@ impl Root {
             Output::Metric(m) => self.actions.push_back(Action::Metric(m)),
             Output::Publish(job) => c.coordinator.publish(job, now),
             Output::RequestImport { max_attempts } => c.coordinator.begin_import(max_attempts, now),
+            Output::EndImport => c.coordinator.end_import(now),
+            Output::Status(record) => c.coordinator.status(record.encode(), now),
         }
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {
         let now = self.now;
         match outcome {
-            Outcome::Took { record, published } => {
+            Outcome::Took {
+                record,
+                published,
+                status,
+            } => {
                 let Some(c) = self.configured.as_ref() else {
                     return;
                 };
@@ -331,17 +363,24 @@ impl Root {
                     published,
                     cp_answered: record.cp_answered,
                     import_attempts: record.import_attempts,
+                    import_in_flight: record.import_in_flight,
+                    status: status.as_deref().and_then(StatusRecord::decode),
                 };
+                let seed = self.rng.next_u64();
                 self.controller = Some(Controller::new(
                     &c.settings,
                     node_id,
                     inherited,
                     self.next_token,
+                    seed,
                     now,
                 ));
                 self.run_deferred();
             }
-            Outcome::Renewed => self.run_deferred(),
+            Outcome::Renewed => {
+                self.just_validated = true;
+                self.run_deferred();
+            }
             Outcome::Following => self.deferred.clear(),
             Outcome::Lost(_) => {
                 self.deferred.clear();
@@ -359,9 +398,10 @@ impl Root {
                 // answers find no controller, or an unknown token.
                 self.actions.retain(|a| !matches!(a, Action::Send(_)));
             }
-            Outcome::ImportGranted => {
+            Outcome::ImportGranted { attempt } => {
+                self.just_validated = true;
                 if let Some(ctl) = self.controller.as_mut() {
-                    ctl.import_granted(now);
+                    ctl.import_granted(attempt, now);
                 }
             }
             Outcome::ImportRefused(r) => {

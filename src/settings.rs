@@ -28,7 +28,42 @@ pub struct Settings {
     pub control_plane: ControlPlaneSettings,
     pub upstream_header: String,
     pub election: ElectionSettings,
+    pub import_policy: ImportPolicy,
+    /// A request for exactly this path is answered by the filter with its
+    /// status (readiness); `None`: off.
+    pub status_path: Option<String>,
 }
+
+/// How an importer retries and what it accepts (the `import` object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportPolicy {
+    /// The first wait after a failed import; doubled after each failure.
+    pub retry_initial: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+    /// Give up after this many attempts; `None`: never.
+    pub max_attempts: Option<u32>,
+    /// Without a snapshot for this version, import the newest older one.
+    pub older_versions: bool,
+    /// Refuse snapshots exported longer ago; `None`: no limit.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for ImportPolicy {
+    fn default() -> Self {
+        ImportPolicy {
+            retry_initial: Duration::from_millis(1000),
+            retry_max: Duration::from_millis(30_000),
+            max_attempts: None,
+            older_versions: true,
+            max_age: None,
+        }
+    }
+}
+
+/// Default of `storage.max_object_bytes` and
+/// `control_plane.max_config_bytes`: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Leader election among exporters (see [`crate::election`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +82,8 @@ pub struct ControlPlaneSettings {
     pub path: String,
     pub timeout: Duration,
     pub poll_interval: Duration,
+    /// A config larger than this is refused.
+    pub max_config_bytes: u64,
 }
 
 /// A plugin configuration that cannot be used. `field` is the JSON path
@@ -158,6 +195,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_CP_PATH.to_string()),
             timeout: cp.millis("timeout_ms", 2000)?,
             poll_interval: cp.millis("poll_interval_ms", 5000)?,
+            max_config_bytes: cp.bytes("max_config_bytes", DEFAULT_MAX_BODY_BYTES)?,
             cluster,
         };
         if !control_plane.path.starts_with('/') {
@@ -191,8 +229,53 @@ impl Settings {
             region: st.non_empty("region")?,
             token_cluster: st.non_empty("token_cluster")?,
             timeout: st.millis("timeout_ms", 5000)?,
+            max_object_bytes: st.bytes("max_object_bytes", DEFAULT_MAX_BODY_BYTES)?,
         };
         st.finish()?;
+
+        let mut im = root.object("import")?;
+        let defaults = ImportPolicy::default();
+        let import_policy = ImportPolicy {
+            retry_initial: im.millis(
+                "retry_initial_ms",
+                defaults.retry_initial.as_millis() as u64,
+            )?,
+            retry_max: im.millis("retry_max_ms", defaults.retry_max.as_millis() as u64)?,
+            max_attempts: match im.u64("max_attempts")? {
+                None | Some(0) => None,
+                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            },
+            older_versions: im
+                .bool("older_versions")?
+                .unwrap_or(defaults.older_versions),
+            max_age: match im.u64("max_age_s")? {
+                None | Some(0) => None,
+                Some(s) if s > MAX_MILLIS / 1000 * 365 => {
+                    return err("import.max_age_s", "must be at most one year in seconds")
+                }
+                Some(s) => Some(Duration::from_secs(s)),
+            },
+        };
+        if import_policy.retry_max < import_policy.retry_initial {
+            return err(
+                "import.retry_max_ms",
+                format!(
+                    "must be at least import.retry_initial_ms ({} ms)",
+                    import_policy.retry_initial.as_millis()
+                ),
+            );
+        }
+        im.finish()?;
+        let status_path = root.string("status_path")?;
+        if let Some(p) = &status_path {
+            if !p.starts_with('/') {
+                return err("status_path", "must start with '/'");
+            }
+            if p.contains(['?', '#']) {
+                return err("status_path", "must be a plain path, without '?' or '#'");
+            }
+            check_token("status_path", p.clone())?;
+        }
         root.finish()?;
 
         let storage = match storage_url {
@@ -215,6 +298,8 @@ impl Settings {
             control_plane,
             upstream_header,
             election,
+            import_policy,
+            status_path,
         })
     }
 }
@@ -248,6 +333,7 @@ struct StorageFields {
     region: Option<String>,
     token_cluster: Option<String>,
     timeout: Duration,
+    max_object_bytes: u64,
 }
 
 /// The storage URL plus the `storage` block and the environment, checked
@@ -310,6 +396,7 @@ fn storage_settings(
         location,
         cluster: fields.cluster,
         timeout: fields.timeout,
+        max_object_bytes: fields.max_object_bytes,
         backend,
     })
 }
@@ -515,6 +602,19 @@ impl Fields {
                 format!("must be at most {MAX_MILLIS} (one day), got {n}"),
             ),
             n => Ok(Duration::from_millis(n.unwrap_or(default))),
+        }
+    }
+
+    /// A positive byte count (a size limit), at most 1 GiB: larger bodies
+    /// than that could not be held by the proxy anyway.
+    fn bytes(&mut self, key: &str, default: u64) -> Result<u64, SettingsError> {
+        match self.u64(key)? {
+            Some(0) => err(self.name(key), "must be greater than 0"),
+            Some(n) if n > 1 << 30 => err(
+                self.name(key),
+                format!("must be at most 1073741824 (1 GiB), got {n}"),
+            ),
+            n => Ok(n.unwrap_or(default)),
         }
     }
 
@@ -895,6 +995,86 @@ mod tests {
             "election.lease_ttl_ms"
         );
         assert_eq!(field_of(r#"{"election":{"ttl":1}}"#), "election.ttl");
+    }
+
+    #[test]
+    fn import_policy_limits_and_status_path() {
+        let s = parse_with("{}", &[]).unwrap();
+        assert_eq!(s.import_policy, ImportPolicy::default());
+        assert_eq!(s.import_policy.retry_initial, Duration::from_secs(1));
+        assert_eq!(s.import_policy.retry_max, Duration::from_secs(30));
+        assert_eq!(s.import_policy.max_attempts, None);
+        assert!(s.import_policy.older_versions);
+        assert_eq!(s.import_policy.max_age, None);
+        assert_eq!(s.control_plane.max_config_bytes, 33_554_432);
+        assert_eq!(s.status_path, None);
+        let s = parse_with(
+            r#"{"import":{"retry_initial_ms":500,"retry_max_ms":4000,"max_attempts":3,
+                          "older_versions":false,"max_age_s":3600},
+                "control_plane":{"max_config_bytes":1024},
+                "status_path":"/.fallback-config/status",
+                "cluster_fallback_config_import":true,"cluster_fallback_config_storage":"s3://b",
+                "storage":{"max_object_bytes":2048}}"#,
+            &[],
+        )
+        .unwrap();
+        let p = s.import_policy;
+        assert_eq!(
+            (
+                p.retry_initial,
+                p.retry_max,
+                p.max_attempts,
+                p.older_versions,
+                p.max_age
+            ),
+            (
+                Duration::from_millis(500),
+                Duration::from_secs(4),
+                Some(3),
+                false,
+                Some(Duration::from_secs(3600))
+            )
+        );
+        assert_eq!(s.control_plane.max_config_bytes, 1024);
+        assert_eq!(s.storage.unwrap().max_object_bytes, 2048);
+        assert_eq!(s.status_path.as_deref(), Some("/.fallback-config/status"));
+        // 0 means no limit.
+        let s = parse_with(r#"{"import":{"max_attempts":0,"max_age_s":0}}"#, &[]).unwrap();
+        assert_eq!(
+            (s.import_policy.max_attempts, s.import_policy.max_age),
+            (None, None)
+        );
+        for (json, field) in [
+            (
+                r#"{"import":{"retry_initial_ms":0}}"#,
+                "import.retry_initial_ms",
+            ),
+            (
+                r#"{"import":{"retry_initial_ms":5000,"retry_max_ms":1000}}"#,
+                "import.retry_max_ms",
+            ),
+            (r#"{"import":{"max_attempts":-1}}"#, "import.max_attempts"),
+            (
+                r#"{"import":{"older_versions":"yes"}}"#,
+                "import.older_versions",
+            ),
+            (r#"{"import":{"max_age_s":1.5}}"#, "import.max_age_s"),
+            (r#"{"import":{"retries":3}}"#, "import.retries"),
+            (
+                r#"{"control_plane":{"max_config_bytes":0}}"#,
+                "control_plane.max_config_bytes",
+            ),
+            (
+                r#"{"storage":{"max_object_bytes":2147483648}}"#,
+                "storage.max_object_bytes",
+            ),
+            (r#"{"status_path":"status"}"#, "status_path"),
+            (r#"{"status_path":"/s?x=1"}"#, "status_path"),
+            (r#"{"status_path":"/a b"}"#, "status_path"),
+            (r#"{"status_path":7}"#, "status_path"),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
     }
 
     #[test]

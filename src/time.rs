@@ -128,6 +128,65 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Parses an RFC 3339 date-time (`2026-11-27T10:00:00Z`, optional
+    /// fraction, `Z` or a `±HH:MM` offset), as the envelope's
+    /// `exported_at` holds it. Dates before 1970 and other forms give
+    /// `None`.
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        let s = s.trim();
+        let b = s.as_bytes();
+        let digits = |from: usize, len: usize| -> Option<u64> {
+            let part = s.get(from..from + len)?;
+            part.bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+        };
+        let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+        let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+        let (h, m, sec) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+        let t = matches!(b.get(10), Some(b'T' | b't' | b' '));
+        if !(sep(4, b'-') && sep(7, b'-') && t && sep(13, b':') && sep(16, b':')) {
+            return None;
+        }
+        let mut rest = s.get(19..)?;
+        let mut millis = 0;
+        if let Some(frac) = rest.strip_prefix('.') {
+            let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 {
+                return None;
+            }
+            let first3: String = frac[..n].chars().chain("000".chars()).take(3).collect();
+            millis = first3.parse::<u64>().ok()?;
+            rest = &frac[n..];
+        }
+        let offset_min: i64 = match rest {
+            "Z" | "z" => 0,
+            _ => {
+                let sign = match rest.as_bytes().first()? {
+                    b'+' => 1,
+                    b'-' => -1,
+                    _ => return None,
+                };
+                let oh = rest.get(1..3)?.parse::<i64>().ok()?;
+                let om = rest.get(4..6)?.parse::<i64>().ok()?;
+                if rest.len() != 6 || rest.as_bytes().get(3) != Some(&b':') || oh > 23 || om > 59 {
+                    return None;
+                }
+                sign * (oh * 60 + om)
+            }
+        };
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+            return None;
+        }
+        let days = days_from_civil(i64::try_from(year).ok()?, month as u32, day as u32);
+        let secs = days * 86_400 + (h * 3600 + m * 60 + sec) as i64 - offset_min * 60;
+        let secs = u64::try_from(secs).ok()?;
+        Some(Timestamp(secs.checked_mul(1000)?.checked_add(millis)?))
+    }
+}
+
 /// (year, month, day) to days since 1970-01-01; inverse of
 /// [`civil_from_days`] (Howard Hinnant's `days_from_civil`).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -213,6 +272,38 @@ mod tests {
             let t = Timestamp::from_secs(days * 86_400 + 3_723);
             let c = t.civil();
             assert_eq!(days_from_civil(c.year, c.month, c.day), days as i64);
+        }
+    }
+
+    #[test]
+    fn parses_rfc3339() {
+        let t = Timestamp::from_secs(1_440_938_160);
+        assert_eq!(Timestamp::parse_rfc3339(&t.rfc3339()), Some(t));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2015-08-30T12:36:00.250Z"),
+            Some(Timestamp(1_440_938_160_250))
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2015-08-30T14:36:00+02:00"),
+            Some(t)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2015-08-30T10:36:00-02:00"),
+            Some(t)
+        );
+        for bad in [
+            "",
+            "2015-08-30",
+            "2015-08-30T12:36:00",
+            "2015-08-30T12:36:00.Z",
+            "2015-13-30T12:36:00Z",
+            "2015-08-30T25:36:00Z",
+            "2015-08-30T12:36:00+0200",
+            "1969-12-31T23:59:59Z",
+            "2015-08-30X12:36:00Z",
+            "２015-08-30T12:36:00Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
         }
     }
 

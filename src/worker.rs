@@ -10,7 +10,10 @@
 
 use crate::event::Event;
 use crate::gateway::{GatewayConfig, RequestInfo};
-use crate::published::{self, LoadError, CONFIG_KEY, GENERATION_KEY};
+use crate::published::{self, LoadError, CONFIG_KEY, GENERATION_KEY, STATUS_KEY};
+use crate::status;
+use crate::time::Timestamp;
+use std::borrow::Cow;
 
 /// Body of the 503 sent while no config is available.
 pub const NO_CONFIG_BODY: &str = r#"{"message": "no configuration available"}"#;
@@ -27,7 +30,19 @@ pub enum Verdict<'a> {
     /// Set the upstream header to this cluster and continue.
     Forward { upstream: &'a str },
     /// Answer locally.
-    Reply { status: u32, body: &'static str },
+    Reply {
+        status: u32,
+        body: Cow<'static, str>,
+    },
+}
+
+impl Verdict<'_> {
+    fn reply(status: u32, body: &'static str) -> Self {
+        Verdict::Reply {
+            status,
+            body: Cow::Borrowed(body),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,6 +54,8 @@ enum Look {
     Counter,
     /// The counter says this: read the record.
     Record(u64),
+    /// A request for the status path: read the driver's status.
+    Status,
 }
 
 /// One worker's view of the published config.
@@ -53,11 +70,29 @@ pub struct WorkerCache {
     failed: Option<u64>,
     look: Look,
     event: Option<Event>,
+    /// `status_path`, if on.
+    status_path: Option<String>,
+    /// This request is for the status path.
+    for_status: bool,
+    /// The driver's status, read for this request.
+    status: Option<Vec<u8>>,
 }
 
 impl WorkerCache {
-    /// A request starts: the next [`Self::poll_read`] asks for the counter.
-    pub fn begin(&mut self) {
+    /// A worker answering `status_path` itself (`None`: off).
+    pub fn with_status_path(status_path: Option<String>) -> Self {
+        WorkerCache {
+            status_path,
+            ..WorkerCache::default()
+        }
+    }
+
+    /// A request for `path` starts: the next [`Self::poll_read`] asks for
+    /// the counter (and, for the status path, then for the status).
+    pub fn begin(&mut self, path: &str) {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        self.for_status = self.status_path.as_deref() == Some(path);
+        self.status = None;
         self.look = Look::Counter;
     }
 
@@ -67,24 +102,33 @@ impl WorkerCache {
             Look::Idle => None,
             Look::Counter => Some(GENERATION_KEY),
             Look::Record(_) => Some(CONFIG_KEY),
+            Look::Status => Some(STATUS_KEY),
         }
     }
 
     /// The value of the key [`Self::poll_read`] asked for.
     pub fn handle_read(&mut self, bytes: Option<&[u8]>) {
+        let after_config = match self.for_status {
+            true => Look::Status,
+            false => Look::Idle,
+        };
         match self.look {
             Look::Idle => {}
             Look::Counter => {
                 let counter = bytes.and_then(published::decode_generation);
                 self.look = match counter {
                     Some(g) if Some(g) != self.seen => Look::Record(g),
-                    _ => Look::Idle,
+                    _ => after_config,
                 };
             }
             Look::Record(counter) => {
-                self.look = Look::Idle;
+                self.look = after_config;
                 self.seen = Some(counter);
                 self.load(counter, bytes);
+            }
+            Look::Status => {
+                self.look = Look::Idle;
+                self.status = bytes.map(<[u8]>::to_vec);
             }
         }
     }
@@ -128,20 +172,24 @@ impl WorkerCache {
         self.loaded
     }
 
-    pub fn decide(&self, req: RequestInfo<'_>) -> Verdict<'_> {
+    /// The verdict for the request begun last. `wall` is asked only for
+    /// the status path (the config's age).
+    pub fn decide(&self, req: RequestInfo<'_>, wall: &dyn Fn() -> Timestamp) -> Verdict<'_> {
+        if self.for_status {
+            let (status, body) =
+                status::answer(self.status.as_deref(), self.config.is_some(), wall());
+            return Verdict::Reply {
+                status,
+                body: Cow::Owned(body),
+            };
+        }
         match &self.config {
-            None => Verdict::Reply {
-                status: 503,
-                body: NO_CONFIG_BODY,
-            },
+            None => Verdict::reply(503, NO_CONFIG_BODY),
             Some(config) => match config.route(req) {
                 Some(route) => Verdict::Forward {
                     upstream: &route.upstream,
                 },
-                None => Verdict::Reply {
-                    status: 404,
-                    body: NO_ROUTE_BODY,
-                },
+                None => Verdict::reply(404, NO_ROUTE_BODY),
             },
         }
     }
@@ -161,6 +209,10 @@ mod tests {
             sha256: "x".into(),
         };
         encode(&meta, config.as_bytes())
+    }
+
+    fn wall() -> Timestamp {
+        Timestamp::from_secs(1_800_000_000)
     }
 
     const REQ: RequestInfo<'static> = RequestInfo {
@@ -187,7 +239,7 @@ mod tests {
 
         /// One request through the cache, as the shell runs it.
         fn request(&mut self, c: &mut WorkerCache) -> Option<Event> {
-            c.begin();
+            c.begin("/echo/1");
             while let Some(key) = c.poll_read() {
                 *self.reads.entry(key).or_default() += 1;
                 c.handle_read(self.map.get(key).map(Vec::as_slice));
@@ -201,17 +253,11 @@ mod tests {
         let mut s = Shared::default();
         let mut c = WorkerCache::default();
         assert_eq!(s.request(&mut c), None);
-        assert_eq!(
-            c.decide(REQ),
-            Verdict::Reply {
-                status: 503,
-                body: NO_CONFIG_BODY
-            }
-        );
+        assert_eq!(c.decide(REQ, &wall), Verdict::reply(503, NO_CONFIG_BODY));
         s.publish(1, CFG);
         assert_eq!(s.request(&mut c), None);
         assert_eq!(
-            c.decide(REQ),
+            c.decide(REQ, &wall),
             Verdict::Forward {
                 upstream: "echo_service"
             }
@@ -224,13 +270,7 @@ mod tests {
             path: "/nope",
             ..REQ
         };
-        assert_eq!(
-            c.decide(other),
-            Verdict::Reply {
-                status: 404,
-                body: NO_ROUTE_BODY
-            }
-        );
+        assert_eq!(c.decide(other, &wall), Verdict::reply(404, NO_ROUTE_BODY));
         let v: serde_json::Value = serde_json::from_str(NO_ROUTE_BODY).unwrap();
         assert_eq!(v["message"], "no Route matched with those values");
     }
@@ -254,7 +294,7 @@ mod tests {
         }
         assert_eq!(s.reads[CONFIG_KEY], 2, "no per-request copy");
         assert_eq!(
-            c.decide(REQ),
+            c.decide(REQ, &wall),
             Verdict::Forward {
                 upstream: "echo_service"
             }
@@ -279,7 +319,7 @@ mod tests {
         let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
         s.publish(2, v2);
         s.request(&mut c);
-        assert_eq!(c.decide(REQ), Verdict::Forward { upstream: "v2" });
+        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
     }
 
     #[test]

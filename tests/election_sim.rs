@@ -48,6 +48,7 @@ fn controller(settings: &Settings, id: &str) -> Controller {
         id.to_string(),
         Inherited::default(),
         1,
+        7,
         Now::at_millis(0),
     )
 }
@@ -314,7 +315,11 @@ impl World {
                         .push((self.now.plus(STEP), token, answer));
                 }
                 Output::Metric(Metric::ExportWritten) => self.nodes[i].exports += 1,
-                Output::Metric(_) | Output::Publish(_) | Output::RequestImport { .. } => {}
+                Output::Metric(_)
+                | Output::Publish(_)
+                | Output::RequestImport { .. }
+                | Output::EndImport
+                | Output::Status(_) => {}
             }
         }
     }

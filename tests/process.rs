@@ -213,20 +213,43 @@ fn a_config_update_keeps_config_identity_and_leadership() {
 }
 
 /// The driver's import is in flight when its thread stalls past the
-/// lease: its answer is never applied, and the new driver does not send
-/// a second import while the first may still be out.
+/// lease, with a storage timeout (5 s) longer than the lease (2 s): its
+/// answer is never applied, the new driver sends no import while the
+/// first may still be out (its timeout plus a second from the takeover),
+/// then imports and serves.
 #[test]
 fn a_lease_lost_with_the_import_in_flight_applies_nothing() {
-    let mut w = calm(vec![spec(true, false)]);
+    let importer = NodeSpec {
+        storage_timeout_ms: 5_000,
+        ..spec(true, false)
+    };
+    let mut w = calm(vec![importer]);
     w.cp.up = false;
-    w.store.objects.clear();
+    w.seed_other_versions();
     run_until(&mut w, 5_000, |w| sent(w, 0, CallKind::Import) > 0).expect("an import");
     let old = w.driver(0).unwrap();
-    w.stall_root(0, old, w.now + 5_000);
-    w.run_until(w.now + 8_000);
-    assert!(takeovers(&w, 0).iter().any(|(u, _)| *u != old));
-    let imports = sent(&w, 0, CallKind::Import);
-    assert_eq!(imports, 1);
+    w.stall_root(0, old, w.now + 9_000);
+    let took = run_until(&mut w, 5_000, |w| {
+        takeovers(w, 0).iter().any(|(u, _)| *u != old)
+    })
+    .expect("no takeover");
+    let taken_at = w.now;
+    assert!(took < 3_000, "took over {took} ms after the stall");
+    w.run_until(taken_at + 15_000);
+    let new_imports: Vec<u64> = w.procs[0]
+        .roots
+        .iter()
+        .filter(|r| r.uid != old)
+        .flat_map(|r| r.sent.iter())
+        .filter(|(k, _)| *k == CallKind::Import)
+        .map(|(_, at)| *at)
+        .collect();
+    let first = *new_imports.first().expect("the new driver never imported");
+    assert!(
+        first >= taken_at + 5_000 + 1_000 - 20,
+        "the new driver imported {} ms after taking over, while the first import could be out",
+        first - taken_at
+    );
     let old_events = root_events(&w, 0, old);
     assert!(
         !old_events
@@ -234,6 +257,12 @@ fn a_lease_lost_with_the_import_in_flight_applies_nothing() {
             .any(|e| matches!(e, Event::Published { .. } | Event::Imported { .. })),
         "{old_events:?}"
     );
+    // The older version's snapshot is what storage has: it serves r0.
+    let record = w.procs[0]
+        .shared
+        .bytes(CONFIG_KEY)
+        .map(|r| published::decode(r).map(|(m, _)| m.revision));
+    assert_eq!(record, Some(Ok("r0".to_string())));
 }
 
 /// With the host's monotonic clock, the wall clock jumping an hour

@@ -19,7 +19,11 @@ use std::time::Instant;
 
 /// After the chaos, this long for everything to settle: a lease TTL, the
 /// longest export backoff (60 s) and some polls.
-const CALM_MS: u64 = 75_000;
+const CALM_MS: u64 = 70_000;
+
+/// Then the CP stays down this long, storage healed: long enough for the
+/// import's backoff (retry_max 2 s here) and a driver handoff.
+const OUTAGE_MS: u64 = 10_000;
 
 fn specs(seed: u64) -> Vec<NodeSpec> {
     let mut rng = fallback_config::rng::Rng::new(seed ^ 0x5eed);
@@ -51,17 +55,30 @@ fn run(seed: u64) -> World {
     let chaos = Chaos::default();
     let until = chaos.until_ms;
     let mut w = World::new(seed, specs(seed), chaos);
+    if seed.is_multiple_of(2) {
+        w.seed_other_versions();
+    }
     w.run_until(until);
-    w.heal();
-    w.run_until(until + CALM_MS);
+    // Healed but for the CP: importers must serve from storage.
+    w.heal(false);
+    w.run_until(until + OUTAGE_MS);
+    if let Err(e) = Checker::imported(&w) {
+        fail(&w, &format!("the import did not hold: {e}"));
+    }
+    w.heal(true);
+    w.run_until(until + OUTAGE_MS + CALM_MS);
     if let Err(e) = Checker::converged(&mut w) {
-        let mut msg = format!("did not converge: {e}\nlast events:\n");
-        for line in &w.trace {
-            msg.push_str(&format!("  {line}\n"));
-        }
-        panic!("{msg}");
+        fail(&w, &format!("did not converge: {e}"));
     }
     w
+}
+
+fn fail(w: &World, what: &str) -> ! {
+    let mut msg = format!("{what}\nlast events:\n");
+    for line in &w.trace {
+        msg.push_str(&format!("  {line}\n"));
+    }
+    panic!("{msg}");
 }
 
 fn seed_count() -> u64 {

@@ -10,7 +10,7 @@
 use crate::http::{HttpServer, Reply, Request};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One route of a gateway config.
 #[derive(Clone, Debug)]
@@ -81,6 +81,8 @@ pub struct CpRequest {
     pub host: Option<String>,
     pub if_none_match: Option<String>,
     pub status: u16,
+    /// When it was answered (just before the answer was sent).
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -199,6 +201,15 @@ impl ControlPlane {
         self.lock().log.len()
     }
 
+    /// When the CP first answered `200` (a config), if it did.
+    pub fn first_config_at(&self) -> Option<Instant> {
+        self.lock()
+            .log
+            .iter()
+            .find(|r| r.status == 200)
+            .map(|r| r.at)
+    }
+
     /// Number of answers with this status.
     pub fn count_status(&self, status: u16) -> usize {
         self.lock()
@@ -248,6 +259,7 @@ fn handle(state: &Mutex<State>, req: &Request) -> Reply {
         host: req.header("host").map(str::to_string),
         if_none_match: inm,
         status: reply.status,
+        at: Instant::now(),
     });
     reply
 }

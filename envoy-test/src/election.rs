@@ -1,5 +1,6 @@
 //! Leader election between several exporters: the lease object, the
-//! filter's Envoy stats and its log lines, as the scenarios read them.
+//! filter's Envoy stats (also the import and readiness ones,
+//! [`ImportStats`]) and its log lines, as the scenarios read them.
 //!
 //! Election state is one object, `<prefix>/0.1.0/election/lease.json`:
 //!
@@ -22,6 +23,16 @@ pub const STORAGE_REQUESTS_TOTAL: &str = "wasmcustom.fallback_config.storage_req
 pub const IS_LEADER: &str = "wasmcustom.fallback_config.is_leader";
 /// The term this process last led (gauge).
 pub const LEADER_TERM: &str = "wasmcustom.fallback_config.leader_term";
+/// Where the applied config came from: 0 none, 1 CP, 2 storage (gauge).
+pub const CONFIG_SOURCE: &str = "wasmcustom.fallback_config.config_source";
+/// Age of the applied config in seconds (gauge).
+pub const CONFIG_AGE_SECONDS: &str = "wasmcustom.fallback_config.config_age_seconds";
+/// Import attempts sent (counter).
+pub const IMPORT_ATTEMPTS_TOTAL: &str = "wasmcustom.fallback_config.import_attempts_total";
+/// Import attempts that applied nothing (counter).
+pub const IMPORT_FAILURES_TOTAL: &str = "wasmcustom.fallback_config.import_failures_total";
+/// 1 while the CP answers, else 0 (gauge).
+pub const CP_REACHABLE: &str = "wasmcustom.fallback_config.cp_reachable";
 /// Envoy's own count of requests sent to the storage cluster: an
 /// independent check of [`STORAGE_REQUESTS_TOTAL`].
 pub const STORAGE_CLUSTER_RQ_TOTAL: &str = "cluster.object_storage.upstream_rq_total";
@@ -108,6 +119,44 @@ impl FilterStats {
             storage_requests_total: get(STORAGE_REQUESTS_TOTAL)?,
             is_leader: get(IS_LEADER)?,
             leader_term: get(LEADER_TERM)?,
+            storage_cluster_rq_total: get(STORAGE_CLUSTER_RQ_TOTAL)?,
+        })
+    }
+}
+
+/// The filter's import and readiness stats of one Envoy, with Envoy's
+/// own count of storage requests, read in one admin request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportStats {
+    pub config_source: u64,
+    pub config_age_seconds: u64,
+    pub import_attempts_total: u64,
+    pub import_failures_total: u64,
+    pub cp_reachable: u64,
+    /// [`STORAGE_CLUSTER_RQ_TOTAL`] (Envoy's count, not the filter's).
+    pub storage_cluster_rq_total: u64,
+}
+
+impl ImportStats {
+    /// Reads them from `envoy`'s admin; `Err` when admin does not answer
+    /// or a stat is missing (the message lists what the filter defined).
+    pub fn read(envoy: &Envoy) -> Result<ImportStats, String> {
+        let stats =
+            envoy.stats_matching(r"^(wasmcustom\.|cluster\.object_storage\.upstream_rq_total$)")?;
+        let get = |name: &str| {
+            stats.get(name).copied().ok_or_else(|| {
+                format!(
+                    "Envoy {} has no stat {name}; wasmcustom/storage stats present: {stats:?}",
+                    envoy.name()
+                )
+            })
+        };
+        Ok(ImportStats {
+            config_source: get(CONFIG_SOURCE)?,
+            config_age_seconds: get(CONFIG_AGE_SECONDS)?,
+            import_attempts_total: get(IMPORT_ATTEMPTS_TOTAL)?,
+            import_failures_total: get(IMPORT_FAILURES_TOTAL)?,
+            cp_reachable: get(CP_REACHABLE)?,
             storage_cluster_rq_total: get(STORAGE_CLUSTER_RQ_TOTAL)?,
         })
     }

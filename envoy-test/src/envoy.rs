@@ -37,6 +37,8 @@ pub struct WasmFilter {
 pub struct Cluster {
     pub name: String,
     pub port: u16,
+    /// `per_connection_buffer_limit_bytes`; `None`: Envoy's default (1 MiB).
+    pub per_connection_buffer_limit_bytes: Option<u32>,
 }
 
 /// What one Envoy instance is given.
@@ -49,6 +51,11 @@ pub struct EnvoyConfig {
     pub clusters: Vec<Cluster>,
     /// `None`: no wasm filter (router only), to test the harness alone.
     pub wasm: Option<WasmFilter>,
+    /// Entries of a static runtime layer (`layered_runtime`), e.g.
+    /// `http.async_response_buffer_limit` (the most body bytes Envoy keeps
+    /// for a `dispatch_http_call` answer; default 32 MiB). Empty: no
+    /// `layered_runtime` block.
+    pub runtime: Vec<(String, String)>,
 }
 
 impl EnvoyConfig {
@@ -60,6 +67,7 @@ impl EnvoyConfig {
             cluster_header: "x-fallback-upstream".into(),
             clusters: Vec::new(),
             wasm: None,
+            runtime: Vec::new(),
         }
     }
 
@@ -68,8 +76,46 @@ impl EnvoyConfig {
         self.clusters.push(Cluster {
             name: name.into(),
             port,
+            per_connection_buffer_limit_bytes: None,
         });
         self
+    }
+
+    /// Points the existing cluster `name` at `port` (e.g. a
+    /// [`crate::faults::FaultFront`] before the store); panics when there
+    /// is no such cluster.
+    #[track_caller]
+    pub fn repoint_cluster(mut self, name: &str, port: u16) -> EnvoyConfig {
+        match self.clusters.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.port = port,
+            None => panic!("no cluster {name} in the Envoy config"),
+        }
+        self
+    }
+
+    /// Sets `per_connection_buffer_limit_bytes` on the existing cluster
+    /// `name`; panics when there is no such cluster.
+    #[track_caller]
+    pub fn cluster_buffer_limit(mut self, name: &str, bytes: u32) -> EnvoyConfig {
+        match self.clusters.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.per_connection_buffer_limit_bytes = Some(bytes),
+            None => panic!("no cluster {name} in the Envoy config"),
+        }
+        self
+    }
+
+    /// Adds a static runtime entry (see [`EnvoyConfig::runtime`]).
+    pub fn runtime(mut self, key: &str, value: &str) -> EnvoyConfig {
+        self.runtime.push((key.into(), value.into()));
+        self
+    }
+
+    /// Raises the body limit of `dispatch_http_call` answers (runtime
+    /// `http.async_response_buffer_limit`, Envoy's default 32 MiB): a larger
+    /// answer makes the call fail (the filter sees no headers, body size 0
+    /// and status 14 `reset`).
+    pub fn async_response_buffer_limit(self, bytes: u64) -> EnvoyConfig {
+        self.runtime("http.async_response_buffer_limit", &bytes.to_string())
     }
 
     /// Sets the wasm filter.
@@ -127,6 +173,17 @@ impl EnvoyConfig {
                 name = q(&c.name),
                 port = c.port
             ));
+            if let Some(limit) = c.per_connection_buffer_limit_bytes {
+                y.push_str(&format!("    per_connection_buffer_limit_bytes: {limit}\n"));
+            }
+        }
+        if !self.runtime.is_empty() {
+            y.push_str(
+                "layered_runtime:\n  layers:\n  - name: envoy_test_static\n    static_layer:\n",
+            );
+            for (k, v) in &self.runtime {
+                y.push_str(&format!("      {}: {}\n", q(k), v));
+            }
         }
         y
     }
@@ -514,5 +571,26 @@ mod tests {
         assert!(y.find("envoy.filters.http.wasm") < y.find("envoy.filters.http.router"));
         let plain = EnvoyConfig::new().to_yaml();
         assert!(!plain.contains("wasm"));
+        assert!(!plain.contains("layered_runtime"));
+        assert!(!plain.contains("per_connection_buffer_limit_bytes"));
+    }
+
+    #[test]
+    fn yaml_renders_runtime_and_cluster_limits() {
+        let y = EnvoyConfig::new()
+            .cluster("object_storage", 1)
+            .cluster("other", 2)
+            .repoint_cluster("object_storage", 3)
+            .cluster_buffer_limit("object_storage", 65536)
+            .async_response_buffer_limit(64 << 20)
+            .to_yaml();
+        assert!(
+            y.contains("port_value: 3 }\n    per_connection_buffer_limit_bytes: 65536\n"),
+            "{y}"
+        );
+        assert!(!y.contains("port_value: 1 }"), "{y}");
+        assert!(y.ends_with(
+            "layered_runtime:\n  layers:\n  - name: envoy_test_static\n    static_layer:\n      \"http.async_response_buffer_limit\": 67108864\n"
+        ), "{y}");
     }
 }

@@ -18,6 +18,9 @@
 //! - [`gcs`]: the GCS stack: the emulator, an OAuth token endpoint that
 //!   verifies the service account's RS256 JWT, and a front that accepts
 //!   only the tokens it issued and adds generation preconditions.
+//! - [`faults`]: a fault-injecting HTTP/1.1 front before a store (scripted
+//!   error statuses, hangs, slow or truncated bodies, resets, oversize
+//!   bodies) that records every request.
 //! - [`store`]: one [`store::Store`] over the three backends, and
 //!   [`on_every_store!`] to run one scenario on each.
 //! - [`envoy`]: generate an Envoy config, start Envoy, read stats and logs.
@@ -25,13 +28,18 @@
 //! - [`envelope`]: the stored-object envelope (SHA-256, RFC 3339, term).
 //! - [`election`]: the lease object, the filter's Envoy stats (metric
 //!   names) and election log lines.
+//! - [`probe`]: a client thread that keeps requesting one path through
+//!   Envoy and records every answer, to check what clients saw across a
+//!   transition (503 until a config is applied, then only 200).
 //! - [`stack`]: all of the above wired together the way scenarios use it
 //!   ([`stack::Stack::on`] picks the backend).
 //! - [`wait`]: poll-until helpers (no fixed sleeps).
 //!
 //! Running: `cargo test -p envoy-test -- --test-threads 2` (the scenarios
-//! in `tests/export.rs`, `tests/import.rs`, `tests/election.rs` and
-//! `tests/backends.rs` need the built filter; `tests/harness.rs` proves the
+//! in `tests/export.rs`, `tests/import.rs`, `tests/import_faults.rs` (the
+//! import fault matrix, through a [`faults::FaultFront`]),
+//! `tests/status.rs` (readiness status and import metrics),
+//! `tests/election.rs` and `tests/backends.rs` need the built filter; `tests/harness.rs` proves the
 //! harness, and that every store refuses wrong credentials, with Envoy
 //! alone, no filter). A scenario shared by the backends is one function
 //! taking a [`store::StoreKind`], run on each by [`on_every_store!`]:
@@ -51,10 +59,12 @@ pub mod control_plane;
 pub mod election;
 pub mod envelope;
 pub mod envoy;
+pub mod faults;
 pub mod gcs;
 pub mod http;
 pub mod plugin;
 pub mod ports;
+pub mod probe;
 pub mod process;
 pub mod s3;
 pub mod sha256;

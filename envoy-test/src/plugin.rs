@@ -34,6 +34,23 @@ pub struct PluginConfig {
     pub lease_ttl_ms: Option<u64>,
     /// `election.renew_interval_ms`.
     pub renew_interval_ms: Option<u64>,
+    /// `import.retry_initial_ms`; the `import` block is rendered only when
+    /// one of its fields is set (the filter's defaults apply to the rest).
+    pub import_retry_initial_ms: Option<u64>,
+    /// `import.retry_max_ms`.
+    pub import_retry_max_ms: Option<u64>,
+    /// `import.max_attempts` (0: no limit).
+    pub import_max_attempts: Option<u64>,
+    /// `import.older_versions`.
+    pub import_older_versions: Option<bool>,
+    /// `import.max_age_s` (0: no limit).
+    pub import_max_age_s: Option<u64>,
+    /// `storage.max_object_bytes`.
+    pub max_object_bytes: Option<u64>,
+    /// `control_plane.max_config_bytes`.
+    pub cp_max_config_bytes: Option<u64>,
+    /// `status_path` (e.g. `/.fallback-config/status`); `None`: off.
+    pub status_path: Option<String>,
 }
 
 impl PluginConfig {
@@ -59,6 +76,14 @@ impl PluginConfig {
             upstream_header: "x-fallback-upstream".into(),
             lease_ttl_ms: None,
             renew_interval_ms: None,
+            import_retry_initial_ms: None,
+            import_retry_max_ms: None,
+            import_max_attempts: None,
+            import_older_versions: None,
+            import_max_age_s: None,
+            max_object_bytes: None,
+            cp_max_config_bytes: None,
+            status_path: None,
         }
     }
 
@@ -94,6 +119,35 @@ impl PluginConfig {
                 if let Some(value) = value {
                     storage.insert(k.into(), value.clone().into());
                 }
+            }
+            if let Some(n) = self.max_object_bytes {
+                storage.insert("max_object_bytes".into(), n.into());
+            }
+        }
+        if let (Some(n), Some(cp)) = (self.cp_max_config_bytes, v["control_plane"].as_object_mut())
+        {
+            cp.insert("max_config_bytes".into(), n.into());
+        }
+        let mut import = serde_json::Map::new();
+        for (k, value) in [
+            ("retry_initial_ms", self.import_retry_initial_ms),
+            ("retry_max_ms", self.import_retry_max_ms),
+            ("max_attempts", self.import_max_attempts),
+            ("max_age_s", self.import_max_age_s),
+        ] {
+            if let Some(n) = value {
+                import.insert(k.into(), n.into());
+            }
+        }
+        if let Some(b) = self.import_older_versions {
+            import.insert("older_versions".into(), b.into());
+        }
+        if let Some(o) = v.as_object_mut() {
+            if !import.is_empty() {
+                o.insert("import".into(), import.into());
+            }
+            if let Some(p) = &self.status_path {
+                o.insert("status_path".into(), p.clone().into());
             }
         }
         if self.lease_ttl_ms.is_some() || self.renew_interval_ms.is_some() {
@@ -134,6 +188,70 @@ mod tests {
         assert!(p2.to_json().find("node_id").is_none());
         assert!(p2.to_json().find("election").is_none());
         assert!(p2.to_json().find("token_cluster").is_none());
+        for absent in [
+            "\"import\"",
+            "status_path",
+            "max_object_bytes",
+            "max_config_bytes",
+        ] {
+            assert!(!p2.to_json().contains(absent), "{absent}: {}", p2.to_json());
+        }
+    }
+
+    #[test]
+    fn renders_import_policy_limits_and_status_path_only_when_set() {
+        let mut p = PluginConfig::new("s3://b/p", "e");
+        p.import_retry_initial_ms = Some(300);
+        p.import_retry_max_ms = Some(1000);
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(
+            v["import"],
+            serde_json::json!({"retry_initial_ms": 300, "retry_max_ms": 1000})
+        );
+        p.import_max_attempts = Some(3);
+        p.import_older_versions = Some(false);
+        p.import_max_age_s = Some(3600);
+        p.max_object_bytes = Some(2048);
+        p.cp_max_config_bytes = Some(4096);
+        p.status_path = Some("/.fallback-config/status".into());
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(
+            v["import"],
+            serde_json::json!({"retry_initial_ms": 300, "retry_max_ms": 1000,
+                "max_attempts": 3, "older_versions": false, "max_age_s": 3600})
+        );
+        assert_eq!(v["storage"]["max_object_bytes"], 2048);
+        assert_eq!(v["control_plane"]["max_config_bytes"], 4096);
+        assert_eq!(v["status_path"], "/.fallback-config/status");
+    }
+
+    /// The filter's own parser accepts what the harness renders.
+    #[test]
+    fn the_filter_accepts_every_new_field() {
+        let mut p = PluginConfig::new("s3://b/p", "http://127.0.0.1:9000");
+        p.import = true;
+        p.import_retry_initial_ms = Some(300);
+        p.import_retry_max_ms = Some(1000);
+        p.import_max_attempts = Some(0);
+        p.import_older_versions = Some(true);
+        p.import_max_age_s = Some(60);
+        p.max_object_bytes = Some(2048);
+        p.cp_max_config_bytes = Some(4096);
+        p.status_path = Some("/.fallback-config/status".into());
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKIAENVOYTEST0000001".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".to_string()),
+            _ => None,
+        };
+        let s = fallback_config::settings::Settings::parse(p.to_json().as_bytes(), &env)
+            .unwrap_or_else(|e| panic!("{e}: {}", p.to_json()));
+        assert_eq!(s.status_path.as_deref(), Some("/.fallback-config/status"));
+        assert_eq!(
+            s.import_policy.retry_initial,
+            std::time::Duration::from_millis(300)
+        );
+        assert_eq!(s.storage.unwrap().max_object_bytes, 2048);
+        assert_eq!(s.control_plane.max_config_bytes, 4096);
     }
 
     #[test]

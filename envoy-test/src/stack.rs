@@ -10,10 +10,11 @@ use crate::control_plane::{gateway_config, ControlPlane, Route};
 use crate::election::Lease;
 use crate::envelope::{self, Envelope, VERSION};
 use crate::envoy::{Envoy, EnvoyConfig};
+use crate::faults::FaultFront;
 use crate::http::Response;
 use crate::plugin::PluginConfig;
 use crate::s3::S3Server;
-use crate::store::{Store, StoreKind};
+use crate::store::{Store, StoreKind, STORAGE_CLUSTER};
 use crate::upstream::Upstream;
 use crate::workdir::WorkDir;
 use std::path::PathBuf;
@@ -33,6 +34,59 @@ pub const ECHO: &str = "echo_service";
 pub const OTHER: &str = "other_service";
 /// The filter's poll interval in scenarios.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// `import.retry_initial_ms` of [`Stack::importer_plugin`]: the first wait
+/// after a failed import (the filter's default is 1 s).
+pub const RETRY_INITIAL: Duration = Duration::from_millis(300);
+/// `import.retry_max_ms` of [`Stack::importer_plugin`] (default 30 s).
+pub const RETRY_MAX: Duration = Duration::from_millis(1000);
+/// The `status_path` scenarios set when they read the readiness status.
+pub const STATUS_PATH: &str = "/.fallback-config/status";
+
+/// The filter's answer to every request while it has no config (503).
+pub const NO_CONFIG: &str = "no configuration available";
+
+/// What one request a [`FaultFront`] received asked the store, as far as
+/// an importer goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A read of `<PREFIX>/<version>/config.json`.
+    Get(String),
+    /// A listing of the version folders under `<PREFIX>/`.
+    List,
+    /// Anything else: method and target.
+    Other(String),
+}
+
+impl StoreOp {
+    /// Classifies a request by its method and target (S3 path style,
+    /// Azure, or the GCS JSON API).
+    pub fn of(method: &str, target: &str) -> StoreOp {
+        let decoded = crate::http::percent_decode(target, false);
+        let marker = format!("{PREFIX}/");
+        if let Some(rest) = decoded.find(&marker).map(|i| &decoded[i + marker.len()..]) {
+            if let Some((version, tail)) = rest.split_once('/') {
+                if tail.starts_with("config.json") && method == "GET" {
+                    return StoreOp::Get(version.to_string());
+                }
+            }
+        }
+        let (path, query) = decoded.split_once('?').unwrap_or((&decoded, ""));
+        let listing = method == "GET"
+            && (query.contains("list-type=2")
+                || query.contains("comp=list")
+                || (path.ends_with(&format!("/b/{BUCKET}/o")) && !query.contains("alt=media")));
+        if listing {
+            StoreOp::List
+        } else {
+            StoreOp::Other(format!("{method} {target}"))
+        }
+    }
+
+    /// `Get` of `version`.
+    pub fn get(version: &str) -> StoreOp {
+        StoreOp::Get(version.to_string())
+    }
+}
 
 /// `{"revision": rev, "routes": [echo: /echo -> echo_service]}`.
 pub fn echo_config(revision: &str) -> String {
@@ -41,6 +95,9 @@ pub fn echo_config(revision: &str) -> String {
 
 /// The servers around the Envoys under test.
 pub struct Stack {
+    /// The fault front the `object_storage` cluster points at (stacks made
+    /// by [`Stack::with_faults`] / [`Stack::without_wasm_with_faults`]).
+    faults: Option<FaultFront>,
     pub store: Store,
     pub cp: ControlPlane,
     pub echo: Upstream,
@@ -65,6 +122,58 @@ impl Stack {
         let envoy_bin = crate::bins::require_envoy();
         let wasm = crate::bins::require_wasm();
         Stack::build(kind, test_name, cp_up, envoy_bin, Some(wasm))
+    }
+
+    /// Like [`Stack::on`], with a [`FaultFront`] between Envoy and the
+    /// store: the `object_storage` cluster points at the front, which
+    /// forwards to what it pointed at before (s3s-fs, Azurite, or the GCS
+    /// stack's authenticating front; the GCS token endpoint stays direct).
+    /// Script faults with [`Stack::faults`]. The harness's own reads and
+    /// writes ([`Stack::write_object`], ...) go straight to the store.
+    pub fn with_faults(kind: StoreKind, test_name: &str, cp_up: bool) -> Stack {
+        Stack::on(kind, test_name, cp_up).add_fault_front()
+    }
+
+    /// [`Stack::with_faults`] without the wasm (harness self-tests).
+    pub fn without_wasm_with_faults(kind: StoreKind, test_name: &str, cp_up: bool) -> Stack {
+        Stack::without_wasm_on(kind, test_name, cp_up).add_fault_front()
+    }
+
+    fn add_fault_front(mut self) -> Stack {
+        let backend = self.store_port();
+        self.faults = Some(FaultFront::start(backend).unwrap_or_else(|e| panic!("{e}")));
+        self
+    }
+
+    /// The port the store's `object_storage` cluster reaches (s3s-fs,
+    /// Azurite, or the GCS front), bypassing any fault front.
+    pub fn store_port(&self) -> u16 {
+        self.store
+            .clusters()
+            .into_iter()
+            .find(|(name, _)| *name == STORAGE_CLUSTER)
+            .map(|(_, port)| port)
+            .unwrap_or_else(|| {
+                panic!(
+                    "the {:?} store has no {STORAGE_CLUSTER} cluster",
+                    self.kind()
+                )
+            })
+    }
+
+    /// The fault front before the store; panics unless the stack was made
+    /// with [`Stack::with_faults`] or [`Stack::without_wasm_with_faults`].
+    #[track_caller]
+    pub fn faults(&self) -> &FaultFront {
+        match &self.faults {
+            Some(f) => f,
+            None => panic!("this stack has no fault front: make it with Stack::with_faults"),
+        }
+    }
+
+    /// Whether `object_storage` goes through a fault front.
+    pub fn has_faults(&self) -> bool {
+        self.faults.is_some()
     }
 
     /// For harness self-tests: Envoy and s3s-fs only, no wasm.
@@ -100,6 +209,7 @@ impl Stack {
         let other =
             Upstream::start(OTHER, crate::ports::free_port()).unwrap_or_else(|e| panic!("{e}"));
         Stack {
+            faults: None,
             store,
             cp,
             echo,
@@ -156,10 +266,14 @@ impl Stack {
         p
     }
 
-    /// Import on, export off.
+    /// Import on, export off, and a fast retry policy so that scenarios
+    /// stay quick: [`RETRY_INITIAL`] doubling up to [`RETRY_MAX`] (each
+    /// wait jittered into its upper half).
     pub fn importer_plugin(&self) -> PluginConfig {
         let mut p = self.plugin();
         p.import = true;
+        p.import_retry_initial_ms = Some(RETRY_INITIAL.as_millis() as u64);
+        p.import_retry_max_ms = Some(RETRY_MAX.as_millis() as u64);
         p
     }
 
@@ -181,10 +295,15 @@ impl Stack {
     /// Envoy config: listener + admin on free ports, the store's clusters
     /// (`object_storage`, and `gcp_oauth` for GCS), `control_plane`,
     /// `echo_service`, `other_service`, and the wasm filter with `plugin`
-    /// when this stack has the wasm.
+    /// when this stack has the wasm. With a fault front, `object_storage`
+    /// points at the front.
     pub fn envoy_config(&self, plugin: &PluginConfig) -> EnvoyConfig {
         let mut cfg = EnvoyConfig::new();
         for (name, port) in self.store.clusters() {
+            let port = match &self.faults {
+                Some(f) if name == STORAGE_CLUSTER => f.port(),
+                _ => port,
+            };
             cfg = cfg.cluster(name, port);
         }
         let cfg = cfg
@@ -221,6 +340,84 @@ impl Stack {
     ) -> Envoy {
         Envoy::start(&self.envoy_bin, name, cfg, self.dir.path(), env)
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A GET of the stored object ([`Stack::object_key`]) built and signed
+    /// the way the filter builds it (S3 SigV4, Azure SharedKey; for GCS a
+    /// `Bearer` token the GCS front accepts), with the store's `Host`, sent
+    /// to 127.0.0.1:`port`: the store itself ([`Stack::store_port`]) or a
+    /// fault front before it ([`FaultFront::port`]).
+    pub fn signed_object_get(&self, port: u16) -> std::io::Result<Response> {
+        self.signed_get(&self.object_key(), port)
+    }
+
+    /// Like [`Stack::signed_object_get`] for any key in the bucket.
+    pub fn signed_get(&self, key: &str, port: u16) -> std::io::Result<Response> {
+        if let Store::Gcs(g) = &self.store {
+            let path = format!(
+                "/storage/v1/b/{BUCKET}/o/{}?alt=media",
+                crate::envoy::percent_encode(key)
+            );
+            let auth = format!("Bearer {}", g.harness_token());
+            return crate::http::get(port, &path, &[("authorization", &auth)]);
+        }
+        let env: std::collections::HashMap<String, String> = self.store_env().into_iter().collect();
+        let settings = fallback_config::settings::Settings::parse(
+            self.importer_plugin().to_json().as_bytes(),
+            &|k: &str| env.get(k).cloned(),
+        )
+        .unwrap_or_else(|e| panic!("plugin settings: {e}"));
+        let storage = settings
+            .storage
+            .unwrap_or_else(|| panic!("the importer plugin has no storage settings"));
+        let now = fallback_config::clock::Now::from_wall(fallback_config::time::Timestamp(
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        ));
+        let req = fallback_config::storage::ObjectStore::new(storage)
+            .get(key, now)
+            .unwrap_or_else(|e| panic!("cannot build the GET of {key}: {e}"));
+        crate::http::send(port, &req)
+    }
+
+    /// What the fault front was asked so far, classified, in order.
+    pub fn store_ops(&self) -> Vec<StoreOp> {
+        self.faults()
+            .log()
+            .iter()
+            .map(|r| StoreOp::of(&r.method, &r.path))
+            .collect()
+    }
+
+    /// `<PREFIX>/<version>/config.json`.
+    pub fn snapshot_key(&self, version: &str) -> String {
+        format!("{PREFIX}/{version}/config.json")
+    }
+
+    /// The snapshot of `version`'s URL as the filter logs it.
+    pub fn snapshot_url(&self, version: &str) -> String {
+        self.store.object_url(BUCKET, &self.snapshot_key(version))
+    }
+
+    /// Writes raw bytes as the snapshot of `version`.
+    pub fn write_snapshot_bytes(&self, version: &str, bytes: &[u8]) {
+        self.store.write(BUCKET, &self.snapshot_key(version), bytes);
+    }
+
+    /// Writes a valid envelope of `version` for [`echo_config`]`(revision)`,
+    /// exported at `exported_at`; returns its text.
+    pub fn write_snapshot(&self, version: &str, revision: &str, exported_at: SystemTime) -> String {
+        let env = envelope::build(
+            version,
+            revision,
+            "envoy-test",
+            &envelope::format_rfc3339(exported_at),
+            &echo_config(revision),
+        );
+        self.write_snapshot_bytes(version, env.as_bytes());
+        env
     }
 
     /// `<PREFIX>/0.1.0/election/lease.json`.
@@ -415,4 +612,48 @@ pub fn expect_healthy(envoy: &mut Envoy) {
         envoy.name(),
         crashes.join("\n")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_ops_are_classified_on_every_backend() {
+        let get = |v: &str| StoreOp::get(v);
+        for (method, target, op) in [
+            ("GET", "/fallback-configs/gateways/e2e/0.1.0/config.json", get("0.1.0")),
+            (
+                "GET",
+                "/fallback-configs?delimiter=%2F&list-type=2&prefix=gateways%2Fe2e%2F",
+                StoreOp::List,
+            ),
+            (
+                "GET",
+                "/devstoreaccount1/fallback-configs/gateways/e2e/0.0.9/config.json",
+                get("0.0.9"),
+            ),
+            (
+                "GET",
+                "/devstoreaccount1/fallback-configs?restype=container&comp=list&delimiter=%2F&prefix=gateways%2Fe2e%2F",
+                StoreOp::List,
+            ),
+            (
+                "GET",
+                "/storage/v1/b/fallback-configs/o/gateways%2Fe2e%2F0.2.0%2Fconfig.json?alt=media",
+                get("0.2.0"),
+            ),
+            (
+                "GET",
+                "/storage/v1/b/fallback-configs/o?delimiter=%2F&prefix=gateways%2Fe2e%2F",
+                StoreOp::List,
+            ),
+        ] {
+            assert_eq!(StoreOp::of(method, target), op, "{target}");
+        }
+        assert!(matches!(
+            StoreOp::of("PUT", "/fallback-configs/gateways/e2e/0.1.0/config.json"),
+            StoreOp::Other(_)
+        ));
+    }
 }

@@ -1,6 +1,9 @@
 //! Importer scenarios: an Envoy with import on whose first CP fetch fails
-//! reads `<prefix>/0.1.0/config.json` from the object store once, verifies
-//! it and serves it until the CP answers. Scenarios taking a `StoreKind`
+//! reads `<prefix>/0.1.0/config.json` from the object store, verifies it
+//! and serves it until the CP answers; a failed import is retried (with
+//! the harness's fast policy, [`Stack::importer_plugin`]) until a config
+//! is applied or the CP answers. The fault matrix is in
+//! `tests/import_faults.rs`. Scenarios taking a `StoreKind`
 //! run on every store (s3s-fs, Azurite, the GCS stack: tests
 //! `<scenario>::s3`, `::azure`, `::gcs`); the others are S3-only.
 //! Needs ENVOY_BIN, S3S_FS_BIN, AZURITE_BIN, GCS_EMULATOR_BIN and
@@ -12,13 +15,12 @@ use envoy_test::envoy::Envoy;
 use envoy_test::on_every_store;
 use envoy_test::stack::{
     echo_config, expect_healthy, expect_local_reply, expect_proxied, expect_store_auth_ok,
-    wait_status, Stack, ECHO, OTHER, POLL_INTERVAL,
+    wait_status, Stack, ECHO, NO_CONFIG, OTHER, POLL_INTERVAL, RETRY_MAX,
 };
 use envoy_test::store::StoreKind;
 use envoy_test::wait::{self, TIMEOUT};
 use std::time::Duration;
 
-const NO_CONFIG: &str = "no configuration available";
 const NO_ROUTE: &str = "no Route matched with those values";
 
 #[track_caller]
@@ -167,16 +169,38 @@ fn importer_with_cp_up_never_reads_storage(kind: StoreKind) {
 }
 on_every_store!(importer_with_cp_up_never_reads_storage);
 
-/// Scenario 6 and its variants: the import fails -> 503 with the JSON
-/// message, `import failed: <reason>` logged, Envoy alive, storage read
-/// `storage_requests` times (once, or never when no credentials could be
-/// had); then the CP comes up -> 200.
+/// The filter's import counters and Envoy's count of storage requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ImportStats {
+    attempts: u64,
+    failures: u64,
+    storage_rq: u64,
+}
+
+fn import_stats(envoy: &Envoy) -> Result<ImportStats, String> {
+    let s = envoy_test::election::ImportStats::read(envoy)?;
+    Ok(ImportStats {
+        attempts: s.import_attempts_total,
+        failures: s.import_failures_total,
+        storage_rq: s.storage_cluster_rq_total,
+    })
+}
+
+/// Scenario 6 and its variants: the import fails -> `import failed:
+/// <reason> (<url>); nothing applied, retrying in N ms, still polling the
+/// CP`, clients get only the 503 JSON (a client-sent upstream header
+/// changes nothing), Envoy stays alive, and the import is RETRIED: a
+/// second failure line, and the store is asked `per_attempt` more
+/// requests per attempt (1: the GET; 2: the GET and the LIST of the
+/// versions when this version's snapshot is absent; 0 when no credentials
+/// could be had). Then the CP comes up -> 200, and storage is never asked
+/// again.
 fn import_fails_with(
     stack: &Stack,
     env: &[(String, String)],
     reasons: &[&str],
-    storage_requests: u64,
-) {
+    per_attempt: u64,
+) -> Envoy {
     let mut envoy = stack.start_envoy_with_env("importer", &stack.importer_plugin(), env);
     let line = ok(envoy.wait_log("import failed:", TIMEOUT));
     for reason in reasons {
@@ -185,6 +209,13 @@ fn import_fails_with(
             "expected reason {reason:?} in: {line}"
         );
     }
+    assert!(
+        line.contains(&format!(
+            "({}); nothing applied, retrying in ",
+            stack.object_url()
+        )) && line.contains(" ms, still polling the CP"),
+        "{line}"
+    );
     eprintln!("info: {:?}: {line}", stack.kind());
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
     // A client cannot pick an upstream itself while there is no config.
@@ -198,32 +229,103 @@ fn import_fails_with(
     );
     assert_eq!(stack.echo.request_count(), 0);
     expect_healthy(&mut envoy);
-    assert_eq!(envoy.upstream_rq_total("object_storage"), storage_requests);
-    storage_rq_stays(&envoy, storage_requests, POLL_INTERVAL * 4);
+
+    // Retried: a second failure, for the same reason; the store asked
+    // once more per attempt.
+    let second = ok(wait::try_until(
+        "a second `import failed` line",
+        TIMEOUT,
+        || match envoy.log_lines("import failed:").as_slice() {
+            [_, second, ..] => Ok(second.clone()),
+            lines => Err(format!("{} line(s)", lines.len())),
+        },
+    ));
+    for reason in reasons {
+        assert!(second.contains(reason), "expected {reason:?} in: {second}");
+    }
+    // With no credentials (per_attempt 0) no attempt goes out at all: the
+    // counters stay at 0 (they count attempts sent), the lines go on.
+    let steady = ok(wait::try_until(
+        &format!("{per_attempt} storage request(s) per attempt, no attempt in flight"),
+        TIMEOUT,
+        || {
+            let s = import_stats(&envoy)?;
+            let settled = match per_attempt {
+                0 => {
+                    s == ImportStats {
+                        attempts: 0,
+                        failures: 0,
+                        storage_rq: 0,
+                    }
+                }
+                n => s.failures >= 2 && s.storage_rq == n * s.failures && s.attempts == s.failures,
+            };
+            if settled {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    ));
+    eprintln!("info: {:?}: {steady:?}", stack.kind());
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+    assert_eq!(stack.echo.request_count(), 0);
 
     stack.cp.up().unwrap();
     ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
     ok(wait_status(&envoy, "/echo/back", 200, TIMEOUT));
     expect_proxied(&envoy, "GET", "/echo/back", &[], ECHO);
-    assert_eq!(envoy.upstream_rq_total("object_storage"), storage_requests);
+    // No storage request once the CP answered (an attempt already out
+    // then is counted already): the count holds for more than the
+    // longest retry wait.
+    let after_cp = envoy.upstream_rq_total("object_storage");
+    storage_rq_stays(&envoy, after_cp, RETRY_MAX * 2 + POLL_INTERVAL);
+    // Every attempt failed with its `per_attempt` requests, but the last
+    // one may have been out when the CP answered: then its answer is
+    // dropped (not a failure) and its follow-up (the LIST) never sent.
+    let end = ok(import_stats(&envoy));
+    if end.failures == end.attempts {
+        assert_eq!(end.storage_rq, per_attempt * end.attempts, "{end:?}");
+    } else {
+        assert_eq!(end.failures + 1, end.attempts, "{end:?}");
+        let cut_short = end.storage_rq - per_attempt * end.failures;
+        assert!((1..=per_attempt).contains(&cut_short), "{end:?}");
+    }
+    if per_attempt > 0 {
+        assert!(end.failures >= 2, "{end:?}");
+    }
     expect_healthy(&mut envoy);
+    envoy
 }
 
 /// [`import_fails_with`] on a store holding `object` (or nothing), with the
 /// right credentials.
-fn import_fails(kind: StoreKind, test: &str, object: Option<Vec<u8>>, reason: &str) {
+fn import_fails(
+    kind: StoreKind,
+    test: &str,
+    object: Option<Vec<u8>>,
+    reason: &str,
+    per_attempt: u64,
+) {
     let stack = Stack::on(kind, test, false);
     if let Some(bytes) = &object {
         stack.write_object(bytes);
     }
-    import_fails_with(&stack, &stack.store_env(), &[reason], 1);
+    import_fails_with(&stack, &stack.store_env(), &[reason], per_attempt);
     expect_store_auth_ok(&stack);
 }
 
-/// Absent object.
+/// Absent object, and no older version under the prefix either: each
+/// attempt is the GET of this version's snapshot (404) and the LIST of
+/// the version folders.
 fn import_fails_when_bucket_is_empty(kind: StoreKind) {
-    import_fails(kind, "import-empty", None, "not found");
+    import_fails(
+        kind,
+        "import-empty",
+        None,
+        "no snapshot for version 0.1.0, and none for an older version",
+        2,
+    );
 }
 on_every_store!(import_fails_when_bucket_is_empty);
 
@@ -242,6 +344,7 @@ fn import_fails_when_object_is_not_json() {
         "import-corrupt",
         Some(truncated),
         "does not parse",
+        1,
     );
 }
 
@@ -261,6 +364,7 @@ fn import_fails_when_sha256_does_not_match(kind: StoreKind) {
         "import-sha",
         Some(tampered.into_bytes()),
         "sha256 mismatch",
+        1,
     );
 }
 on_every_store!(import_fails_when_sha256_does_not_match);
@@ -279,14 +383,16 @@ fn import_fails_when_version_differs() {
         "import-version",
         Some(other.into_bytes()),
         "version mismatch",
+        1,
     );
 }
 
-/// Wrong credentials with the CP down and a valid object stored: the one
-/// import fails with a line naming the store's refusal (S3, Azure: the
-/// status and error code of the GET; GCS: the refused token request, and
-/// then no object request at all), nothing is applied, and the CP's config
-/// is served once it answers.
+/// Wrong credentials with the CP down and a valid object stored: every
+/// attempt fails with a line naming the store's refusal (S3, Azure: the
+/// status and error code of the GET, one GET per attempt; GCS: the
+/// refused token request, then no object request at all, and the token
+/// request is retried), nothing is applied, and the CP's config is served
+/// once it answers.
 fn import_fails_with_wrong_credentials(kind: StoreKind) {
     let stack = Stack::on(kind, "import-bad-credentials", false);
     stack.write_envelope("r1", &echo_config("r1"));
@@ -298,11 +404,25 @@ fn import_fails_with_wrong_credentials(kind: StoreKind) {
         .copied()
         .filter(|e| *e != "failed")
         .collect();
-    let storage_requests = match kind {
+    let per_attempt = match kind {
         StoreKind::Gcs => 0,
         _ => 1,
     };
-    import_fails_with(&stack, &env, &evidence, storage_requests);
+    let envoy = import_fails_with(&stack, &env, &evidence, per_attempt);
+    if kind == StoreKind::Gcs {
+        let gcs = stack.store.gcs();
+        assert!(
+            gcs.front.requests().is_empty(),
+            "object requests without a token: {:?}",
+            gcs.front.requests()
+        );
+        let tokens = gcs.token.requests();
+        assert!(
+            tokens.len() >= 2 && tokens.iter().all(|t| t.status == 400),
+            "the refused token request is retried: {tokens:?}"
+        );
+        assert!(envoy.upstream_rq_total("gcp_oauth") >= 2);
+    }
 }
 on_every_store!(import_fails_with_wrong_credentials);
 
@@ -384,25 +504,40 @@ fn importer_imports_when_cp_hangs() {
 }
 
 /// Storage that accepts connections but never answers (s3s-fs SIGSTOPped):
-/// the import fails after the storage timeout, Envoy keeps running and
-/// answers 503, storage is not read again, and the CP config is used later.
+/// each attempt fails after the storage timeout (`timed out`), Envoy keeps
+/// running and answers 503, the import is retried (one GET per attempt);
+/// once the store answers again the next attempt imports, and the CP
+/// config replaces it later without another storage read.
 #[test]
 fn import_fails_when_storage_does_not_answer() {
     let mut stack = Stack::new("import-storage-hangs", false);
     stack.write_envelope("r1", &echo_config("r1"));
     stack.s3_mut().process().pause().unwrap();
     let mut envoy = stack.start_envoy("importer", &stack.importer_plugin());
-    ok(envoy.wait_log("import failed:", TIMEOUT));
+    let line = ok(envoy.wait_log("import failed:", TIMEOUT));
+    assert!(
+        line.contains("import failed: timed out (the proxy's upstream request timeout)"),
+        "{line}"
+    );
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
     expect_healthy(&mut envoy);
-    stack.s3_mut().process().resume().unwrap();
-    assert_eq!(envoy.upstream_rq_attempts("object_storage"), 1);
-    storage_rq_stays(&envoy, 1, POLL_INTERVAL * 4);
+    // Retried while the store still hangs: a second GET, a second timeout.
+    wait::until("a second attempt", TIMEOUT, || {
+        match envoy.upstream_rq_attempts("object_storage") {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} storage request(s)")),
+        }
+    });
     expect_local_reply(&envoy, "GET", "/echo", &[], 503, NO_CONFIG);
+    stack.s3_mut().process().resume().unwrap();
+    expect_serves_after_import(&envoy, "r1");
+    let reads = envoy.upstream_rq_attempts("object_storage");
+    let failures = envoy.log_lines("import failed:").len() as u64;
+    assert_eq!(reads, failures + 1, "one GET per attempt");
 
     stack.cp.up().unwrap();
-    ok(wait_status(&envoy, "/echo/x", 200, TIMEOUT));
+    ok(envoy.wait_log("CP fetched revision r1", TIMEOUT));
     expect_proxied(&envoy, "GET", "/echo/x", &[], ECHO);
-    assert_eq!(envoy.upstream_rq_attempts("object_storage"), 1);
+    storage_rq_stays(&envoy, reads, POLL_INTERVAL * 4);
     expect_healthy(&mut envoy);
 }

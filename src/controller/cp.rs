@@ -124,8 +124,10 @@ impl CpPoller {
         if let PollState::InFlight { next } = self.state {
             self.state = PollState::Due(next);
         }
-        let answer = match response.status {
-            200 => {
+        let transport = response.transport_error(self.settings.max_config_bytes);
+        let answer = match (transport, response.status) {
+            (Some(e), _) => CpAnswer::Failed(CpFailure::Transport(e)),
+            (None, 200) => {
                 let body = trim_json(&response.body);
                 match GatewayConfig::parse(body) {
                     Ok(config) => {
@@ -139,11 +141,8 @@ impl CpPoller {
                     Err(e) => CpAnswer::Failed(CpFailure::Unusable(e)),
                 }
             }
-            304 if have_config => CpAnswer::NotModified,
-            0 => CpAnswer::Failed(CpFailure::NoAnswer {
-                detail: response.body_excerpt(200),
-            }),
-            status => CpAnswer::Failed(CpFailure::Status {
+            (None, 304) if have_config => CpAnswer::NotModified,
+            (None, status) => CpAnswer::Failed(CpFailure::Status {
                 status,
                 excerpt: response.body_excerpt(200),
             }),

@@ -27,10 +27,11 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::process::{ImportRefusal, PublishJob};
 use crate::published::{Meta, Source};
 use crate::settings::{ElectionSettings, Settings};
+use crate::status::{ConfigSource, State, StatusRecord};
 use crate::storage::{ObjectStore, StorageError};
 use cp::{CpAnswer, CpPoller};
 use exporter::{Candidate, ExportStep, Exporter, ReadVerdict, Seq};
-use importer::{ImportStep, Importer};
+use importer::{ImportState, ImportStep, Importer, Phase, MAX_LIST_PAGES};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -41,8 +42,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Name of the stored object under `<prefix>/<version>/`.
 pub const CONFIG_OBJECT: &str = "config.json";
 
-/// A process imports at most this often (the one-shot import).
-pub const IMPORT_ATTEMPTS: u32 = 1;
+/// How long past its storage timeout an earlier driver's import attempt
+/// is taken to have ended (see [`Controller::new`]).
+const IN_FLIGHT_SLACK: Duration = Duration::from_secs(1);
 
 /// Extra time past a request's own timeout before its answer counts as
 /// lost (the host should always answer; this keeps a lost callback from
@@ -56,8 +58,12 @@ pub struct Inherited {
     pub published: Option<(Meta, Vec<u8>)>,
     /// A driver of this process applied a CP answer.
     pub cp_answered: bool,
-    /// Imports this process already sent.
+    /// Import attempts this process already started.
     pub import_attempts: u32,
+    /// An earlier driver's attempt may still be out.
+    pub import_in_flight: bool,
+    /// The status the earlier driver published (readiness), if any.
+    pub status: Option<StatusRecord>,
 }
 
 /// What the controller wants done.
@@ -67,11 +73,15 @@ pub enum Output {
     Send(Call),
     /// Publish this config to every worker (through the coordinator).
     Publish(PublishJob),
-    /// Ask the process for its import; answer with
+    /// Ask the process for an import attempt; answer with
     /// [`Controller::import_granted`] or [`Controller::import_refused`].
     RequestImport {
-        max_attempts: u32,
+        max_attempts: Option<u32>,
     },
+    /// The granted attempt is over (the process may grant another).
+    EndImport,
+    /// The status for readiness probes changed: publish it.
+    Status(StatusRecord),
     Metric(Metric),
 }
 
@@ -93,6 +103,10 @@ struct Pending {
     sent: Seq,
     /// For lease writes: what the write was for, and when it was sent.
     lease_write: Option<(WriteKind, Instant)>,
+    /// The controller's tick count when it was sent, and how many ticks
+    /// must pass as well before it counts as lost.
+    sent_tick: u64,
+    grace_ticks: u64,
 }
 
 #[derive(Debug)]
@@ -104,6 +118,19 @@ pub struct Controller {
     cp: CpPoller,
     importer: Importer,
     import_url: String,
+    /// The process's import attempts so far (from the grants).
+    import_attempts: u32,
+    status: StatusRecord,
+    /// The time of the last input, for callbacks that carry none.
+    last_now: Now,
+    /// The last `config_age_seconds` reported.
+    reported_age: Option<u64>,
+    /// Ticks seen: a second measure of elapsed time for the decisions a
+    /// clock jumping forward must not hasten (a call given up as lost
+    /// while the host may still have it out; see [`crate::clock`]).
+    ticks: u64,
+    /// No import attempt before this tick (an earlier driver's may be out).
+    import_hold_tick: Option<u64>,
     /// `Some` when export is on.
     exporter: Option<Exporter>,
     /// Exporters elect the one that writes; created once the CP answered.
@@ -129,6 +156,7 @@ impl Controller {
         node_id: String,
         inherited: Inherited,
         first_token: Token,
+        seed: u64,
         now: Now,
     ) -> Self {
         let store = settings.storage.clone().map(ObjectStore::new);
@@ -141,15 +169,36 @@ impl Controller {
             _ => None,
         };
         let import_on = settings.import && store.is_some();
-        let used = inherited.cp_answered || inherited.import_attempts >= IMPORT_ATTEMPTS;
+        let policy = settings.import_policy;
+        let used = inherited.cp_answered
+            || policy
+                .max_attempts
+                .is_some_and(|m| inherited.import_attempts >= m);
+        // An earlier driver's attempt went out before it lost its lease,
+        // and ends by its timeout: none starts before that.
+        let wait_until = match (&settings.storage, inherited.import_in_flight) {
+            (Some(s), true) => Some(now.mono.plus(s.timeout + IN_FLIGHT_SLACK)),
+            _ => None,
+        };
         let mut c = Controller {
             node_id,
             version: VERSION.to_string(),
             store,
             export_delay: settings.export_delay,
             cp: CpPoller::new(settings.control_plane.clone()),
-            importer: Importer::new(import_on, used),
+            importer: Importer::new(import_on, used, wait_until, policy, seed),
             import_url,
+            import_attempts: inherited.import_attempts,
+            status: inherited.status.unwrap_or_default(),
+            last_now: now,
+            reported_age: None,
+            ticks: 0,
+            import_hold_tick: wait_until.and(
+                settings
+                    .storage
+                    .as_ref()
+                    .map(|s| ticks_for(s.timeout + IN_FLIGHT_SLACK)),
+            ),
             exporter,
             election: None,
             election_settings: settings.election,
@@ -161,6 +210,13 @@ impl Controller {
             outputs: Vec::new(),
             events: Vec::new(),
         };
+        // Leadership is this driver's own: it starts as a follower.
+        if c.status.leader || c.status.term.is_some() {
+            c.set_status(now, |s| {
+                s.leader = false;
+                s.term = None;
+            });
+        }
         if let Some((meta, config)) = inherited.published {
             if meta.source == Source::ControlPlane {
                 c.cp_answered = true;
@@ -216,16 +272,21 @@ impl Controller {
             .chain(self.cp.next_due())
             .chain(export)
             .chain(election)
+            .chain(self.importer.next_due())
             .min()
     }
 
     /// Advances timers: gives up on answers that never came, polls the CP
     /// when due, renews credentials, runs the election and the export.
     pub fn tick(&mut self, now: Now) {
+        self.last_now = now;
+        self.ticks += 1;
+        self.report_age(now);
+        let ticks = self.ticks;
         let lost: Vec<Token> = self
             .calls
             .iter()
-            .filter(|(_, p)| now.mono >= p.deadline)
+            .filter(|(_, p)| now.mono >= p.deadline && ticks >= p.sent_tick + p.grace_ticks)
             .map(|(t, _)| *t)
             .collect();
         for token in lost {
@@ -246,6 +307,7 @@ impl Controller {
     /// The answer to the call `token`. Unknown tokens (answers to calls of
     /// an earlier driver, or duplicates) are ignored.
     pub fn on_response(&mut self, token: Token, response: HttpResponse, now: Now) {
+        self.last_now = now;
         let Some(pending) = self.calls.remove(&token) else {
             return;
         };
@@ -260,7 +322,7 @@ impl Controller {
         }
         match pending.kind {
             CallKind::CpPoll => self.on_poll(response, pending.sent, now),
-            CallKind::Import => self.on_import(response),
+            CallKind::Import => self.on_import(response, now),
             CallKind::ExportRead => self.on_export_read(response, seq, now),
             CallKind::ExportWrite => self.on_export_write(&response, now),
             CallKind::LeaseRead => {
@@ -293,43 +355,40 @@ impl Controller {
         self.drive(now);
     }
 
-    /// The process granted the import.
-    pub fn import_granted(&mut self, now: Now) {
+    /// The process granted its `attempt`-th import attempt.
+    pub fn import_granted(&mut self, attempt: u32, now: Now) {
+        self.last_now = now;
+        self.import_attempts = self.import_attempts.max(attempt);
         if !self.importer.granted() {
+            self.outputs.push(Output::EndImport);
             return;
         }
         // Granted means the CP had not answered the process; this
         // controller's own view is checked too.
-        let request = match (&self.store, self.cp_answered || self.applied.is_some()) {
-            (Some(store), false) => store.get(&store.key(&self.version, CONFIG_OBJECT), now),
-            _ => {
-                self.importer.finished();
-                self.events.push(Event::ImportCancelled);
-                return;
-            }
-        };
-        match request {
-            Ok(request) => {
-                self.events.push(Event::ImportStarted {
-                    url: self.import_url.clone(),
-                });
-                self.send(CallKind::Import, request, None, now);
-            }
-            Err(error) => {
-                self.importer.finished();
-                self.events.push(Event::ImportFailed {
-                    url: self.import_url.clone(),
-                    error: ImportFailure::Storage(error),
-                });
-            }
+        if self.cp_answered || self.applied.is_some() {
+            self.importer.applied();
+            self.outputs.push(Output::EndImport);
+            self.events.push(Event::ImportCancelled);
+            return;
         }
+        self.outputs.push(Output::Metric(Metric::ImportAttempt));
+        self.events.push(Event::ImportStarted {
+            url: self.import_url.clone(),
+        });
+        let version = self.version.clone();
+        self.import_read(&version, now);
     }
 
     /// The process refused the import.
     pub fn import_refused(&mut self, refusal: ImportRefusal) {
-        self.importer.denied();
-        if refusal == ImportRefusal::CpAnswered {
-            self.events.push(Event::ImportCancelled);
+        let waiting = self.importer.state() == &ImportState::AwaitingGrant;
+        self.importer.refused();
+        match refusal {
+            ImportRefusal::CpAnswered if waiting => self.events.push(Event::ImportCancelled),
+            ImportRefusal::Exhausted if waiting => self.events.push(Event::ImportGaveUp {
+                attempts: self.import_attempts,
+            }),
+            _ => {}
         }
     }
 
@@ -371,6 +430,7 @@ impl Controller {
         self.next_token += 1;
         self.seq += 1;
         let deadline = now.mono.plus(request.timeout + LOST_ANSWER_GRACE);
+        let grace_ticks = ticks_for(request.timeout + LOST_ANSWER_GRACE);
         if kind.is_storage() {
             self.outputs.push(Output::Metric(Metric::StorageRequest));
         }
@@ -381,6 +441,8 @@ impl Controller {
                 deadline,
                 sent: self.seq,
                 lease_write,
+                sent_tick: self.ticks,
+                grace_ticks,
             },
         );
         self.outputs.push(Output::Send(Call {
@@ -403,8 +465,15 @@ impl Controller {
             .store
             .as_ref()
             .is_some_and(|s| s.credentials_ready(now));
-        if ready && self.importer.credentials_ready() == ImportStep::RequestGrant {
-            self.request_import();
+        let held = self.import_hold_tick.is_some_and(|t| self.ticks < t);
+        let step = match held {
+            true => ImportStep::Nothing,
+            false => self.importer.poll(now.mono, self.applied.is_none(), ready),
+        };
+        match step {
+            ImportStep::RequestGrant => self.request_import(),
+            ImportStep::WaitForCredentials => self.events.push(Event::ImportWaitingForCredentials),
+            ImportStep::Nothing => {}
         }
         self.drive_election(now, ready);
         self.drive_export(now, ready);
@@ -412,19 +481,20 @@ impl Controller {
 
     fn request_import(&mut self) {
         self.outputs.push(Output::RequestImport {
-            max_attempts: IMPORT_ATTEMPTS,
+            max_attempts: self.importer.policy().max_attempts,
         });
     }
 
+    /// No access token could be had: an import waiting for one counts as
+    /// a failed attempt and is retried after the backoff (the token cache
+    /// retries on its own meanwhile).
     fn credentials_failed(&mut self, error: StorageError) {
         self.events.push(Event::CredentialsFailed {
             error: error.clone(),
         });
-        if self.importer.credentials_failed() {
-            self.events.push(Event::ImportFailed {
-                url: self.import_url.clone(),
-                error: ImportFailure::Credentials(error),
-            });
+        if self.importer.state() == &ImportState::AwaitingCredentials {
+            let now = self.last_now;
+            self.import_failed(ImportFailure::Credentials(error), false, now);
         }
     }
 
@@ -441,11 +511,21 @@ impl Controller {
                 sha256,
             } => self.on_cp_config(config.revision, body, sha256, sent, now),
             CpAnswer::NotModified => {
+                self.outputs.push(Output::Metric(Metric::CpReachable(true)));
                 if let Some(e) = self.exporter.as_mut() {
                     e.confirm(sent);
                 }
+                if self
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.source == Source::ControlPlane)
+                {
+                    self.set_status(now, |s| s.fresh_at_ms = Some(now.wall.as_millis()));
+                }
             }
             CpAnswer::Failed(_) => {
+                self.outputs
+                    .push(Output::Metric(Metric::CpReachable(false)));
                 let ready = self
                     .store
                     .as_ref()
@@ -470,9 +550,20 @@ impl Controller {
         now: Now,
     ) {
         self.cp_answered = true;
+        self.outputs.push(Output::Metric(Metric::CpReachable(true)));
         if self.importer.cp_answered() {
             self.events.push(Event::ImportCancelled);
         }
+        let fresh = now.wall.as_millis();
+        let status_revision = revision.clone();
+        self.set_status(now, |s| {
+            s.state = State::Serving;
+            s.source = Some(ConfigSource::ControlPlane);
+            s.revision = Some(status_revision);
+            s.version = Some(VERSION.to_string());
+            s.exported_at = None;
+            s.fresh_at_ms = Some(fresh);
+        });
         let unchanged = self
             .applied
             .as_ref()
@@ -496,6 +587,9 @@ impl Controller {
         self.events.push(Event::CpFetched {
             revision: revision.clone(),
         });
+        self.outputs.push(Output::Metric(Metric::ConfigSource(
+            ConfigSource::ControlPlane.gauge(),
+        )));
         self.applied = Some(Applied {
             source: Source::ControlPlane,
             sha256: sha256.clone(),
@@ -510,43 +604,282 @@ impl Controller {
 
     // ---- import ----
 
-    fn on_import(&mut self, response: HttpResponse) {
-        self.importer.finished();
+    /// Sends the read of `version`'s snapshot, as part of the attempt.
+    fn import_read(&mut self, version: &str, now: Now) {
         let Some(store) = &self.store else { return };
-        let opened = store
-            .read_result(response)
-            .map_err(ImportFailure::Storage)
-            .and_then(|object| {
-                envelope::open(&object.body, &self.version).map_err(ImportFailure::Envelope)
-            });
-        match opened {
-            Err(error) => self.events.push(Event::ImportFailed {
-                url: self.import_url.clone(),
-                error,
-            }),
-            Ok(o) if self.applied.is_some() || self.cp_answered => {
+        match store.get(&store.key(version, CONFIG_OBJECT), now) {
+            Ok(request) => self.send(CallKind::Import, request, None, now),
+            Err(error) => self.import_failed(ImportFailure::Storage(error), true, now),
+        }
+    }
+
+    /// Sends the listing of the version folders, page `page`.
+    fn import_list(&mut self, page: Option<&str>, now: Now) {
+        let Some(store) = &self.store else { return };
+        match store.list_versions(page, now) {
+            Ok(request) => self.send(CallKind::Import, request, None, now),
+            Err(error) => self.import_failed(ImportFailure::ListFailed(error), true, now),
+        }
+    }
+
+    /// An answer within an import attempt: what it means depends on the
+    /// attempt's phase (own version, listing, an older version).
+    fn on_import(&mut self, response: HttpResponse, now: Now) {
+        let ImportState::InFlight(phase) = self.importer.state().clone() else {
+            return;
+        };
+        if self.cp_answered || self.applied.is_some() {
+            // The CP answered while the attempt was out: it is over.
+            if let Some(Ok(o)) = self.open_answer(response, &self.version.clone(), now.wall) {
                 self.events.push(Event::ImportDiscarded {
                     revision: o.revision,
-                })
-            }
-            Ok(o) => {
-                self.events.push(Event::Imported {
-                    revision: o.revision.clone(),
-                    url: self.import_url.clone(),
-                    exported_at: o.exported_at,
-                    exporter: o.exporter,
                 });
-                self.applied = Some(Applied {
-                    source: Source::Storage,
-                    sha256: o.sha256.clone(),
-                });
-                self.outputs.push(Output::Publish(PublishJob {
-                    source: Source::Storage,
-                    revision: o.revision,
-                    sha256: o.sha256,
-                    config: o.config_bytes,
-                }));
             }
+            self.importer.applied();
+            self.outputs.push(Output::EndImport);
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        let policy = *self.importer.policy();
+        match phase {
+            Phase::Own => {
+                let version = self.version.clone();
+                match store.read_result(response) {
+                    Err(StorageError::NotFound { .. }) if policy.older_versions => {
+                        self.events.push(Event::ImportListing {
+                            url: store.list_url(),
+                        });
+                        self.importer.advance(Phase::Listing {
+                            names: Vec::new(),
+                            pages: 1,
+                        });
+                        self.import_list(None, now);
+                    }
+                    Err(StorageError::NotFound { .. }) => {
+                        self.import_failed(ImportFailure::NotFound { version }, true, now)
+                    }
+                    Err(error) => self.import_failed(ImportFailure::Storage(error), true, now),
+                    Ok(object) => match self.open_object(object, &version, now.wall) {
+                        Ok(o) => self.apply_import(o, &version, now),
+                        Err(error) => self.import_failed(error, true, now),
+                    },
+                }
+            }
+            Phase::Listing { mut names, pages } => match store.list_result(response) {
+                Err(error) => self.import_failed(ImportFailure::ListFailed(error), true, now),
+                Ok((more, next)) => {
+                    names.extend(more);
+                    match next {
+                        Some(token) if pages < MAX_LIST_PAGES => {
+                            self.importer.advance(Phase::Listing {
+                                names,
+                                pages: pages + 1,
+                            });
+                            self.import_list(Some(&token), now);
+                        }
+                        _ => {
+                            let candidates = crate::version::older_than(&self.version, &names);
+                            match candidates.first().cloned() {
+                                None => self.import_failed(
+                                    ImportFailure::NoSnapshot {
+                                        version: self.version.clone(),
+                                        older_tried: 0,
+                                    },
+                                    true,
+                                    now,
+                                ),
+                                Some(first) => {
+                                    self.importer.advance(Phase::Older {
+                                        candidates,
+                                        index: 0,
+                                    });
+                                    self.import_read(&first, now);
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            Phase::Older { candidates, index } => {
+                let Some(version) = candidates.get(index).cloned() else {
+                    return;
+                };
+                let opened = store
+                    .read_result(response)
+                    .map_err(ImportFailure::Storage)
+                    .and_then(|object| self.open_object(object, &version, now.wall));
+                match opened {
+                    Ok(o) => self.apply_import(o, &version, now),
+                    // The store did not answer this read: the attempt
+                    // fails (and is retried) rather than settle for an
+                    // even older snapshot.
+                    Err(ImportFailure::Storage(error)) if transient(&error) => {
+                        self.import_failed(ImportFailure::Storage(error), true, now)
+                    }
+                    Err(error) => {
+                        self.events
+                            .push(Event::ImportVersionSkipped { version, error });
+                        match candidates.get(index + 1).cloned() {
+                            Some(next) => {
+                                self.importer.advance(Phase::Older {
+                                    candidates,
+                                    index: index + 1,
+                                });
+                                self.import_read(&next, now);
+                            }
+                            None => self.import_failed(
+                                ImportFailure::NoSnapshot {
+                                    version: self.version.clone(),
+                                    older_tried: candidates.len(),
+                                },
+                                true,
+                                now,
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a read object as a snapshot of `version`, refusing one that is
+    /// not JSON (named by content type and first bytes) or too old.
+    fn open_object(
+        &self,
+        object: crate::storage::Object,
+        version: &str,
+        wall: crate::time::Timestamp,
+    ) -> Result<envelope::Opened, ImportFailure> {
+        let is_json = object
+            .body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !is_json {
+            let answer = HttpResponse {
+                status: 200,
+                headers: object
+                    .content_type
+                    .iter()
+                    .map(|t| ("content-type".to_string(), t.clone()))
+                    .collect(),
+                body: object.body,
+            };
+            return Err(ImportFailure::NotJson {
+                description: answer.describe_body(),
+            });
+        }
+        let opened = envelope::open(&object.body, version).map_err(ImportFailure::Envelope)?;
+        if let Some(limit) = self.importer.policy().max_age {
+            let exported = crate::time::Timestamp::parse_rfc3339(&opened.exported_at);
+            // A snapshot whose export time cannot be read counts as too old.
+            let age_s = exported.map_or(u64::MAX, |t| wall.since(t).as_secs());
+            if age_s > limit.as_secs() {
+                return Err(ImportFailure::TooOld {
+                    age_s,
+                    limit_s: limit.as_secs(),
+                });
+            }
+        }
+        Ok(opened)
+    }
+
+    /// For a discarded answer: the snapshot it held, if any.
+    fn open_answer(
+        &self,
+        response: HttpResponse,
+        version: &str,
+        wall: crate::time::Timestamp,
+    ) -> Option<Result<envelope::Opened, ImportFailure>> {
+        let object = self.store.as_ref()?.read_result(response).ok()?;
+        Some(self.open_object(object, version, wall))
+    }
+
+    fn apply_import(&mut self, o: envelope::Opened, version: &str, now: Now) {
+        self.importer.applied();
+        self.outputs.push(Output::EndImport);
+        let url = self
+            .store
+            .as_ref()
+            .map(|s| s.url(&s.key(version, CONFIG_OBJECT)))
+            .unwrap_or_default();
+        self.events.push(Event::Imported {
+            revision: o.revision.clone(),
+            version: version.to_string(),
+            url,
+            exported_at: o.exported_at.clone(),
+            exporter: o.exporter,
+        });
+        self.applied = Some(Applied {
+            source: Source::Storage,
+            sha256: o.sha256.clone(),
+        });
+        let fresh_at_ms =
+            crate::time::Timestamp::parse_rfc3339(&o.exported_at).map(|t| t.as_millis());
+        self.set_status(now, |s| {
+            s.state = State::Serving;
+            s.source = Some(ConfigSource::Storage);
+            s.revision = Some(o.revision.clone());
+            s.version = Some(version.to_string());
+            s.exported_at = Some(o.exported_at.clone());
+            s.fresh_at_ms = fresh_at_ms;
+        });
+        self.outputs.push(Output::Metric(Metric::ConfigSource(
+            ConfigSource::Storage.gauge(),
+        )));
+        self.outputs.push(Output::Publish(PublishJob {
+            source: Source::Storage,
+            revision: o.revision,
+            sha256: o.sha256,
+            config: o.config_bytes,
+        }));
+    }
+
+    /// An attempt applied nothing. `granted`: it held the process's grant,
+    /// which it now gives back.
+    fn import_failed(&mut self, error: ImportFailure, granted: bool, now: Now) {
+        if granted {
+            // An attempt that went out and applied nothing.
+            self.outputs.push(Output::EndImport);
+            self.outputs.push(Output::Metric(Metric::ImportFailure));
+        }
+        let retry_in = self.importer.failed(now.mono, self.import_attempts);
+        self.events.push(Event::ImportFailed {
+            url: self.import_url.clone(),
+            error,
+            retry_in,
+        });
+        if retry_in.is_none() {
+            self.events.push(Event::ImportGaveUp {
+                attempts: self.import_attempts,
+            });
+        }
+        if self.applied.is_none() {
+            self.set_status(now, |s| s.state = State::ImportFailed);
+        }
+    }
+
+    /// Changes the readiness status; publishes it if it changed, and the
+    /// age gauge with it (not a tick later).
+    fn set_status(&mut self, now: Now, change: impl FnOnce(&mut StatusRecord)) {
+        let mut next = self.status.clone();
+        change(&mut next);
+        if next != self.status {
+            self.status = next.clone();
+            self.outputs.push(Output::Status(next));
+            self.report_age(now);
+        }
+    }
+
+    /// `config_age_seconds`, when it changed.
+    fn report_age(&mut self, now: Now) {
+        let age = self
+            .status
+            .age_s(now.wall)
+            .filter(|_| self.applied.is_some());
+        if let Some(age) = age.filter(|a| self.reported_age != Some(*a)) {
+            self.reported_age = Some(age);
+            self.outputs.push(Output::Metric(Metric::ConfigAge(age)));
         }
     }
 
@@ -665,12 +998,20 @@ impl Controller {
                 Change::BecameLeader { term } => {
                     self.outputs
                         .push(Output::Metric(Metric::Leader(Some(term))));
+                    self.set_status(now, |s| {
+                        s.leader = true;
+                        s.term = Some(term);
+                    });
                     if let Some(e) = self.exporter.as_mut() {
                         e.became_leader(now.mono);
                     }
                 }
                 Change::LostLeadership { .. } => {
                     self.outputs.push(Output::Metric(Metric::Leader(None)));
+                    self.set_status(now, |s| {
+                        s.leader = false;
+                        s.term = None;
+                    });
                     if let Some(e) = self.exporter.as_mut() {
                         e.lost_leadership();
                     }
@@ -687,6 +1028,22 @@ impl Controller {
                 }),
             }
         }
+    }
+}
+
+/// How many root ticks span `d`, rounded up.
+fn ticks_for(d: Duration) -> u64 {
+    let tick = crate::process::TICK.as_millis().max(1);
+    u64::try_from(d.as_millis().div_ceil(tick)).unwrap_or(u64::MAX)
+}
+
+/// A store failure that says nothing about the object: it may answer
+/// differently the next time.
+fn transient(e: &StorageError) -> bool {
+    match e {
+        StorageError::Transport(_) | StorageError::CredentialsPending => true,
+        StorageError::Status { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
     }
 }
 

@@ -8,10 +8,11 @@ use crate::clock::Now;
 use crate::election::LeaseRecord;
 use crate::envelope::{open, seal, sha256_hex, EnvelopeError, Export};
 use crate::event::{CpFailure, Event, ImportFailure, Level, LossReason};
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse, TransportError};
 use crate::process::{ImportRefusal, PublishJob};
 use crate::published::{Meta, Source};
 use crate::settings::Settings;
+use crate::status::{ConfigSource, State, StatusRecord};
 use crate::storage::StorageError;
 use crate::time::Timestamp;
 use std::collections::{HashMap, HashSet};
@@ -21,6 +22,8 @@ const CFG1: &str =
     r#"{"revision":"r1","routes":[{"name":"echo","paths":["/echo"],"upstream":"echo_service"}]}"#;
 const CFG2: &str =
     r#"{"revision":"r2","routes":[{"name":"v2","paths":["/v2"],"upstream":"echo_service"}]}"#;
+/// The controller's seed (the import backoff's jitter).
+const SEED: u64 = 7;
 const NO_SUCH_KEY: &str = "<Error><Code>NoSuchKey</Code></Error>";
 const BAD_SIGNATURE: &str =
     "<Error><Code>SignatureDoesNotMatch</Code><Message>nope</Message></Error>";
@@ -33,6 +36,28 @@ fn s3_settings(import: bool, export: bool, delay_s: u64) -> Settings {
             "cluster_fallback_config_storage":"s3://bkt/pre","cluster_fallback_config_export_delay":{delay_s},
             "storage":{{"endpoint":"http://127.0.0.1:9000","timeout_ms":1000}},
             "control_plane":{{"timeout_ms":1000,"poll_interval_ms":5000}}}}"#
+    );
+    let env: HashMap<&str, &str> =
+        [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")].into();
+    Settings::parse(json.as_bytes(), &|k| env.get(k).map(|v| v.to_string())).unwrap()
+}
+
+/// S3 with import on and export off, plus `import` (the policy object),
+/// extra `storage` and extra `control_plane` fields (each a JSON object's
+/// inside, possibly empty).
+fn s3_import_settings(import: &str, storage: &str, control_plane: &str) -> Settings {
+    let comma = |extra: &str| match extra {
+        "" => String::new(),
+        e => format!(",{e}"),
+    };
+    let json = format!(
+        r#"{{"cluster_fallback_config_import":true,
+            "cluster_fallback_config_storage":"s3://bkt/pre",
+            "import":{{{import}}},
+            "storage":{{"endpoint":"http://127.0.0.1:9000","timeout_ms":1000{}}},
+            "control_plane":{{"timeout_ms":1000,"poll_interval_ms":5000{}}}}}"#,
+        comma(storage),
+        comma(control_plane)
     );
     let env: HashMap<&str, &str> =
         [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")].into();
@@ -62,6 +87,14 @@ fn config_url() -> String {
 
 fn config_path() -> String {
     format!("/bkt/pre/{VERSION}/config.json")
+}
+
+fn version_url(version: &str) -> String {
+    format!("s3://bkt/pre/{version}/config.json")
+}
+
+fn version_path(version: &str) -> String {
+    format!("/bkt/pre/{version}/config.json")
 }
 
 // ---- answers ----
@@ -125,6 +158,67 @@ fn envelope_for(config: &str, revision: &str, version: &str, term: u64) -> Strin
     .unwrap()
 }
 
+/// An envelope of `version` exported at `at` (by wall clock).
+fn envelope_at(config: &str, revision: &str, version: &str, at: Timestamp) -> String {
+    String::from_utf8(
+        seal(Export {
+            config: config.as_bytes(),
+            revision,
+            version,
+            exporter: "exp",
+            exported_at: at,
+            term: 1,
+        })
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A read of `version`'s snapshot holding `config`.
+fn snapshot(config: &str, revision: &str, version: &str) -> HttpResponse {
+    resp(200, &envelope_for(config, revision, version, 1))
+}
+
+/// An S3 ListObjectsV2 answer (delimiter `/`) listing these version
+/// folders under `pre/`, with the next page's token if any. Its root
+/// element has no attributes (see `listing_with_namespace`).
+fn listing(versions: &[&str], next: Option<&str>) -> HttpResponse {
+    listing_under("<ListBucketResult>", versions, next)
+}
+
+/// The same as S3 (and MinIO) send it: the root element names its XML
+/// namespace.
+fn listing_with_namespace(versions: &[&str]) -> HttpResponse {
+    listing_under(
+        r#"<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+        versions,
+        None,
+    )
+}
+
+fn listing_under(root: &str, versions: &[&str], next: Option<&str>) -> HttpResponse {
+    let prefixes: String = versions
+        .iter()
+        .map(|v| format!("<CommonPrefixes><Prefix>pre/{v}/</Prefix></CommonPrefixes>"))
+        .collect();
+    let more = match next {
+        Some(t) => format!(
+            "<IsTruncated>true</IsTruncated><NextContinuationToken>{t}</NextContinuationToken>"
+        ),
+        None => "<IsTruncated>false</IsTruncated>".to_string(),
+    };
+    resp(
+        200,
+        &format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>{root}<Name>bkt</Name><Prefix>pre/</Prefix><Delimiter>/</Delimiter>{more}{prefixes}</ListBucketResult>"#
+        ),
+    )
+}
+
+/// Envoy's answer when it cannot connect to the upstream.
+const CONNECT_ERROR: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+
 /// A read of `config.json` holding `config` written in `term`.
 fn stored(config: &str, revision: &str, term: u64, etag: Option<&str>) -> HttpResponse {
     let body = envelope_for(config, revision, VERSION, term);
@@ -165,6 +259,8 @@ fn inherited(config: &str, revision: &str, source: Source) -> Inherited {
         )),
         cp_answered: source == Source::ControlPlane,
         import_attempts: u32::from(source == Source::Storage),
+        import_in_flight: false,
+        status: None,
     }
 }
 
@@ -190,6 +286,9 @@ struct Sim {
     own_lease_term: Option<u64>,
     renewals_fail: bool,
     lease_writes: u64,
+    /// The process's import attempts granted so far (the next grant is
+    /// attempt `attempts + 1`).
+    attempts: u32,
     /// Sent and not answered yet (lease calls only under `Lease::Manual`).
     pending: Vec<Call>,
     /// Every output, in order.
@@ -212,12 +311,25 @@ impl Sim {
         first_token: Token,
         lease: Lease,
     ) -> Sim {
+        Sim::seeded(settings, node, inherited, first_token, lease, SEED)
+    }
+
+    fn seeded(
+        settings: &Settings,
+        node: &str,
+        inherited: Inherited,
+        first_token: Token,
+        lease: Lease,
+        seed: u64,
+    ) -> Sim {
+        let attempts = inherited.import_attempts;
         Sim {
             c: Controller::new(
                 settings,
                 node.into(),
                 inherited,
                 first_token,
+                seed,
                 Now::at_millis(0),
             ),
             node: node.into(),
@@ -226,6 +338,7 @@ impl Sim {
             own_lease_term: None,
             renewals_fail: false,
             lease_writes: 0,
+            attempts,
             pending: Vec::new(),
             log: Vec::new(),
             events: Vec::new(),
@@ -244,6 +357,17 @@ impl Sim {
         self.pump();
     }
 
+    /// Ticks every 200 ms, as a root does, from the next tick after now
+    /// up to (not including) `ms`: decisions that wait for ticks as well
+    /// as time (a call given up as lost) need them.
+    fn ticks_until(&mut self, ms: u64) {
+        let mut t = self.now - self.now % 200 + 200;
+        while t < ms {
+            self.tick(t);
+            t += 200;
+        }
+    }
+
     fn answer(&mut self, token: Token, response: HttpResponse) {
         self.c.on_response(token, response, self.at());
         self.pump();
@@ -260,8 +384,10 @@ impl Sim {
         self.pump();
     }
 
+    /// The process grants its next import attempt.
     fn grant(&mut self) {
-        self.c.import_granted(self.at());
+        self.attempts += 1;
+        self.c.import_granted(self.attempts, self.at());
         self.pump();
     }
 
@@ -425,7 +551,7 @@ fn metrics(out: &[Output]) -> Vec<Metric> {
         .collect()
 }
 
-fn import_requests(out: &[Output]) -> Vec<u32> {
+fn import_requests(out: &[Output]) -> Vec<Option<u32>> {
     out.iter()
         .filter_map(|o| match o {
             Output::RequestImport { max_attempts } => Some(*max_attempts),
@@ -436,6 +562,87 @@ fn import_requests(out: &[Output]) -> Vec<u32> {
 
 fn count(events: &[Event], pred: impl Fn(&Event) -> bool) -> usize {
     events.iter().filter(|e| pred(e)).count()
+}
+
+fn statuses(out: &[Output]) -> Vec<StatusRecord> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Status(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn end_imports(out: &[Output]) -> usize {
+    out.iter().filter(|o| **o == Output::EndImport).count()
+}
+
+fn metric_count(out: &[Output], metric: Metric) -> usize {
+    metrics(out).iter().filter(|m| **m == metric).count()
+}
+
+/// The import failures reported, with their waits.
+fn import_failures(events: &[Event]) -> Vec<(ImportFailure, Option<Duration>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ImportFailed {
+                error, retry_in, ..
+            } => Some((error.clone(), *retry_in)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap()
+}
+
+/// Whether `wait` lies in the upper half of `full`, as equal jitter puts it.
+fn jittered(wait: Duration, full: Duration) -> bool {
+    wait >= full / 2 && wait <= full
+}
+
+/// CP down at start; the first attempt is granted and its read of this
+/// version's `config.json` is pending. Events so far are collected.
+fn import_pending(settings: &Settings) -> (Sim, Call) {
+    let mut s = Sim::new(settings);
+    s.tick_cp(0, cp_down());
+    assert_eq!(import_requests(&s.log).len(), 1);
+    s.grant();
+    let get = s.take(CallKind::Import);
+    assert_eq!(get.request.path, config_path());
+    s.events();
+    (s, get)
+}
+
+/// Answers the pending import read at `ms` with `answer`, expects the one
+/// attempt failure, and returns its error and wait.
+fn fail_import(s: &mut Sim, ms: u64, get: Call, answer: HttpResponse) -> (ImportFailure, Duration) {
+    s.answer_at(ms, get.token, answer);
+    let events = s.events();
+    match import_failures(&events).as_slice() {
+        [(error, Some(wait))] => (error.clone(), *wait),
+        _ => panic!("{events:?}"),
+    }
+}
+
+/// Ticks (answering CP polls with 503) up to `due`: nothing is asked
+/// before it, the next attempt at it. Returns with that request logged.
+fn retry_at(s: &mut Sim, due: u64) {
+    let asked = import_requests(&s.log).len();
+    s.tick_cp(due - 1, cp_down());
+    assert_eq!(
+        import_requests(&s.log).len(),
+        asked,
+        "no retry before {due} ms"
+    );
+    s.tick_cp(due, cp_down());
+    assert_eq!(
+        import_requests(&s.log).len(),
+        asked + 1,
+        "the retry is asked for at {due} ms"
+    );
 }
 
 /// A sole exporter ("node-7", S3, no export delay) that applied CFG1 from
@@ -522,7 +729,20 @@ fn polls_the_cp_at_once_then_every_interval() {
     assert_eq!(header(&poll.request, "if-none-match"), Some("\"e1\""));
     let mark = s.mark();
     s.answer(poll.token, not_modified());
-    assert!(s.since(mark).is_empty(), "304: nothing to do");
+    // 304: nothing to do but note the CP answered and the config is fresh.
+    assert!(sends(s.since(mark)).is_empty() && publishes(s.since(mark)).is_empty());
+    // The age gauge follows the status' new freshness at once.
+    assert_eq!(
+        metrics(s.since(mark)),
+        vec![Metric::CpReachable(true), Metric::ConfigAge(0)]
+    );
+    assert_eq!(
+        statuses(s.since(mark))
+            .iter()
+            .map(|r| r.fresh_at_ms)
+            .collect::<Vec<_>>(),
+        vec![Some(Now::at_millis(5_000).wall.as_millis())]
+    );
     assert!(s.events().is_empty(), "the CP was up already");
     // A new revision is applied.
     s.tick(10_000);
@@ -566,21 +786,18 @@ fn a_304_is_the_applied_config_confirmed_and_reports_the_cp_back() {
     s.tick_cp(5_000, cp_down());
     s.tick_cp(10_000, resp(504, "upstream request timeout"));
     let events = s.events();
+    // Envoy's connect errors and timeouts are named, not bare statuses.
     assert_eq!(
         events[1..],
         [
             Event::CpUnavailable {
-                reason: CpFailure::Status {
-                    status: 503,
-                    excerpt: "upstream connect error".into()
-                },
+                reason: CpFailure::Transport(TransportError::Unreachable(
+                    "upstream connect error".into()
+                )),
                 again: false
             },
             Event::CpUnavailable {
-                reason: CpFailure::Status {
-                    status: 504,
-                    excerpt: "upstream request timeout".into()
-                },
+                reason: CpFailure::Transport(TransportError::Timeout),
                 again: true
             }
         ]
@@ -606,7 +823,7 @@ fn a_304_is_the_applied_config_confirmed_and_reports_the_cp_back() {
             ..
         }
     )));
-    assert_eq!(import_requests(&s.log), vec![IMPORT_ATTEMPTS]);
+    assert_eq!(import_requests(&s.log), vec![None], "unlimited by default");
 }
 
 #[test]
@@ -699,7 +916,11 @@ fn unusable_cp_config_counts_as_cp_unavailable() {
         ),
         "{events:?}"
     );
-    assert_eq!(import_requests(&s.log), vec![1], "the import is asked for");
+    assert_eq!(
+        import_requests(&s.log),
+        vec![None],
+        "the import is asked for"
+    );
     // Its ETag is not taken: the next poll asks for a full config.
     s.tick(5_000);
     assert_eq!(
@@ -717,13 +938,15 @@ fn send_failures_count_as_cp_unavailable() {
     assert_eq!(
         s.events(),
         vec![Event::CpUnavailable {
-            reason: CpFailure::NoAnswer {
-                detail: "not sent: BadArgument".into()
-            },
+            reason: CpFailure::Transport(TransportError::NoAnswer("not sent: BadArgument".into())),
             again: false
         }]
     );
-    assert_eq!(import_requests(&s.log), vec![1], "the import is asked for");
+    assert_eq!(
+        import_requests(&s.log),
+        vec![None],
+        "the import is asked for"
+    );
     // The failed call is done with: an answer for it later is ignored.
     let mark = s.mark();
     s.answer(poll.token, cp_ok(CFG1, "\"e\""));
@@ -737,6 +960,7 @@ fn lost_answers_are_given_up_on() {
     let lost = s.take(CallKind::CpPoll);
     // Timeout 1 s + 5 s grace.
     assert_eq!(s.c.poll_timeout(), Some(Instant::from_millis(6_000)));
+    s.ticks_until(5_999);
     s.tick(5_999);
     assert!(s.events().is_empty() && s.pending.is_empty());
     // At 6 s the poll is declared lost and the overdue one goes out.
@@ -744,9 +968,9 @@ fn lost_answers_are_given_up_on() {
     assert_eq!(
         s.events(),
         vec![Event::CpUnavailable {
-            reason: CpFailure::NoAnswer {
-                detail: "no answer from the proxy".into()
-            },
+            reason: CpFailure::Transport(TransportError::NoAnswer(
+                "no answer from the proxy".into()
+            )),
             again: false
         }]
     );
@@ -797,12 +1021,15 @@ fn imports_once_when_the_cp_is_down_at_start() {
         .iter()
         .any(|e| matches!(e, Event::CpUnavailable { again: false, .. })));
     // The process is asked first; nothing goes to the store before its grant.
-    assert_eq!(import_requests(&s.log), vec![1]);
+    assert_eq!(import_requests(&s.log), vec![None]);
     assert!(s.pending.is_empty());
     let mark = s.mark();
     s.grant();
     assert_eq!(s.events(), vec![Event::ImportStarted { url: config_url() }]);
-    assert_eq!(metrics(s.since(mark)), vec![Metric::StorageRequest]);
+    assert_eq!(
+        metrics(s.since(mark)),
+        vec![Metric::ImportAttempt, Metric::StorageRequest]
+    );
     let get = s.take(CallKind::Import);
     let r = &get.request;
     assert_eq!(
@@ -820,11 +1047,13 @@ fn imports_once_when_the_cp_is_down_at_start() {
         s.events(),
         vec![Event::Imported {
             revision: "r1".into(),
+            version: VERSION.into(),
             url: config_url(),
             exported_at: exported_at().rfc3339(),
             exporter: "exp".into()
         }]
     );
+    assert_eq!(end_imports(s.since(mark)), 1, "the grant is given back");
     // The CP stays down: it is polled again, the store never again.
     let mark = s.mark();
     for i in 1..10 {
@@ -850,12 +1079,13 @@ fn a_refused_import_sends_nothing() {
     for refusal in [ImportRefusal::Exhausted, ImportRefusal::CpAnswered] {
         let mut s = Sim::new(&s3_settings(true, false, 0));
         s.tick_cp(0, cp_down());
-        assert_eq!(import_requests(&s.log), vec![1]);
+        assert_eq!(import_requests(&s.log), vec![None]);
         s.events();
         s.refuse(refusal);
         let expected = match refusal {
             ImportRefusal::CpAnswered => vec![Event::ImportCancelled],
-            ImportRefusal::Exhausted => vec![],
+            // The process used up its attempts (in an earlier driver).
+            ImportRefusal::Exhausted => vec![Event::ImportGaveUp { attempts: 0 }],
         };
         assert_eq!(s.events(), expected, "{refusal:?}");
         // A grant arriving anyway, and later outages, send nothing.
@@ -872,15 +1102,17 @@ fn a_refused_import_sends_nothing() {
 }
 
 #[test]
-fn refused_imports_apply_nothing_and_are_not_retried() {
+fn refused_imports_apply_nothing_and_are_retried_with_backoff() {
     let wrong_version = envelope_for(CFG1, "r1", "9.9.9", 1);
     let tampered = envelope_for(CFG1, "r1", VERSION, 1).replace("/echo", "/evil");
     type Check = fn(&ImportFailure) -> bool;
-    let cases: [(HttpResponse, Check); 5] = [
+    let cases: [(HttpResponse, Check); 6] = [
+        // Without older versions a missing snapshot is the end of the
+        // attempt (with them, see `a_missing_snapshot_falls_back_...`).
         (resp(404, NO_SUCH_KEY), |e| {
-            *e == ImportFailure::Storage(StorageError::NotFound {
-                code: Some("NoSuchKey".into()),
-            })
+            *e == ImportFailure::NotFound {
+                version: VERSION.into(),
+            }
         }),
         (resp(200, "{not json"), |e| {
             matches!(e, ImportFailure::Envelope(EnvelopeError::Parse(_)))
@@ -910,70 +1142,110 @@ fn refused_imports_apply_nothing_and_are_not_retried() {
                 )
             },
         ),
+        // A server error that is not the proxy's: a status, retried too.
+        (
+            resp(
+                503,
+                "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            ),
+            |e| {
+                matches!(
+                    e,
+                    ImportFailure::Storage(StorageError::Status { status: 503, code: Some(c), .. })
+                        if c == "SlowDown"
+                )
+            },
+        ),
     ];
+    let settings = s3_import_settings(r#""older_versions":false"#, "", "");
     for (i, (answer, check)) in cases.into_iter().enumerate() {
-        let mut s = Sim::new(&s3_settings(true, false, 0));
-        s.tick_cp(0, cp_down());
-        s.grant();
-        let get = s.take(CallKind::Import);
-        s.events();
+        let (mut s, get) = import_pending(&settings);
+        let mark = s.mark();
         s.answer_at(1_000, get.token, answer);
         assert!(publishes(&s.log).is_empty(), "case {i}");
         assert!(!s.c.has_config(), "case {i}");
         let events = s.events();
-        match events.as_slice() {
-            [e @ Event::ImportFailed { url, error }] => {
+        let wait = match events.as_slice() {
+            [e @ Event::ImportFailed {
+                url,
+                error,
+                retry_in: Some(wait),
+            }] => {
                 assert_eq!(url, &config_url(), "case {i}");
                 assert!(check(error), "case {i}: {error:?}");
                 assert_eq!(e.level(), Level::Error, "case {i}");
+                *wait
             }
             other => panic!("case {i}: {other:?}"),
-        }
-        // Not retried, however long the CP stays down.
-        for j in 1..5 {
-            s.tick_cp(5_000 * j, cp_down());
-        }
-        assert_eq!(import_requests(&s.log).len(), 1, "case {i}");
+        };
+        assert!(
+            jittered(wait, Duration::from_secs(1)),
+            "case {i}: the first wait is within [0.5 s, 1 s]: {wait:?}"
+        );
+        assert_eq!(end_imports(s.since(mark)), 1, "case {i}");
+        assert_eq!(
+            metric_count(s.since(mark), Metric::ImportFailure),
+            1,
+            "case {i}"
+        );
+        // Retried after the wait, with a new grant.
+        retry_at(&mut s, 1_000 + millis(wait));
         assert_eq!(sends_of(&s.log, CallKind::Import).len(), 1, "case {i}");
-        // The CP still wins later.
-        s.tick_cp(30_000, cp_ok(CFG1, "\"e\""));
+        s.grant();
+        let get = s.take(CallKind::Import);
+        assert_eq!(get.request.path, config_path(), "case {i}");
+        // The CP still wins over an attempt that is out.
+        s.tick_cp(5_000, cp_ok(CFG1, "\"e\""));
+        s.answer(get.token, stored(CFG2, "r2", 1, Some("\"s\"")));
         assert_eq!(
             publishes(&s.log),
             vec![job(CFG1, "r1", Source::ControlPlane)],
             "case {i}"
         );
+        assert_eq!(end_imports(&s.log), 2, "case {i}");
     }
 }
 
 #[test]
-fn a_lost_import_answer_fails_the_import_for_good() {
+fn a_lost_import_answer_is_retried() {
     let mut s = Sim::new(&s3_settings(true, false, 0));
     s.tick_cp(0, cp_down());
     s.grant();
     let get = s.take(CallKind::Import);
     s.events();
     // Storage timeout 1 s + 5 s grace; the CP poll due at 5 s is answered.
+    s.ticks_until(5_000);
     s.tick_cp(5_000, cp_down());
+    s.ticks_until(6_000);
     s.events();
+    let mark = s.mark();
     s.tick(6_000);
-    assert!(
-        s.events().iter().any(|e| matches!(
-            e,
-            Event::ImportFailed {
-                error: ImportFailure::Storage(StorageError::Status { status: 0, .. }),
-                ..
-            }
-        )),
-        "the lost answer is an import failure"
-    );
+    let events = s.events();
+    let wait = match import_failures(&events).as_slice() {
+        [(
+            ImportFailure::Storage(StorageError::Transport(TransportError::NoAnswer(why))),
+            Some(wait),
+        )] => {
+            assert_eq!(why, "no answer from the proxy");
+            *wait
+        }
+        _ => panic!("the lost answer is an import failure: {events:?}"),
+    };
+    assert_eq!(end_imports(s.since(mark)), 1);
     let mark = s.mark();
     s.answer(get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
     assert!(s.since(mark).is_empty(), "its late answer is ignored");
+    assert!(!s.c.has_config());
+    // The retry reads again and applies.
+    retry_at(&mut s, 6_000 + millis(wait));
+    s.grant();
+    let get = s.take(CallKind::Import);
+    s.answer(get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    assert_eq!(publishes(&s.log), vec![job(CFG1, "r1", Source::Storage)]);
     for i in 2..5 {
         s.tick_cp(5_000 * i, cp_down());
     }
-    assert_eq!(import_requests(&s.log).len(), 1);
-    assert!(!s.c.has_config());
+    assert_eq!(import_requests(&s.log).len(), 2);
 }
 
 #[test]
@@ -1007,7 +1279,7 @@ fn cp_answer_during_import_wins() {
 fn a_cp_answer_before_the_grant_cancels_the_import() {
     let mut s = Sim::new(&s3_settings(true, false, 0));
     s.tick_cp(0, cp_down());
-    assert_eq!(import_requests(&s.log), vec![1]);
+    assert_eq!(import_requests(&s.log), vec![None]);
     s.events();
     s.tick_cp(5_000, cp_ok(CFG1, "\"e\""));
     assert_eq!(
@@ -1028,7 +1300,7 @@ fn a_cp_answer_before_the_grant_cancels_the_import() {
 #[test]
 fn no_import_when_cp_answered_first_or_import_off_or_already_used() {
     let settings = s3_settings(true, false, 0);
-    let cases: [(&str, Settings, Inherited, bool); 5] = [
+    let cases: [(&str, Settings, Inherited, bool); 6] = [
         (
             "CP answered first",
             settings.clone(),
@@ -1045,19 +1317,28 @@ fn no_import_when_cp_answered_first_or_import_off_or_already_used() {
             "the process's CP answered",
             settings.clone(),
             Inherited {
-                published: None,
                 cp_answered: true,
-                import_attempts: 0,
+                ..Inherited::default()
             },
             false,
         ),
         (
-            "the process imported",
+            "the process used its attempts",
+            s3_import_settings(r#""max_attempts":2"#, "", ""),
+            Inherited {
+                import_attempts: 2,
+                ..Inherited::default()
+            },
+            false,
+        ),
+        (
+            "the process's CP answered while an attempt was out",
             settings.clone(),
             Inherited {
-                published: None,
-                cp_answered: false,
-                import_attempts: IMPORT_ATTEMPTS,
+                cp_answered: true,
+                import_attempts: 1,
+                import_in_flight: true,
+                ..Inherited::default()
             },
             false,
         ),
@@ -1131,7 +1412,7 @@ fn gcs_import_waits_for_the_access_token() {
     assert!(import_requests(&s.log).is_empty(), "no grant asked yet");
     assert!(s.pending.is_empty());
     s.answer_at(1_000, token.token, token_ok("ya29.tok"));
-    assert_eq!(import_requests(&s.log), vec![1]);
+    assert_eq!(import_requests(&s.log), vec![None]);
     assert!(s.pending.is_empty(), "still waiting for the grant");
     s.grant();
     let get = s.take(CallKind::Import);
@@ -1148,7 +1429,7 @@ fn gcs_import_waits_for_the_access_token() {
 }
 
 #[test]
-fn gcs_import_fails_clearly_when_no_token_can_be_had() {
+fn gcs_import_fails_clearly_when_no_token_can_be_had_and_retries_once_one_can() {
     let mut s = Sim::new(&gcs_settings(true, false));
     s.tick(0);
     let token = s.take(CallKind::Credential);
@@ -1158,21 +1439,33 @@ fn gcs_import_fails_clearly_when_no_token_can_be_had() {
         400,
         r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
     );
+    let mark = s.mark();
     s.answer_at(1_000, token.token, refused);
     let events = s.events();
     match events.as_slice() {
         [Event::CredentialsFailed { error }, Event::ImportFailed {
             url,
             error: ImportFailure::Credentials(same),
+            retry_in: Some(wait),
         }] => {
             assert!(matches!(error, StorageError::Token(_)), "{error:?}");
             assert_eq!(error, same);
             assert!(url.ends_with("/config.json"), "{url}");
+            assert!(jittered(*wait, Duration::from_secs(1)), "{wait:?}");
         }
         other => panic!("{other:?}"),
     }
     assert!(publishes(&s.log).is_empty() && import_requests(&s.log).is_empty());
-    // Never a storage request afterwards, even once a token arrives.
+    // No grant was held: none is given back, and no attempt went out to
+    // fail (import_failures_total counts attempts that applied nothing).
+    assert_eq!(end_imports(s.since(mark)), 0);
+    assert_eq!(metric_count(s.since(mark), Metric::ImportFailure), 0);
+    assert_eq!(
+        statuses(s.since(mark)).last().map(|r| r.state),
+        Some(State::ImportFailed)
+    );
+    // The token is retried; once one arrives, the import asks again. No
+    // storage request goes out before the grant.
     for i in 1..8 {
         s.tick(2_000 * i);
         while let Some(call) = s.pending.first().cloned() {
@@ -1188,8 +1481,14 @@ fn gcs_import_fails_clearly_when_no_token_can_be_had() {
         sends_of(&s.log, CallKind::Credential).len() >= 2,
         "the token is retried"
     );
-    assert!(import_requests(&s.log).is_empty());
+    assert_eq!(import_requests(&s.log), vec![None]);
     assert!(sends(&s.log).iter().all(|c| !c.kind.is_storage()));
+    s.grant();
+    let get = s.take(CallKind::Import);
+    assert_eq!(
+        header(&get.request, "authorization"),
+        Some("Bearer ya29.tok")
+    );
 }
 
 #[test]
@@ -1512,6 +1811,10 @@ fn a_write_whose_answer_is_lost_is_read_back_before_the_next_one() {
     let (mut s, put) = exporter_at_first_put();
     s.events();
     // Storage timeout 1 s + 5 s grace after the PUT sent at 1 ms.
+    s.ticks_until(5_000);
+    s.tick_cp(5_000, not_modified());
+    s.ticks_until(6_000);
+    s.events();
     s.tick_cp(6_000, not_modified());
     assert!(!s
         .events()
@@ -1521,7 +1824,7 @@ fn a_write_whose_answer_is_lost_is_read_back_before_the_next_one() {
     assert!(matches!(
         s.events().as_slice(),
         [Event::ExportFailed {
-            error: StorageError::Status { status: 0, .. },
+            error: StorageError::Transport(TransportError::NoAnswer(_)),
             retry_in,
             ..
         }] if *retry_in == Duration::from_secs(1)
@@ -1966,19 +2269,92 @@ fn documented_log_lines_keep_their_wording() {
     );
     lines.extend(s.all_events.iter().cloned());
 
+    // No snapshot of this version: an older one, after a skipped one.
+    let mut s = Sim::new(&s3_settings(true, false, 0));
+    s.tick_cp(0, cp_down());
+    s.grant();
+    let get = s.take(CallKind::Import);
+    s.answer(get.token, resp(404, NO_SUCH_KEY));
+    let list = s.take(CallKind::Import);
+    s.answer(list.token, listing(&["0.0.8", "0.0.9"], None));
+    let get = s.take(CallKind::Import);
+    s.answer(get.token, resp(404, NO_SUCH_KEY));
+    let get = s.take(CallKind::Import);
+    s.answer(get.token, snapshot(CFG1, "r1", "0.0.8"));
+    lines.extend(s.all_events.iter().cloned());
+    // Out of attempts; a snapshot too old; a listing refused.
+    let settings = s3_import_settings(r#""max_attempts":1,"max_age_s":3600"#, "", "");
+    let (mut s, get) = import_pending(&settings);
+    s.answer_at(
+        1_000,
+        get.token,
+        resp(
+            200,
+            &envelope_at(
+                CFG1,
+                "r1",
+                VERSION,
+                Timestamp::from_secs(1_800_000_000 - 7_299),
+            ),
+        ),
+    );
+    lines.extend(s.all_events.iter().cloned());
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    s.answer(get.token, resp(404, NO_SUCH_KEY));
+    let list = s.take(CallKind::Import);
+    s.answer(
+        list.token,
+        resp(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+        ),
+    );
+    lines.extend(s.all_events.iter().cloned());
+
     let lines: Vec<String> = lines.iter().map(ToString::to_string).collect();
     let url = config_url();
-    for expected in [
-        "CP unavailable: status 503: upstream connect error".to_string(),
-        format!("importing fallback config from {url}"),
-        format!(
-            "import failed: version mismatch: exported by version 9.9.9, this is version {VERSION} ({url}); nothing applied, still polling the CP"
+    let has = |prefix: &str, suffix: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(prefix) && l.ends_with(suffix))
+    };
+    for (prefix, suffix) in [
+        (
+            format!(
+                "import failed: version mismatch: exported by version 9.9.9, this is version {VERSION} ({url}); nothing applied, retrying in "
+            ),
+            " ms, still polling the CP".to_string(),
         ),
+        (
+            "import failed: cannot list the versions under the prefix: storage answered 403 AccessDenied".to_string(),
+            " ms, still polling the CP".to_string(),
+        ),
+    ] {
+        assert!(has(&prefix, &suffix), "{prefix}...{suffix}\nnot in {lines:#?}");
+    }
+    for expected in [
+        // The transport error's own wording is pinned in `http`.
+        format!(
+            "CP unavailable: {}",
+            TransportError::Unreachable("upstream connect error".into())
+        ),
+        format!("importing fallback config from {url}"),
         "CP fetched revision r1; applying it".to_string(),
         format!(
-            "imported revision r1 from {url} (exported at {} by exp)",
+            "imported revision r1 (version {VERSION}) from {url} (exported at {} by exp)",
             exported_at().rfc3339()
         ),
+        "no snapshot for this version; looking for older versions under s3://bkt/pre/".to_string(),
+        "snapshot of version 0.0.9 skipped: not found (404 NoSuchKey)".to_string(),
+        format!(
+            "imported revision r1 (version 0.0.8) from {} (exported at {} by exp)",
+            version_url("0.0.8"),
+            exported_at().rfc3339()
+        ),
+        format!(
+            "import failed: the snapshot is 7300 s old, over import.max_age_s (3600 s) ({url}); nothing applied, no more attempts, still polling the CP"
+        ),
+        "import given up after 1 attempts (import.max_attempts); serving nothing until the CP answers".to_string(),
         "became leader (term 1) node=node-7".to_string(),
         "export of revision r1 waits for a CP answer newer than the stored config".to_string(),
         "export of revision r1 failed: storage answered 403 SignatureDoesNotMatch: nope; retrying in 1000 ms".to_string(),
@@ -2059,4 +2435,1086 @@ fn a_read_answered_after_the_lease_ran_out_is_not_a_newer_term() {
         }),
         "{events:?}"
     );
+}
+
+// ---- import retries ----
+
+#[test]
+fn a_503_once_then_ok_the_second_attempt_applies() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let mark = s.mark();
+    let (error, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    assert_eq!(
+        error,
+        ImportFailure::Storage(StorageError::Transport(TransportError::Unreachable(
+            CONNECT_ERROR.into()
+        )))
+    );
+    assert!(jittered(wait, Duration::from_secs(1)), "{wait:?}");
+    assert_eq!(end_imports(s.since(mark)), 1, "the grant is given back");
+    assert!(publishes(&s.log).is_empty());
+    // The retry asks the process for a new grant.
+    retry_at(&mut s, 100 + millis(wait));
+    assert_eq!(import_requests(&s.log), vec![None, None]);
+    assert_eq!(sends_of(&s.log, CallKind::Import).len(), 1, "not before it");
+    let mark = s.mark();
+    s.grant();
+    assert_eq!(s.events(), vec![Event::ImportStarted { url: config_url() }]);
+    let get = s.take(CallKind::Import);
+    assert_eq!(
+        (get.request.method.as_str(), get.request.path.clone()),
+        ("GET", config_path())
+    );
+    s.answer(get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    assert_eq!(
+        publishes(s.since(mark)),
+        vec![job(CFG1, "r1", Source::Storage)]
+    );
+    assert!(
+        matches!(
+            s.events().as_slice(),
+            [Event::Imported { revision, version, url, .. }]
+                if revision == "r1" && version == VERSION && *url == config_url()
+        ),
+        "{:?}",
+        s.all_events
+    );
+    assert_eq!(end_imports(s.since(mark)), 1);
+    // Applied: the CP staying down brings no more attempts.
+    for i in 1..8 {
+        s.tick_cp(5_000 * i, cp_down());
+    }
+    assert_eq!(import_requests(&s.log).len(), 2);
+    assert_eq!(sends_of(&s.log, CallKind::Import).len(), 2);
+}
+
+#[test]
+fn retry_waits_double_within_equal_jitter_and_are_capped_at_retry_max() {
+    let settings = s3_import_settings(r#""retry_initial_ms":1000,"retry_max_ms":8000"#, "", "");
+    let (mut s, mut get) = import_pending(&settings);
+    let full: [u64; 7] = [1, 2, 4, 8, 8, 8, 8];
+    let mut waits = Vec::new();
+    let mut now = 10;
+    for (i, f) in full.iter().enumerate() {
+        let (error, wait) = fail_import(&mut s, now, get, resp(504, "upstream request timeout"));
+        assert_eq!(
+            error,
+            ImportFailure::Storage(StorageError::Transport(TransportError::Timeout))
+        );
+        assert!(
+            jittered(wait, Duration::from_secs(*f)),
+            "attempt {}: {wait:?} not in [{f}/2 s, {f} s]",
+            i + 1
+        );
+        waits.push(wait);
+        let due = now + millis(wait);
+        retry_at(&mut s, due);
+        s.grant();
+        get = s.take(CallKind::Import);
+        s.events();
+        now = due + 10;
+    }
+    // Jittered: the waits are not all at the same point of their range.
+    let fractions: HashSet<u64> = waits
+        .iter()
+        .zip(full)
+        .map(|(w, f)| millis(*w) * 100 / (f * 1000))
+        .collect();
+    assert!(fractions.len() > 1, "{waits:?}");
+    assert_eq!(metric_count(&s.log, Metric::ImportAttempt), full.len() + 1);
+    assert_eq!(metric_count(&s.log, Metric::ImportFailure), full.len());
+    assert_eq!(end_imports(&s.log), full.len());
+}
+
+#[test]
+fn the_backoff_is_the_same_for_the_same_seed_and_differs_between_seeds() {
+    let waits = |seed: u64| {
+        let settings = s3_settings(true, false, 0);
+        let mut s = Sim::seeded(&settings, "n", Inherited::default(), 1, Lease::Sole, seed);
+        s.tick_cp(0, cp_down());
+        s.grant();
+        let get = s.take(CallKind::Import);
+        fail_import(&mut s, 10, get, resp(503, CONNECT_ERROR)).1
+    };
+    assert_eq!(waits(SEED), waits(SEED));
+    let all: HashSet<Duration> = (1..6).map(waits).collect();
+    assert!(all.len() > 1, "a fleet does not retry in step: {all:?}");
+}
+
+#[test]
+fn max_attempts_ends_the_retries_with_import_gave_up() {
+    let settings = s3_import_settings(r#""max_attempts":3"#, "", "");
+    let (mut s, mut get) = import_pending(&settings);
+    assert_eq!(
+        import_requests(&s.log),
+        vec![Some(3)],
+        "the policy is passed on"
+    );
+    let mut now = 10;
+    for _ in 0..2 {
+        let (_, wait) = fail_import(&mut s, now, get, resp(504, "upstream request timeout"));
+        now += millis(wait);
+        retry_at(&mut s, now);
+        s.grant();
+        get = s.take(CallKind::Import);
+        s.events();
+        now += 10;
+    }
+    let mark = s.mark();
+    s.answer_at(now, get.token, resp(504, "upstream request timeout"));
+    let events = s.events();
+    assert_eq!(
+        events,
+        vec![
+            Event::ImportFailed {
+                url: config_url(),
+                error: ImportFailure::Storage(StorageError::Transport(TransportError::Timeout)),
+                retry_in: None
+            },
+            Event::ImportGaveUp { attempts: 3 }
+        ]
+    );
+    assert_eq!(events[1].level(), Level::Error);
+    assert_eq!(end_imports(s.since(mark)), 1);
+    // No more, however long the CP stays down.
+    for i in 1..20 {
+        s.tick_cp(now + 5_000 * i, cp_down());
+    }
+    assert_eq!(import_requests(&s.log), vec![Some(3); 3]);
+    assert_eq!(sends_of(&s.log, CallKind::Import).len(), 3);
+    assert_eq!(metric_count(&s.log, Metric::ImportAttempt), 3);
+    assert_eq!(
+        statuses(&s.log).last().map(|r| r.state),
+        Some(State::ImportFailed)
+    );
+    // The CP still wins.
+    s.tick_cp(now + 100_000, cp_ok(CFG1, "\"e\""));
+    assert_eq!(
+        publishes(&s.log),
+        vec![job(CFG1, "r1", Source::ControlPlane)]
+    );
+}
+
+#[test]
+fn the_cp_answer_cancels_pending_retries() {
+    let settings = s3_import_settings(r#""retry_initial_ms":10000,"retry_max_ms":60000"#, "", "");
+    let (mut s, get) = import_pending(&settings);
+    let (_, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    assert!(
+        100 + millis(wait) > 5_000,
+        "the retry is due after the next poll"
+    );
+    // The CP answers at 5 s, before the retry is due.
+    let mark = s.mark();
+    s.tick_cp(5_000, cp_ok(CFG1, "\"e1\""));
+    assert_eq!(
+        s.events(),
+        vec![
+            Event::ImportCancelled,
+            Event::CpFetched {
+                revision: "r1".into()
+            }
+        ]
+    );
+    // Later outages never bring an import: no grant asked for, no read.
+    for i in 2..30 {
+        s.tick_cp(5_000 * i, cp_down());
+    }
+    assert!(
+        import_requests(s.since(mark)).is_empty(),
+        "{:?}",
+        s.since(mark)
+    );
+    assert!(sends_of(s.since(mark), CallKind::Import).is_empty());
+    // A grant arriving anyway sends nothing and is given back.
+    let mark = s.mark();
+    s.grant();
+    assert!(sends(s.since(mark)).is_empty());
+    assert_eq!(end_imports(s.since(mark)), 1);
+    assert_eq!(
+        publishes(&s.log),
+        vec![job(CFG1, "r1", Source::ControlPlane)]
+    );
+}
+
+#[test]
+fn the_cp_answer_while_a_retry_waits_for_its_grant_cancels_it() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let (_, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    retry_at(&mut s, 100 + millis(wait));
+    s.events();
+    s.tick_cp(5_000, cp_ok(CFG1, "\"e1\""));
+    assert!(s.events().contains(&Event::ImportCancelled));
+    let mark = s.mark();
+    s.grant();
+    assert!(sends(s.since(mark)).is_empty());
+    assert_eq!(end_imports(s.since(mark)), 1);
+    assert_eq!(sends_of(&s.log, CallKind::Import).len(), 1);
+}
+
+// ---- older versions ----
+
+/// The version names below are chosen around this build's version.
+fn assert_version_0_1_0() {
+    assert_eq!(VERSION, "0.1.0", "update the version names of this test");
+}
+
+/// The listing request of an attempt whose own read was answered 404;
+/// checks it and its event.
+fn listing_after_404(s: &mut Sim, get: Call) -> Call {
+    s.answer(get.token, resp(404, NO_SUCH_KEY));
+    assert_eq!(
+        s.events(),
+        vec![Event::ImportListing {
+            url: "s3://bkt/pre/".into()
+        }]
+    );
+    s.take(CallKind::Import)
+}
+
+#[test]
+fn a_missing_snapshot_falls_back_to_the_newest_older_version() {
+    assert_version_0_1_0();
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let mark = s.mark();
+    let list = listing_after_404(&mut s, get);
+    // S3 ListObjectsV2 of the folders under the prefix, signed.
+    let r = &list.request;
+    let (path, query) = r.path.split_once('?').unwrap();
+    assert_eq!(
+        (r.cluster.as_str(), r.method.as_str(), path),
+        ("object_storage", "GET", "/bkt")
+    );
+    let params: HashSet<&str> = query.split('&').collect();
+    assert_eq!(
+        params,
+        HashSet::from(["list-type=2", "delimiter=%2F", "prefix=pre%2F"])
+    );
+    assert!(header(r, "authorization").is_some());
+    let newer = ["0.2.0", "1.0.0", "0.1.1-rc.1"];
+    s.answer(
+        list.token,
+        listing(
+            &[
+                "0.0.9",
+                "0.2.0",
+                VERSION,
+                "0.0.10",
+                "junk",
+                "1.0.0",
+                "0.1.1-rc.1",
+                "0.1.0-rc.2",
+            ],
+            None,
+        ),
+    );
+    // The newest older one by semver: a pre-release of this version.
+    let read = s.take(CallKind::Import);
+    assert_eq!(read.request.path, version_path("0.1.0-rc.2"));
+    s.answer(read.token, snapshot(CFG1, "r1", "0.1.0-rc.2"));
+    assert_eq!(
+        s.events(),
+        vec![Event::Imported {
+            revision: "r1".into(),
+            version: "0.1.0-rc.2".into(),
+            url: version_url("0.1.0-rc.2"),
+            exported_at: exported_at().rfc3339(),
+            exporter: "exp".into()
+        }]
+    );
+    assert_eq!(
+        publishes(s.since(mark)),
+        vec![job(CFG1, "r1", Source::Storage)]
+    );
+    // One attempt: one grant, given back once, whatever it read.
+    assert_eq!(end_imports(&s.log), 1);
+    assert_eq!(metric_count(&s.log, Metric::ImportAttempt), 1);
+    assert_eq!(metric_count(&s.log, Metric::StorageRequest), 3);
+    let paths: Vec<String> = sends_of(&s.log, CallKind::Import)
+        .iter()
+        .map(|c| c.request.path.clone())
+        .collect();
+    for v in newer {
+        assert!(!paths.contains(&version_path(v)), "{v} read: {paths:?}");
+    }
+    assert_eq!(paths.len(), 3);
+    assert_eq!(
+        statuses(&s.log).last().and_then(|r| r.version.clone()),
+        Some("0.1.0-rc.2".into())
+    );
+}
+
+#[test]
+fn unusable_older_snapshots_are_skipped_for_even_older_ones() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    s.answer(
+        list.token,
+        listing(&["0.0.7", "0.0.8", "0.0.9", "0.0.6"], None),
+    );
+    let tampered = envelope_for(CFG1, "r1", "0.0.9", 1).replace("/echo", "/evil");
+    let answers = [
+        ("0.0.9", resp(200, &tampered)),
+        ("0.0.8", resp(404, NO_SUCH_KEY)),
+        // The 0.0.7 folder holds a snapshot of another version.
+        ("0.0.7", snapshot(CFG1, "r1", "0.0.6")),
+    ];
+    for (version, answer) in answers {
+        let read = s.take(CallKind::Import);
+        assert_eq!(read.request.path, version_path(version));
+        s.answer(read.token, answer);
+    }
+    let events = s.events();
+    match events.as_slice() {
+        [Event::ImportVersionSkipped {
+            version: v9,
+            error: ImportFailure::Envelope(EnvelopeError::Sha256Mismatch { .. }),
+        }, Event::ImportVersionSkipped {
+            version: v8,
+            error: ImportFailure::Storage(StorageError::NotFound { .. }),
+        }, e @ Event::ImportVersionSkipped {
+            version: v7,
+            error: ImportFailure::Envelope(EnvelopeError::VersionMismatch { found, expected }),
+        }] => {
+            assert_eq!(
+                (v9.as_str(), v8.as_str(), v7.as_str()),
+                ("0.0.9", "0.0.8", "0.0.7")
+            );
+            assert_eq!((found.as_str(), expected.as_str()), ("0.0.6", "0.0.7"));
+            assert_eq!(e.level(), Level::Warn);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(publishes(&s.log).is_empty());
+    let read = s.take(CallKind::Import);
+    assert_eq!(read.request.path, version_path("0.0.6"));
+    s.answer(read.token, snapshot(CFG2, "r2", "0.0.6"));
+    assert!(matches!(
+        s.events().as_slice(),
+        [Event::Imported { version, revision, .. }] if version == "0.0.6" && revision == "r2"
+    ));
+    assert_eq!(publishes(&s.log), vec![job(CFG2, "r2", Source::Storage)]);
+    assert_eq!(end_imports(&s.log), 1);
+    assert_eq!(metric_count(&s.log, Metric::ImportFailure), 0);
+}
+
+#[test]
+fn when_no_older_snapshot_can_be_used_the_attempt_fails_and_is_retried() {
+    assert_version_0_1_0();
+    // Every older one unusable.
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    s.answer(list.token, listing(&["0.0.9", "0.0.8"], None));
+    for _ in 0..2 {
+        let read = s.take(CallKind::Import);
+        s.answer(read.token, resp(404, NO_SUCH_KEY));
+    }
+    let events = s.events();
+    assert_eq!(
+        count(&events, |e| matches!(e, Event::ImportVersionSkipped { .. })),
+        2
+    );
+    let failures = import_failures(&events);
+    let wait = match failures.as_slice() {
+        [(
+            ImportFailure::NoSnapshot {
+                version,
+                older_tried: 2,
+            },
+            Some(wait),
+        )] => {
+            assert_eq!(version, VERSION);
+            *wait
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(end_imports(&s.log), 1);
+    let due = s.now + millis(wait);
+    retry_at(&mut s, due);
+    s.grant();
+    // The retry starts over with this version's own snapshot.
+    assert_eq!(s.take(CallKind::Import).request.path, config_path());
+
+    // Only newer versions (and this one) listed: none is ever read.
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    s.answer(
+        list.token,
+        listing(&["0.2.0", VERSION, "1.0.0", "0.1.1"], None),
+    );
+    let events = s.events();
+    assert!(
+        matches!(
+            import_failures(&events).as_slice(),
+            [(ImportFailure::NoSnapshot { older_tried: 0, .. }, Some(_))]
+        ),
+        "{events:?}"
+    );
+    assert!(!s.has_pending(CallKind::Import));
+    assert_eq!(
+        sends_of(&s.log, CallKind::Import).len(),
+        2,
+        "own read and listing"
+    );
+}
+
+#[test]
+fn a_refused_listing_is_list_failed_and_retried() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    let mark = s.mark();
+    s.answer_at(
+        100,
+        list.token,
+        resp(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+        ),
+    );
+    let events = s.events();
+    let wait = match import_failures(&events).as_slice() {
+        [(
+            ImportFailure::ListFailed(StorageError::Status {
+                status: 403,
+                code: Some(code),
+                ..
+            }),
+            Some(wait),
+        )] => {
+            assert_eq!(code, "AccessDenied");
+            *wait
+        }
+        _ => panic!("{events:?}"),
+    };
+    assert!(
+        events[0].to_string().contains("s3:ListBucket"),
+        "{}",
+        events[0]
+    );
+    assert_eq!(end_imports(s.since(mark)), 1);
+    assert_eq!(metric_count(s.since(mark), Metric::ImportFailure), 1);
+    retry_at(&mut s, 100 + millis(wait));
+    s.grant();
+    let get = s.take(CallKind::Import);
+    assert_eq!(get.request.path, config_path());
+    assert_eq!(s.events(), vec![Event::ImportStarted { url: config_url() }]);
+    // This time the listing works.
+    let list = listing_after_404(&mut s, get);
+    s.answer(list.token, listing(&["0.0.9"], None));
+    let read = s.take(CallKind::Import);
+    s.answer(read.token, snapshot(CFG1, "r1", "0.0.9"));
+    assert_eq!(publishes(&s.log), vec![job(CFG1, "r1", Source::Storage)]);
+}
+
+#[test]
+fn without_older_versions_a_missing_snapshot_is_not_looked_for_elsewhere() {
+    let settings = s3_import_settings(r#""older_versions":false"#, "", "");
+    let (mut s, get) = import_pending(&settings);
+    let (error, _) = fail_import(&mut s, 100, get, resp(404, NO_SUCH_KEY));
+    assert_eq!(
+        error,
+        ImportFailure::NotFound {
+            version: VERSION.into(),
+        }
+    );
+    assert!(!s
+        .all_events
+        .iter()
+        .any(|e| matches!(e, Event::ImportListing { .. })));
+    assert!(!s.has_pending(CallKind::Import));
+    assert_eq!(sends_of(&s.log, CallKind::Import).len(), 1);
+}
+
+#[test]
+fn a_listing_is_followed_to_its_next_page() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    assert!(!list.request.path.contains("continuation-token"));
+    s.answer(list.token, listing(&["0.0.5"], Some("tok/1=")));
+    let next = s.take(CallKind::Import);
+    assert!(
+        next.request
+            .path
+            .split(['?', '&'])
+            .any(|p| p == "continuation-token=tok%2F1%3D"),
+        "{}",
+        next.request.path
+    );
+    s.answer(next.token, listing(&["0.0.9"], None));
+    // The newest older version of both pages.
+    let read = s.take(CallKind::Import);
+    assert_eq!(read.request.path, version_path("0.0.9"));
+}
+
+#[test]
+fn a_listing_as_s3_sends_it_with_its_namespace_is_read() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    s.answer(list.token, listing_with_namespace(&["0.0.9"]));
+    let events = s.events();
+    assert!(import_failures(&events).is_empty(), "{events:?}");
+    let read = s.take(CallKind::Import);
+    assert_eq!(read.request.path, version_path("0.0.9"));
+}
+
+#[test]
+fn a_transient_failure_reading_an_older_version_fails_the_attempt() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let list = listing_after_404(&mut s, get);
+    s.answer(list.token, listing(&["0.0.8", "0.0.9"], None));
+    let read = s.take(CallKind::Import);
+    assert_eq!(read.request.path, version_path("0.0.9"));
+    s.answer(read.token, resp(504, "upstream request timeout"));
+    // 0.0.9 may well be usable: 0.0.8 is not read instead ...
+    assert!(!s.has_pending(CallKind::Import), "{:?}", s.pending);
+    // ... the attempt fails, and is retried.
+    let events = s.events();
+    assert!(
+        matches!(
+            import_failures(&events).as_slice(),
+            [(
+                ImportFailure::Storage(StorageError::Transport(TransportError::Timeout)),
+                Some(_)
+            )]
+        ),
+        "{events:?}"
+    );
+}
+
+// ---- what an attempt refuses ----
+
+#[test]
+fn a_snapshot_older_than_max_age_is_refused_and_retried() {
+    let settings = s3_import_settings(r#""max_age_s":3600"#, "", "");
+    let (mut s, get) = import_pending(&settings);
+    // Exported 7199 s before 0 ms: 7200 s old when answered at 1 s.
+    let old = Timestamp::from_secs(1_800_000_000 - 7_199);
+    let (error, wait) = fail_import(
+        &mut s,
+        1_000,
+        get,
+        resp(200, &envelope_at(CFG1, "r1", VERSION, old)),
+    );
+    assert_eq!(
+        error,
+        ImportFailure::TooOld {
+            age_s: 7_200,
+            limit_s: 3_600
+        }
+    );
+    assert!(publishes(&s.log).is_empty());
+    // A fresher one may appear: the retry applies it.
+    retry_at(&mut s, 1_000 + millis(wait));
+    s.grant();
+    let get = s.take(CallKind::Import);
+    let fresh = Timestamp::from_secs(1_800_000_000 - 600);
+    s.answer(
+        get.token,
+        resp(200, &envelope_at(CFG2, "r2", VERSION, fresh)),
+    );
+    assert_eq!(publishes(&s.log), vec![job(CFG2, "r2", Source::Storage)]);
+    let status = statuses(&s.log).last().cloned().unwrap();
+    assert_eq!(
+        (status.exported_at, status.fresh_at_ms),
+        (Some(fresh.rfc3339()), Some(fresh.as_millis()))
+    );
+
+    // An older version's snapshot that is too old is skipped.
+    let (mut s, get) = import_pending(&settings);
+    let list = listing_after_404(&mut s, get);
+    s.answer(list.token, listing(&["0.0.9", "0.0.8"], None));
+    let read = s.take(CallKind::Import);
+    s.answer(
+        read.token,
+        resp(200, &envelope_at(CFG1, "r1", "0.0.9", old)),
+    );
+    let read = s.take(CallKind::Import);
+    s.answer(
+        read.token,
+        resp(200, &envelope_at(CFG2, "r2", "0.0.8", fresh)),
+    );
+    let events = s.events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::ImportVersionSkipped {
+                    error: ImportFailure::TooOld { limit_s: 3_600, .. },
+                    ..
+                },
+                Event::Imported { .. }
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_non_json_answer_is_named_by_its_content_type_and_first_bytes() {
+    let page = format!(
+        "<!DOCTYPE html><html><head><title>Sign in</title></head><body>{}</body></html>",
+        "x".repeat(200)
+    );
+    let captive = HttpResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "text/html; charset=utf-8".into())],
+        body: page.clone().into_bytes(),
+    };
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let (error, _) = fail_import(&mut s, 100, get, captive);
+    let expected = format!("text/html; charset=utf-8: {:?}", &page[..80]);
+    assert_eq!(
+        error,
+        ImportFailure::NotJson {
+            description: expected.clone()
+        }
+    );
+    assert!(error.to_string().contains(&expected), "{error}");
+    assert!(publishes(&s.log).is_empty());
+    // Without a content type, and empty.
+    for (body, expected) in [
+        ("plain text", r#"no content type: "plain text""#),
+        ("", r#"no content type: """#),
+    ] {
+        let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+        let (error, wait) = fail_import(&mut s, 100, get, resp(200, body));
+        assert_eq!(
+            error,
+            ImportFailure::NotJson {
+                description: expected.into()
+            }
+        );
+        assert!(wait > Duration::ZERO, "retried");
+    }
+}
+
+#[test]
+fn import_transport_failures_are_named_and_retried() {
+    let body = envelope_for(CFG1, "r1", VERSION, 1);
+    let truncated = HttpResponse {
+        status: 200,
+        headers: vec![("content-length".into(), (body.len() + 100).to_string())],
+        body: body.clone().into_bytes(),
+    };
+    let cases: [(&str, HttpResponse, TransportError); 4] = [
+        (
+            "timeout",
+            resp(504, "upstream request timeout"),
+            TransportError::Timeout,
+        ),
+        (
+            "unreachable",
+            resp(503, CONNECT_ERROR),
+            TransportError::Unreachable(CONNECT_ERROR.into()),
+        ),
+        (
+            "reset",
+            HttpResponse::reset("connection reset by peer"),
+            TransportError::Reset("connection reset by peer".into()),
+        ),
+        (
+            "truncated",
+            truncated,
+            TransportError::Truncated {
+                got: body.len(),
+                expected: body.len() + 100,
+            },
+        ),
+    ];
+    for (case, answer, expected) in cases {
+        let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+        let (error, wait) = fail_import(&mut s, 100, get, answer);
+        assert_eq!(
+            error,
+            ImportFailure::Storage(StorageError::Transport(expected.clone())),
+            "{case}"
+        );
+        assert!(
+            error.to_string().contains(&expected.to_string()),
+            "{case}: {error}"
+        );
+        assert!(publishes(&s.log).is_empty(), "{case}");
+        retry_at(&mut s, 100 + millis(wait));
+    }
+}
+
+#[test]
+fn an_import_body_over_max_object_bytes_is_too_large() {
+    let settings = s3_import_settings("", r#""max_object_bytes":100"#, "");
+    let (mut s, get) = import_pending(&settings);
+    let answer = stored(CFG1, "r1", 1, Some("\"s\""));
+    let size = answer.body.len();
+    assert!(size > 100);
+    let (error, wait) = fail_import(&mut s, 100, get, answer);
+    assert_eq!(
+        error,
+        ImportFailure::Storage(StorageError::Transport(TransportError::TooLarge {
+            size,
+            limit: 100
+        }))
+    );
+    assert!(
+        error.to_string().contains(&format!(
+            "body of {size} bytes is over the limit of 100 bytes"
+        )),
+        "{error}"
+    );
+    assert!(publishes(&s.log).is_empty());
+    retry_at(&mut s, 100 + millis(wait));
+}
+
+#[test]
+fn a_cp_body_over_max_config_bytes_is_too_large() {
+    let settings = s3_import_settings("", "", r#""max_config_bytes":64"#);
+    assert!(CFG1.len() > 64);
+    let mut s = Sim::new(&settings);
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    assert_eq!(
+        s.events(),
+        vec![Event::CpUnavailable {
+            reason: CpFailure::Transport(TransportError::TooLarge {
+                size: CFG1.len(),
+                limit: 64
+            }),
+            again: false
+        }]
+    );
+    assert!(publishes(&s.log).is_empty() && !s.c.has_config());
+    assert_eq!(metrics(&s.log), vec![Metric::CpReachable(false)]);
+    assert_eq!(
+        import_requests(&s.log),
+        vec![None],
+        "the import is asked for"
+    );
+    // Its ETag is not taken.
+    s.tick(5_000);
+    assert_eq!(
+        header(&s.take(CallKind::CpPoll).request, "if-none-match"),
+        None
+    );
+}
+
+// ---- a new driver ----
+
+#[test]
+fn an_attempt_an_earlier_driver_may_have_out_delays_the_first_one() {
+    let in_flight = Inherited {
+        import_attempts: 1,
+        import_in_flight: true,
+        ..Inherited::default()
+    };
+    let mut s = Sim::build(
+        &s3_settings(true, false, 0),
+        "n",
+        in_flight.clone(),
+        1,
+        Lease::Sole,
+    );
+    s.tick_cp(0, cp_down());
+    assert!(import_requests(&s.log).is_empty(), "it may still be out");
+    // Storage timeout 1 s + 1 s.
+    s.ticks_until(1_999);
+    s.tick(1_999);
+    assert!(import_requests(&s.log).is_empty());
+    s.tick(2_000);
+    assert_eq!(import_requests(&s.log), vec![None]);
+    s.grant();
+    assert_eq!(s.attempts, 2);
+    let get = s.take(CallKind::Import);
+    assert_eq!(get.request.path, config_path());
+
+    // The CP answering meanwhile: no import at all.
+    let mut s = Sim::build(&s3_settings(true, false, 0), "n", in_flight, 1, Lease::Sole);
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    for i in 1..5 {
+        s.tick_cp(5_000 * i, cp_down());
+    }
+    assert!(import_requests(&s.log).is_empty());
+    assert!(sends_of(&s.log, CallKind::Import).is_empty());
+}
+
+#[test]
+fn an_inherited_status_does_not_claim_a_leadership_this_driver_does_not_hold() {
+    let earlier = StatusRecord {
+        state: State::Serving,
+        source: Some(ConfigSource::ControlPlane),
+        revision: Some("r1".into()),
+        version: Some(VERSION.into()),
+        exported_at: None,
+        fresh_at_ms: Some(Now::at_millis(0).wall.as_millis()),
+        leader: true,
+        term: Some(3),
+    };
+    let inherited = Inherited {
+        status: Some(earlier),
+        ..inherited(CFG1, "r1", Source::ControlPlane)
+    };
+    // A config update turned export off: this driver runs no election.
+    let mut s = Sim::build(
+        &s3_settings(false, false, 0),
+        "n",
+        inherited.clone(),
+        1,
+        Lease::Sole,
+    );
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    s.tick_cp(5_000, cp_ok(CFG2, "\"e2\""));
+    let last = statuses(&s.log).last().cloned().unwrap();
+    assert_eq!((last.leader, last.term), (false, None), "{last:?}");
+
+    // An exporter that finds another node's lease: a follower.
+    let mut s = Sim::build(
+        &s3_settings(false, true, 0),
+        "n",
+        inherited,
+        1,
+        Lease::Manual,
+    );
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    let read = s.take(CallKind::LeaseRead);
+    let other = LeaseRecord {
+        holder: "other".into(),
+        term: 4,
+        renewals: 0,
+        ttl_ms: 30_000,
+        renewed_at: "now".into(),
+    };
+    s.answer(
+        read.token,
+        with_etag(200, &serde_json::to_string(&other).unwrap(), "\"l\""),
+    );
+    s.tick_cp(5_000, cp_ok(CFG2, "\"e2\""));
+    assert!(!s
+        .all_events
+        .iter()
+        .any(|e| matches!(e, Event::BecameLeader { .. })));
+    let last = statuses(&s.log).last().cloned().unwrap();
+    assert_eq!((last.leader, last.term), (false, None), "{last:?}");
+}
+
+#[test]
+fn poll_timeout_includes_a_due_import_retry() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    let (_, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    let due = Instant::from_millis(100 + millis(wait));
+    let next = s.c.poll_timeout();
+    assert!(
+        next.is_some_and(|t| t <= due),
+        "{next:?} is later than the retry at {due:?}"
+    );
+}
+
+// ---- readiness status ----
+
+#[test]
+fn status_goes_from_waiting_to_import_failed_to_serving_from_storage() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    assert!(statuses(&s.log).is_empty(), "waiting, as it started");
+    let (_, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    assert_eq!(
+        statuses(&s.log),
+        vec![StatusRecord {
+            state: State::ImportFailed,
+            ..StatusRecord::default()
+        }]
+    );
+    let mut now = 100 + millis(wait);
+    retry_at(&mut s, now);
+    s.grant();
+    let get = s.take(CallKind::Import);
+    // A second failure changes nothing.
+    let (_, wait) = fail_import(&mut s, now + 10, get, resp(503, CONNECT_ERROR));
+    assert_eq!(statuses(&s.log).len(), 1);
+    now += 10 + millis(wait);
+    retry_at(&mut s, now);
+    s.grant();
+    let get = s.take(CallKind::Import);
+    s.answer_at(now + 10, get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    assert_eq!(
+        statuses(&s.log).last(),
+        Some(&StatusRecord {
+            state: State::Serving,
+            source: Some(ConfigSource::Storage),
+            revision: Some("r1".into()),
+            version: Some(VERSION.into()),
+            exported_at: Some(exported_at().rfc3339()),
+            fresh_at_ms: Some(exported_at().as_millis()),
+            leader: false,
+            term: None,
+        })
+    );
+    assert_eq!(statuses(&s.log).len(), 2);
+    // The CP answers: its config, fresh as of its answer.
+    s.tick_cp(10_000, cp_ok(CFG2, "\"e2\""));
+    assert_eq!(
+        statuses(&s.log).last(),
+        Some(&StatusRecord {
+            state: State::Serving,
+            source: Some(ConfigSource::ControlPlane),
+            revision: Some("r2".into()),
+            version: Some(VERSION.into()),
+            exported_at: None,
+            fresh_at_ms: Some(Now::at_millis(10_000).wall.as_millis()),
+            leader: false,
+            term: None,
+        })
+    );
+    // A failed poll later keeps it serving, its age counting on.
+    let n = statuses(&s.log).len();
+    s.tick_cp(15_000, cp_down());
+    assert_eq!(statuses(&s.log).len(), n);
+}
+
+#[test]
+fn status_serves_the_cp_config_and_names_the_leadership() {
+    let mut s = Sim::new(&s3_settings(false, false, 0));
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    assert_eq!(
+        statuses(&s.log),
+        vec![StatusRecord {
+            state: State::Serving,
+            source: Some(ConfigSource::ControlPlane),
+            revision: Some("r1".into()),
+            version: Some(VERSION.into()),
+            exported_at: None,
+            fresh_at_ms: Some(Now::at_millis(0).wall.as_millis()),
+            leader: false,
+            term: None,
+        }]
+    );
+
+    // An exporter: serving the CP's config, then leading in term 1.
+    let (s, _) = exporter_at_first_put();
+    let all = statuses(&s.log);
+    assert_eq!(
+        all.first().map(|r| (r.state, r.source, r.leader)),
+        Some((State::Serving, Some(ConfigSource::ControlPlane), false))
+    );
+    let leading: Vec<&StatusRecord> = all.iter().filter(|r| r.leader).collect();
+    assert!(!leading.is_empty(), "{all:?}");
+    assert!(leading.iter().all(|r| r.term == Some(1)), "{all:?}");
+    assert_eq!(
+        all.last().map(|r| (r.leader, r.term)),
+        Some((true, Some(1)))
+    );
+
+    // Standing down clears them.
+    let (mut s, reread) = leader_of_term_2_after_a_412();
+    assert_eq!(
+        statuses(&s.log).last().map(|r| (r.leader, r.term)),
+        Some((true, Some(2)))
+    );
+    s.answer(reread.token, stored(CFG2, "r2", 3, Some("\"other\"")));
+    assert_eq!(
+        statuses(&s.log).last().map(|r| (r.leader, r.term)),
+        Some((false, None))
+    );
+}
+
+// ---- metrics of the import and the CP ----
+
+#[test]
+fn metrics_count_import_attempts_and_failures() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    assert_eq!(
+        metrics(&s.log),
+        vec![
+            Metric::CpReachable(false),
+            Metric::ImportAttempt,
+            Metric::StorageRequest
+        ]
+    );
+    let mark = s.mark();
+    let (_, wait) = fail_import(&mut s, 100, get, resp(503, CONNECT_ERROR));
+    assert_eq!(metrics(s.since(mark)), vec![Metric::ImportFailure]);
+    let mut now = 100 + millis(wait);
+    retry_at(&mut s, now);
+    s.grant();
+    let get = s.take(CallKind::Import);
+    let (_, wait) = fail_import(&mut s, now + 10, get, HttpResponse::reset("x"));
+    now += 10 + millis(wait);
+    retry_at(&mut s, now);
+    let mark = s.mark();
+    s.grant();
+    let get = s.take(CallKind::Import);
+    s.answer_at(now + 10, get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    assert_eq!(
+        metrics(s.since(mark)),
+        vec![
+            Metric::ImportAttempt,
+            Metric::StorageRequest,
+            Metric::ConfigAge(2),
+            Metric::ConfigSource(2)
+        ]
+    );
+    assert_eq!(metric_count(&s.log, Metric::ImportAttempt), 3);
+    assert_eq!(metric_count(&s.log, Metric::ImportFailure), 2);
+    // A grant that sends nothing is no attempt.
+    let mark = s.mark();
+    s.grant();
+    assert!(metrics(s.since(mark)).is_empty());
+}
+
+#[test]
+fn metrics_follow_the_cp_and_the_config_age() {
+    let (mut s, get) = import_pending(&s3_settings(true, false, 0));
+    s.answer_at(1_000, get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    // Exported at 0 ms: its age counts from there.
+    let mark = s.mark();
+    s.tick(3_000);
+    s.tick(3_500);
+    s.tick_cp(5_000, cp_down());
+    s.tick_cp(10_000, cp_ok(CFG2, "\"e2\""));
+    // The CP's config is as fresh as its last answer.
+    s.tick(12_000);
+    s.tick_cp(15_000, not_modified());
+    s.tick(15_500);
+    let m = metrics(s.since(mark));
+    let ages: Vec<u64> = m
+        .iter()
+        .filter_map(|m| match m {
+            Metric::ConfigAge(a) => Some(*a),
+            _ => None,
+        })
+        .collect();
+    // The gauge changes with the status at once (0 as the CP answers),
+    // then tick by tick.
+    assert_eq!(ages, vec![3, 5, 10, 0, 2, 5, 0]);
+    let reachable: Vec<bool> = m
+        .iter()
+        .filter_map(|m| match m {
+            Metric::CpReachable(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reachable, vec![false, true, true]);
+    let sources: Vec<u64> = metrics(&s.log)
+        .iter()
+        .filter_map(|m| match m {
+            Metric::ConfigSource(g) => Some(*g),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sources, vec![2, 1]);
+}
+
+/// A derived clock counts a wall jump forward as time passed; a call the
+/// host still has out is not given up on for it (ticks count too), so no
+/// second import goes out beside it.
+#[test]
+fn a_clock_jumping_forward_does_not_give_up_on_a_call_still_out() {
+    let mut s = Sim::new(&s3_settings(true, false, 0));
+    s.tick_cp(0, cp_down());
+    s.grant();
+    let get = s.take(CallKind::Import);
+    s.events();
+    // One tick, an hour later by the clock.
+    s.tick(3_600_000);
+    assert!(import_failures(&s.events()).is_empty());
+    assert!(!s.has_pending(CallKind::Import));
+    s.answer(get.token, stored(CFG1, "r1", 1, Some("\"s\"")));
+    assert!(s
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Imported { .. })));
 }

@@ -17,11 +17,11 @@ pub struct Filter {
 impl Filter {
     /// Reads what the worker cache asks for (the generation counter, and
     /// the record only when the counter changed).
-    fn refresh(&self) {
+    fn refresh(&self, path: &str) {
         let Ok(mut cache) = self.cache.try_borrow_mut() else {
             return;
         };
-        cache.begin();
+        cache.begin(path);
         while let Some(key) = cache.poll_read() {
             let value = host::shared_get(key);
             cache.handle_read(value.bytes.as_deref());
@@ -36,18 +36,22 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.refresh();
+        let path = host::request_header(":path");
+        self.refresh(&path);
         let method = host::request_header(":method");
         let host_header = host::request_header(":authority");
-        let path = host::request_header(":path");
         let Ok(cache) = self.cache.try_borrow() else {
             return Action::Continue;
         };
-        let verdict = cache.decide(RequestInfo {
-            method: &method,
-            host: &host_header,
-            path: &path,
-        });
+        let wall = || host::time().wall;
+        let verdict = cache.decide(
+            RequestInfo {
+                method: &method,
+                host: &host_header,
+                path: &path,
+            },
+            &wall,
+        );
         match verdict {
             Verdict::Forward { upstream } => {
                 if let Err(e) = host::set_request_header(&self.upstream_header, upstream) {
@@ -60,7 +64,7 @@ impl HttpContext for Filter {
                 Action::Continue
             }
             Verdict::Reply { status, body } => {
-                if let Err(e) = host::send_local_reply(status, body) {
+                if let Err(e) = host::send_local_reply(status, &body) {
                     host::log(Level::Warn, &format!("cannot send the local reply: {e:?}"));
                 }
                 Action::Pause

@@ -139,8 +139,13 @@ pub fn dispatch(request: &HttpRequest) -> Result<u32, Status> {
 }
 
 /// The answer of the call whose callback is running. Transport failures
-/// arrive as a status (Envoy: 503 connect error, 504 timeout); a missing
-/// `:status` is reported as 0.
+/// arrive as a status (Envoy: 503 connect error or a reset before the
+/// headers, 504 timeout before the headers); an answer without `:status`
+/// (Envoy reports a failure with no headers: the connection broke or
+/// timed out after the headers, or the body exceeded the async client's
+/// buffer) becomes [`HttpResponse::reset`] with the host's message
+/// (`proxy_get_status`; its code stays at the last failure's, so only the
+/// message is read).
 pub fn call_response(body_size: usize) -> HttpResponse {
     // The byte variant: the text one panics on a non-UTF-8 value.
     let all: Vec<(String, String)> = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
@@ -148,11 +153,17 @@ pub fn call_response(body_size: usize) -> HttpResponse {
         .into_iter()
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
-    let status = all
+    let Some(status) = all
         .iter()
         .find(|(k, _)| k == ":status")
         .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+    else {
+        let reason = hostcalls::get_grpc_status()
+            .ok()
+            .and_then(|(_, message)| message)
+            .unwrap_or_else(|| "no status".to_string());
+        return HttpResponse::reset(&reason);
+    };
     let headers = all
         .into_iter()
         .filter(|(k, _)| !k.starts_with(':'))
@@ -199,6 +210,11 @@ pub struct Metrics {
     storage_requests: Option<u32>,
     is_leader: Option<u32>,
     leader_term: Option<u32>,
+    config_source: Option<u32>,
+    config_age: Option<u32>,
+    import_attempts: Option<u32>,
+    import_failures: Option<u32>,
+    cp_reachable: Option<u32>,
 }
 
 impl Metrics {
@@ -212,6 +228,11 @@ impl Metrics {
             ),
             is_leader: define(MetricType::Gauge, "fallback_config.is_leader"),
             leader_term: define(MetricType::Gauge, "fallback_config.leader_term"),
+            config_source: define(MetricType::Gauge, "fallback_config.config_source"),
+            config_age: define(MetricType::Gauge, "fallback_config.config_age_seconds"),
+            import_attempts: define(MetricType::Counter, "fallback_config.import_attempts_total"),
+            import_failures: define(MetricType::Counter, "fallback_config.import_failures_total"),
+            cp_reachable: define(MetricType::Gauge, "fallback_config.cp_reachable"),
         }
     }
 
@@ -224,6 +245,11 @@ impl Metrics {
                 let _ = self.set(self.is_leader, u64::from(term.is_some()));
                 self.set(self.leader_term, term.unwrap_or(0))
             }
+            Metric::ConfigSource(n) => self.set(self.config_source, n),
+            Metric::ConfigAge(s) => self.set(self.config_age, s),
+            Metric::ImportAttempt => self.increment(self.import_attempts),
+            Metric::ImportFailure => self.increment(self.import_failures),
+            Metric::CpReachable(up) => self.set(self.cp_reachable, u64::from(up)),
         };
     }
 

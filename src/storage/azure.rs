@@ -14,7 +14,7 @@
 //! the string to sign differed.
 
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
-use super::model::{Object, PutMode, StorageError, Via};
+use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{percent_decode, HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::hmac_sha256;
@@ -340,6 +340,27 @@ impl AzureSettings {
         self.request(via, "GET", self.blob_path(blob), "", Vec::new(), None, now)
     }
 
+    /// List Blobs of the "folders" directly under `prefix` (delimiter
+    /// `/`), from the page `marker` on.
+    pub fn list_blobs(
+        &self,
+        via: Via<'_>,
+        prefix: &str,
+        marker: Option<&str>,
+        now: Timestamp,
+    ) -> HttpRequest {
+        let path = format!("{}/{}", self.endpoint.base_path, self.container);
+        let mut query = format!(
+            "restype=container&comp=list&delimiter=%2F&prefix={}",
+            encode_path(prefix).replace('/', "%2F")
+        );
+        if let Some(m) = marker {
+            query.push_str("&marker=");
+            query.push_str(&encode_path(m).replace('/', "%2F"));
+        }
+        self.request(via, "GET", path, &query, Vec::new(), None, now)
+    }
+
     /// Put Blob as a block blob, in one request (the fallback config is far
     /// below Put Blob's single-request limit). `mode` becomes the
     /// conditional header: `Create` sends `If-None-Match: *`, which Azure
@@ -616,6 +637,27 @@ pub fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
     }
 }
 
+/// The outcome of a List Blobs: the `<BlobPrefix><Name>`s and the
+/// `<NextMarker>`.
+pub fn list_result(response: HttpResponse) -> Result<ListPage, StorageError> {
+    if response.status != 200 {
+        return Err(classify_error(&response));
+    }
+    let body = String::from_utf8_lossy(&response.body);
+    if super::xml::elements(&body, "EnumerationResults").is_empty() {
+        return Err(StorageError::Unreadable {
+            what: "List Blobs answer",
+            detail: response.body_excerpt(80),
+        });
+    }
+    let prefixes = super::xml::elements(&body, "BlobPrefix")
+        .iter()
+        .flat_map(|p| super::xml::elements(p, "Name"))
+        .collect();
+    let next = super::xml::element(&body, "NextMarker");
+    Ok(ListPage { prefixes, next })
+}
+
 /// The outcome of a Put Blob (Azure answers 201): the new ETag, when sent.
 pub fn write_result(response: &HttpResponse) -> Result<Option<String>, StorageError> {
     match response.status {
@@ -639,7 +681,7 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .map(str::to_string)
-        .or_else(|| xml_element(&body, "Code"));
+        .or_else(|| super::xml::element(&body, "Code"));
     match response.status {
         404 => StorageError::NotFound { code },
         412 => StorageError::PreconditionFailed,
@@ -649,7 +691,7 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
                 .trim_start_matches('\u{feff}')
                 .trim_start()
                 .starts_with('<');
-            let message = xml_element(&body, "Message").or_else(|| {
+            let message = super::xml::element(&body, "Message").or_else(|| {
                 // Not Azure's answer (e.g. the proxy's "upstream connect
                 // error"): show the text, which carries no credentials.
                 (!is_xml && !response.body.is_empty()).then(|| response.body_excerpt(200))
@@ -665,22 +707,6 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
 
 /// The text of the first `<name>…</name>`, entities decoded and whitespace
 /// folded to one line. Enough for Azure's flat error documents.
-fn xml_element(body: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = body.find(&open)? + open.len();
-    let len = body.get(start..)?.find(&format!("</{name}>"))?;
-    let text = fold_whitespace(&xml_unescape(body.get(start..start + len)?));
-    (!text.is_empty()).then_some(text)
-}
-
-fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
 fn fold_whitespace(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -1376,7 +1402,8 @@ mod tests {
             })
         );
         assert_eq!(
-            xml_element("<Message>a &amp; b &lt;c&gt;</Message>", "Message").as_deref(),
+            crate::storage::xml::element("<Message>a &amp; b &lt;c&gt;</Message>", "Message")
+                .as_deref(),
             Some("a & b <c>")
         );
     }
@@ -1399,6 +1426,7 @@ mod tests {
                 etag: Some("\"0x8D4BCC2E4835CD0\"".into()),
                 last_modified: Some(Timestamp::from_secs(1_440_936_000)),
                 date: Some(NOW),
+                content_type: None,
             })
         );
         assert_eq!(

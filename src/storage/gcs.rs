@@ -14,7 +14,7 @@
 
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::gcp_auth::ServiceAccount;
-use super::model::{Object, PutMode, StorageError, Via};
+use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::uri_encode;
@@ -94,6 +94,65 @@ pub fn get(
         body: None,
         timeout: via.timeout,
     }
+}
+
+/// A listing of the "folders" directly under `prefix`:
+/// `GET …/b/<bucket>/o?delimiter=/&prefix=<prefix>` (objects list), only
+/// the `prefixes` and `nextPageToken` fields, from page `token` on.
+pub fn list(
+    gcs: &GcsSettings,
+    via: Via<'_>,
+    bucket: &str,
+    prefix: &str,
+    page: Option<&str>,
+    token: Option<&Secret>,
+) -> HttpRequest {
+    let mut path = format!(
+        "{}/storage/v1/b/{}/o?delimiter=%2F&prefix={}&fields=prefixes%2CnextPageToken",
+        uri_encode(&gcs.base_path, false),
+        uri_encode(bucket, true),
+        uri_encode(prefix, true)
+    );
+    if let Some(p) = page {
+        path.push_str("&pageToken=");
+        path.push_str(&uri_encode(p, true));
+    }
+    HttpRequest {
+        cluster: via.cluster.to_string(),
+        method: "GET".into(),
+        path,
+        authority: gcs.authority.clone(),
+        headers: bearer(token).into_iter().collect(),
+        body: None,
+        timeout: via.timeout,
+    }
+}
+
+/// The outcome of an objects list: `prefixes` and `nextPageToken`.
+pub fn list_result(response: HttpResponse) -> Result<ListPage, StorageError> {
+    if response.status != 200 {
+        return Err(classify_error(&response));
+    }
+    let unreadable = || StorageError::Unreadable {
+        what: "objects list answer",
+        detail: response.body_excerpt(80),
+    };
+    let v: Value = serde_json::from_slice(&response.body).map_err(|_| unreadable())?;
+    let prefixes = match v.get("prefixes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(_) => return Err(unreadable()),
+    };
+    let next = v
+        .get("nextPageToken")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    Ok(ListPage { prefixes, next })
 }
 
 /// An upload of `body` as the whole content of `key`: a single-request
@@ -394,6 +453,7 @@ mod tests {
                 etag: Some("1700000000123456".into()),
                 last_modified: Some(Timestamp::from_secs(1_440_938_160)),
                 date: Some(Timestamp::from_secs(1_440_938_280)),
+                content_type: None,
             })
         );
         let bare = read_result(resp(200, &[], "")).unwrap();

@@ -22,10 +22,11 @@ pub mod gcs;
 mod location;
 mod model;
 pub mod s3;
+pub mod xml;
 
 pub use endpoint::{Endpoint, EndpointError, UrlScheme};
 pub use location::{LocationError, Scheme, StorageLocation};
-pub use model::{Object, PutMode, StorageError, Via};
+pub use model::{ListPage, Object, PutMode, StorageError, Via};
 pub use s3::{S3Addressing, S3Settings};
 
 use crate::clock::Now;
@@ -39,6 +40,8 @@ pub struct StorageSettings {
     /// The proxy cluster that carries object API calls.
     pub cluster: String,
     pub timeout: Duration,
+    /// A stored object larger than this is refused.
+    pub max_object_bytes: u64,
     pub backend: Backend,
 }
 
@@ -188,8 +191,74 @@ impl ObjectStore {
         }
     }
 
+    /// A listing of the version folders under the prefix, from page
+    /// `page` on (see [`ListPage`]).
+    pub fn list_versions(&self, page: Option<&str>, now: Now) -> Result<HttpRequest, StorageError> {
+        let s = &self.settings;
+        let via = Via {
+            cluster: &s.cluster,
+            timeout: s.timeout,
+        };
+        let prefix = s.location.key("");
+        match &s.backend {
+            Backend::S3(s3) => s3::list(s3, via, &s.location.bucket, &prefix, page, now.wall),
+            Backend::Gcs { gcs, .. } => Ok(gcs::list(
+                gcs,
+                via,
+                &s.location.bucket,
+                &prefix,
+                page,
+                self.bearer(now)?,
+            )),
+            Backend::Azure(az) => Ok(az.list_blobs(via, &prefix, page, now.wall)),
+        }
+    }
+
+    /// The version names in a listing's answer (the folder names directly
+    /// under the prefix), and the next page.
+    pub fn list_result(
+        &self,
+        response: HttpResponse,
+    ) -> Result<(Vec<String>, Option<String>), StorageError> {
+        self.transport(&response)?;
+        let page = match &self.settings.backend {
+            Backend::S3(_) => s3::list_result(response),
+            Backend::Gcs { .. } => gcs::list_result(response),
+            Backend::Azure(_) => azure::list_result(response),
+        }?;
+        let prefix = self.settings.location.key("");
+        let names = page
+            .prefixes
+            .iter()
+            .filter_map(|p| p.strip_prefix(&prefix)?.strip_suffix('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .map(str::to_string)
+            .collect();
+        Ok((names, page.next))
+    }
+
+    /// The URL of the listing, for log lines.
+    pub fn list_url(&self) -> String {
+        self.url(&self.settings.location.key(""))
+    }
+
+    /// Refuses a read whose body is larger than `storage.max_object_bytes`.
+    pub fn max_object_bytes(&self) -> u64 {
+        self.settings.max_object_bytes
+    }
+
+    /// A failure on the way (timeout, reset, truncation, a body over
+    /// `storage.max_object_bytes`), before the backend reads the answer.
+    fn transport(&self, response: &HttpResponse) -> Result<(), StorageError> {
+        match response.transport_error(self.settings.max_object_bytes) {
+            Some(e) => Err(StorageError::Transport(e)),
+            None => Ok(()),
+        }
+    }
+
     /// The outcome of a GET.
     pub fn read_result(&self, response: HttpResponse) -> Result<Object, StorageError> {
+        self.transport(&response)?;
         match &self.settings.backend {
             Backend::S3(_) => s3::read_result(response),
             Backend::Gcs { .. } => gcs::read_result(response),
@@ -200,6 +269,7 @@ impl ObjectStore {
     /// The outcome of a PUT: the new ETag (or generation), when the store
     /// sent one.
     pub fn write_result(&self, response: &HttpResponse) -> Result<Option<String>, StorageError> {
+        self.transport(response)?;
         match &self.settings.backend {
             Backend::S3(_) => s3::write_result(response),
             Backend::Gcs { .. } => gcs::write_result(response),

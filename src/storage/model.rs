@@ -5,7 +5,7 @@
 //! the [`super::ObjectStore`] that dispatches to them.
 
 use super::gcp_auth;
-use crate::http::HttpResponse;
+use crate::http::{HttpResponse, TransportError};
 use crate::sigv4::SigningError;
 use crate::time::Timestamp;
 use std::fmt;
@@ -32,6 +32,8 @@ pub struct Object {
     /// The answer's `Date`, by the store's clock: with `last_modified` it
     /// gives the object's age free of any skew of our own clock.
     pub date: Option<Timestamp>,
+    /// `Content-Type`, to describe a body that is not what was expected.
+    pub content_type: Option<String>,
 }
 
 impl Object {
@@ -44,9 +46,18 @@ impl Object {
                 .header("last-modified")
                 .and_then(Timestamp::parse_http_date),
             date: response.header("date").and_then(Timestamp::parse_http_date),
+            content_type: response.header("content-type").map(str::to_string),
             body: response.body,
         }
     }
+}
+
+/// One page of a listing with delimiter `/`: the "folder" prefixes
+/// (full keys ending in `/`) and the token of the next page, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub prefixes: Vec<String>,
+    pub next: Option<String>,
 }
 
 /// Why a storage request did not do what was asked.
@@ -74,6 +85,11 @@ pub enum StorageError {
     /// A read came back without an ETag (or generation), so no write can
     /// be made conditional on it.
     MissingEtag,
+    /// The call failed on the way (timeout, unreachable, reset,
+    /// truncated, over the size limit).
+    Transport(TransportError),
+    /// A success answer whose body is not what the operation returns.
+    Unreadable { what: &'static str, detail: String },
 }
 
 impl fmt::Display for StorageError {
@@ -99,6 +115,10 @@ impl fmt::Display for StorageError {
             StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
             StorageError::CredentialsPending => f.write_str("no access token yet"),
             StorageError::Token(e) => write!(f, "cannot get an access token: {e}"),
+            StorageError::Transport(e) => e.fmt(f),
+            StorageError::Unreadable { what, detail } => {
+                write!(f, "the store's {what} does not parse (starts with: {detail})")
+            }
             StorageError::MissingEtag => f.write_str(
                 "the store sent no ETag, so no write can be made conditional (it would overwrite blindly)",
             ),

@@ -2,7 +2,7 @@
 //! SigV4 with S3's rules) and error classification.
 
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
-use super::model::{Object, PutMode, StorageError, Via};
+use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
@@ -61,7 +61,52 @@ pub(super) fn get(
     key: &str,
     now: Timestamp,
 ) -> Result<HttpRequest, StorageError> {
-    request(s3, via, bucket, "GET", key, None, &[], now).map_err(StorageError::Signing)
+    request(s3, via, bucket, "GET", key, "", None, &[], now).map_err(StorageError::Signing)
+}
+
+/// ListObjectsV2 of the "folders" directly under `prefix` (delimiter
+/// `/`), from the page `token` on.
+pub(super) fn list(
+    s3: &S3Settings,
+    via: Via<'_>,
+    bucket: &str,
+    prefix: &str,
+    token: Option<&str>,
+    now: Timestamp,
+) -> Result<HttpRequest, StorageError> {
+    let mut query = String::new();
+    if let Some(t) = token {
+        query.push_str(&format!(
+            "continuation-token={}&",
+            sigv4::uri_encode(t, true)
+        ));
+    }
+    query.push_str(&format!(
+        "delimiter=%2F&list-type=2&prefix={}",
+        sigv4::uri_encode(prefix, true)
+    ));
+    request(s3, via, bucket, "GET", "", &query, None, &[], now).map_err(StorageError::Signing)
+}
+
+/// The outcome of a ListObjectsV2: the common prefixes and the next page.
+pub(super) fn list_result(response: HttpResponse) -> Result<ListPage, StorageError> {
+    if response.status != 200 {
+        return Err(classify_error(&response));
+    }
+    let body = String::from_utf8_lossy(&response.body);
+    if super::xml::elements(&body, "ListBucketResult").is_empty() {
+        return Err(StorageError::Unreadable {
+            what: "ListObjectsV2 answer",
+            detail: response.body_excerpt(80),
+        });
+    }
+    let prefixes = super::xml::elements(&body, "CommonPrefixes")
+        .iter()
+        .flat_map(|cp| super::xml::elements(cp, "Prefix"))
+        .collect();
+    let truncated = super::xml::element(&body, "IsTruncated").as_deref() == Some("true");
+    let next = super::xml::element(&body, "NextContinuationToken").filter(|_| truncated);
+    Ok(ListPage { prefixes, next })
 }
 
 /// A PUT of `key` with S3's conditional headers for `mode`.
@@ -82,7 +127,8 @@ pub(super) fn put(
         PutMode::Create => headers.push(("if-none-match".into(), "*".into())),
         PutMode::Update { etag } => headers.push(("if-match".into(), etag.clone())),
     }
-    request(s3, via, bucket, "PUT", key, Some(body), &headers, now).map_err(StorageError::Signing)
+    request(s3, via, bucket, "PUT", key, "", Some(body), &headers, now)
+        .map_err(StorageError::Signing)
 }
 
 /// The outcome of a GET.
@@ -109,6 +155,7 @@ fn request(
     bucket: &str,
     method: &str,
     key: &str,
+    query: &str,
     body: Option<Vec<u8>>,
     extra_headers: &[(String, String)],
     now: Timestamp,
@@ -123,14 +170,19 @@ fn request(
             authority,
             base_path,
             ..
-        } => (
-            authority.clone(),
-            format!(
-                "{}/{}/{encoded_key}",
+        } => {
+            let bucket_path = format!(
+                "{}/{}",
                 sigv4::uri_encode(base_path, false),
                 sigv4::uri_encode(bucket, true)
-            ),
-        ),
+            );
+            // A bucket request (a listing) has no trailing `/`.
+            let path = match key {
+                "" => bucket_path,
+                _ => format!("{bucket_path}/{encoded_key}"),
+            };
+            (authority.clone(), path)
+        }
     };
     let mut headers = extra_headers.to_vec();
     if let Some(credentials) = &s3.credentials {
@@ -141,13 +193,17 @@ fn request(
             &SignableRequest {
                 method,
                 path: &path,
-                query: "",
+                query,
                 headers: &to_sign,
             },
             &SigningParams::s3(credentials, &s3.region, now, PayloadHash::Body(payload)),
         )?;
         headers.extend(signed.headers);
     }
+    let path = match query {
+        "" => path,
+        q => format!("{path}?{q}"),
+    };
     Ok(HttpRequest {
         cluster: via.cluster.to_string(),
         method: method.to_string(),
@@ -163,29 +219,19 @@ fn request(
 /// (`<Error><Code>…</Code><Message>…</Message></Error>`) when there is one.
 pub(super) fn classify_error(response: &HttpResponse) -> StorageError {
     let body = String::from_utf8_lossy(&response.body);
-    let code = xml_element(&body, "Code");
+    let code = super::xml::element(&body, "Code");
     match response.status {
         404 => StorageError::NotFound { code },
         412 => StorageError::PreconditionFailed,
         status => StorageError::Status {
             status,
-            message: xml_element(&body, "Message").or_else(|| {
+            message: super::xml::element(&body, "Message").or_else(|| {
                 // Not an S3 answer (e.g. the proxy's own "upstream connect error").
                 (code.is_none() && !response.body.is_empty()).then(|| response.body_excerpt(200))
             }),
             code,
         },
     }
-}
-
-/// The text of the first `<name>…</name>`; enough for S3's flat error
-/// documents, which never nest or escape what we read.
-fn xml_element(body: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = body.find(&open)? + open.len();
-    let len = body.get(start..)?.find(&format!("</{name}>"))?;
-    let text = body.get(start..start + len)?.trim();
-    (!text.is_empty()).then(|| text.to_string())
 }
 
 #[cfg(test)]
@@ -201,6 +247,7 @@ mod tests {
             location: StorageLocation::parse("s3://bkt/pre/fix").unwrap(),
             cluster: "object_storage".into(),
             timeout: Duration::from_secs(5),
+            max_object_bytes: 1 << 20,
             backend: Backend::S3(S3Settings {
                 addressing,
                 region: "us-east-1".into(),
@@ -381,9 +428,20 @@ mod tests {
         let e = s
             .read_result(resp(503, "upstream connect error or disconnect"))
             .unwrap_err();
+        // Envoy's own 503: named as such, not as the store's answer.
         assert_eq!(
             e.to_string(),
-            "storage answered 503: upstream connect error or disconnect"
+            "the proxy got no answer from the upstream: upstream connect error or disconnect"
+        );
+        let e = s
+            .read_result(resp(
+                503,
+                "<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>",
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "storage answered 503 SlowDown: Reduce your rate"
         );
         let ok = HttpResponse {
             status: 200,

@@ -164,6 +164,9 @@ impl Checker {
         if let Some(write) = w.store.unconditional_writes.first() {
             return Err(format!("invariant 1: an unconditional write: {write}"));
         }
+        if w.store.reads.iter().any(|k| k.contains("/9.9.9/")) {
+            return Err("an importer read a snapshot of a newer version".into());
+        }
         let writes = &w.store.config_writes;
         for i in self.checked_writes..writes.len() {
             let cur = &writes[i];
@@ -193,6 +196,27 @@ impl Checker {
             }
         }
         self.checked_writes = writes.len();
+        Ok(())
+    }
+
+    /// The import holds when it is needed: with the CP still down, every
+    /// importing process serves a config once storage has one it can use.
+    pub fn imported(w: &World) -> Result<(), String> {
+        let usable = w.store.objects.keys().any(|k| {
+            k == &format!("pre/{}/config.json", env!("CARGO_PKG_VERSION"))
+                || k == "pre/0.0.9/config.json"
+        });
+        if !usable {
+            return Ok(());
+        }
+        for proc in w.procs.iter().filter(|p| p.alive && p.spec.import) {
+            if proc.shared.bytes(CONFIG_KEY).is_none() {
+                return Err(format!(
+                    "{}: imports on, the CP down, a snapshot in storage, and nothing served",
+                    proc.id()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -238,7 +262,7 @@ impl Checker {
                     return Err(format!("{id}: thread {thread} has no root"));
                 };
                 let root = &mut proc.roots[i];
-                root.worker.begin();
+                root.worker.begin("/e1");
                 while let Some(key) = root.worker.poll_read() {
                     root.worker.handle_read(proc.shared.bytes(key));
                 }

@@ -74,6 +74,9 @@ pub struct Store {
     pub requests: u64,
     /// Writes that carried no precondition at all (none may happen).
     pub unconditional_writes: Vec<String>,
+    /// Keys read, in order.
+    pub reads: Vec<String>,
+    pub listings: u64,
 }
 
 pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -106,6 +109,8 @@ enum Op {
         /// `Some(None)`: must not exist; `Some(Some(tag))`: must match.
         condition: Option<Option<String>>,
     },
+    /// A listing of the folders under a prefix (delimiter `/`).
+    List(String),
     Unknown,
 }
 
@@ -120,6 +125,11 @@ impl Store {
         };
         if let Some(name) = path.strip_prefix("/storage/v1/b/bkt/o/") {
             return Op::Get(percent_decode(name, false));
+        }
+        let listing = (path == "/storage/v1/b/bkt/o" || path == "/bkt")
+            && param("delimiter").as_deref() == Some("/");
+        if listing && req.method == "GET" {
+            return Op::List(param("prefix").unwrap_or_default());
         }
         if path == "/upload/storage/v1/b/bkt/o" {
             let condition = param("ifGenerationMatch").map(|g| (g != "0").then_some(g));
@@ -177,7 +187,11 @@ impl Store {
         } else {
             "etag"
         };
-        match Self::op(req) {
+        let op = Self::op(req);
+        if let Op::Get(key) = &op {
+            self.reads.push(key.clone());
+        }
+        match op {
             Op::Get(key) => match self.objects.get(&key) {
                 Some(o) => {
                     let mut headers = vec![("last-modified".into(), o.modified.http_date()), date];
@@ -249,6 +263,39 @@ impl Store {
                         headers: vec![("etag".into(), etag), date],
                         body: vec![],
                     },
+                }
+            }
+            Op::List(prefix) => {
+                let mut folders: Vec<String> = self
+                    .objects
+                    .keys()
+                    .filter_map(|k| {
+                        let rest = k.strip_prefix(&prefix)?;
+                        let (folder, _) = rest.split_once('/')?;
+                        Some(format!("{prefix}{folder}/"))
+                    })
+                    .collect();
+                folders.sort();
+                folders.dedup();
+                self.listings += 1;
+                let body = match tokens {
+                    Some(_) => serde_json::json!({ "prefixes": folders }).to_string(),
+                    None => {
+                        let items: String = folders
+                            .iter()
+                            .map(|f| {
+                                format!("<CommonPrefixes><Prefix>{f}</Prefix></CommonPrefixes>")
+                            })
+                            .collect();
+                        format!(
+                            "<ListBucketResult><IsTruncated>false</IsTruncated>{items}</ListBucketResult>"
+                        )
+                    }
+                };
+                HttpResponse {
+                    status: 200,
+                    headers: vec![date],
+                    body: body.into_bytes(),
                 }
             }
             Op::Unknown => status(400, "", date),

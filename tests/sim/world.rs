@@ -14,7 +14,7 @@ use fallback_config::clock::HostTime;
 use fallback_config::event::Event;
 use fallback_config::http::{HttpRequest, HttpResponse};
 use fallback_config::process::{SharedOp, WriteResult};
-use fallback_config::published::{CONFIG_KEY, GENERATION_KEY};
+use fallback_config::published::{CONFIG_KEY, DRIVER_KEY, GENERATION_KEY};
 use fallback_config::rng::Rng;
 use fallback_config::root::{Action, Root};
 use fallback_config::time::Timestamp;
@@ -56,6 +56,7 @@ impl NodeSpec {
             "cluster_fallback_config_storage":"{url}"{node},
             "storage":{{"endpoint":"{endpoint}","timeout_ms":{}}},
             "control_plane":{{"timeout_ms":1000,"poll_interval_ms":500}},
+            "import":{{"retry_initial_ms":200,"retry_max_ms":2000}},
             "election":{{"lease_ttl_ms":3000,"renew_interval_ms":1000}}}}"#,
             self.import, self.export, self.storage_timeout_ms
         )
@@ -194,7 +195,7 @@ pub struct Chaos {
 impl Default for Chaos {
     fn default() -> Self {
         Chaos {
-            until_ms: 40_000,
+            until_ms: 35_000,
             mean_fault_gap_ms: 1_500,
             loss: 0.05,
             duplicate: 0.03,
@@ -585,7 +586,7 @@ impl World {
                     if self.now >= self.procs[p].paused_until {
                         let proc = &mut self.procs[p];
                         let root = &mut proc.roots[i];
-                        root.worker.begin();
+                        root.worker.begin("/e1");
                         while let Some(key) = root.worker.poll_read() {
                             root.worker.handle_read(proc.shared.bytes(key));
                         }
@@ -594,7 +595,7 @@ impl World {
                         }
                     }
                 }
-                let at = self.now + self.rand_range(20, 300);
+                let at = self.now + self.rand_range(100, 800);
                 self.schedule(at, Ev::Request { p, inc, thread });
             }
             Ev::Restart { p } => {
@@ -683,7 +684,18 @@ impl World {
             return;
         };
         match action {
-            Action::Shared(op) => self.shared(p, i, op),
+            Action::Shared(op) => {
+                // The renewal right before a dispatch and the dispatch are
+                // two adjacent hostcalls: no stall is modelled between them
+                // (the one window no protocol can close, see root.rs).
+                let renewal = matches!(&op, SharedOp::Write { key, .. } if *key == DRIVER_KEY);
+                self.shared(p, i, op);
+                if renewal {
+                    let at = self.now;
+                    self.schedule(at, Ev::Step { p, inc, uid });
+                    return;
+                }
+            }
             Action::Send(call) => {
                 let host_token = self.procs[p].next_host_token;
                 self.procs[p].next_host_token += 1;
@@ -931,9 +943,35 @@ impl World {
         }
     }
 
-    /// Heals everything: the chaos is over.
-    pub fn heal(&mut self) {
-        self.cp.up = true;
+    /// Puts snapshots of an older version (usable) and of a newer one
+    /// (never to be read) in the store, as an upgrade leaves them.
+    pub fn seed_other_versions(&mut self) {
+        let stamp = Timestamp::from_secs(1_800_000_000);
+        for (version, revision) in [("0.0.9", 0u32), ("9.9.9", 99)] {
+            let body = fallback_config::envelope::seal(fallback_config::envelope::Export {
+                config: super::host::cp_config(revision).as_bytes(),
+                revision: &format!("r{revision}"),
+                version,
+                exporter: "an-earlier-fleet",
+                exported_at: stamp,
+                term: 1,
+            })
+            .unwrap_or_default();
+            self.store.objects.insert(
+                format!("pre/{version}/config.json"),
+                super::host::Stored {
+                    body,
+                    etag: format!("\"seed-{version}\""),
+                    modified: stamp,
+                },
+            );
+        }
+    }
+
+    /// Heals everything but the CP, which stays as `cp_up` says: the
+    /// chaos is over.
+    pub fn heal(&mut self, cp_up: bool) {
+        self.cp.up = cp_up;
         self.store.omit_etags = false;
         self.tokens.down = false;
         for p in 0..self.procs.len() {

@@ -129,7 +129,7 @@ fn run() -> Result<(), String> {
     println!(
         "\n6. Starting Envoy #2, a brand-new IMPORTER (import on). Its first control-plane fetch"
     );
-    println!("   fails, so it reads the stored config from S3 once, checks its version and sha256, and uses it ...");
+    println!("   fails, so it reads the stored config from S3 (retrying with backoff if that fails), checks its version and sha256, and uses it ...");
     let mut importer = stack.start_envoy("importer", &stack.importer_plugin());
     let line = importer
         .wait_log("imported revision r1", TIMEOUT)
