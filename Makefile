@@ -67,14 +67,18 @@ wasm: .wasm-target
 	cp target/$(WASM_TARGET)/release/fallback_config.wasm $(WASM)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes ($$(gzip -9c $(WASM) | wc -c) gzipped)"
 
+# fuzz/ is its own workspace (cargo-fuzz): its tests replay the checked-in
+# corpus and every recorded crash through the harnesses, on stable.
 unit:
 	cargo test -p fallback-config
+	cd fuzz && cargo test --locked
 
 e2e: setup wasm
 	cargo test -p envoy-test -- --test-threads $(TEST_THREADS)
 
 test: setup wasm
 	cargo test -p fallback-config
+	cd fuzz && cargo test --locked
 	cargo test -p envoy-test -- --test-threads $(TEST_THREADS)
 
 # The demo needs only Envoy and the S3 server.
@@ -83,11 +87,14 @@ run: $(ENVOY_BIN) $(S3S_FS_BIN) wasm
 
 lint: .wasm-target
 	cargo fmt --all -- --check
+	cd fuzz && cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cd fuzz && cargo clippy --locked --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p fallback-config --lib -- -D warnings
 
 fmt:
 	cargo fmt --all
+	cd fuzz && cargo fmt --all
 
 # Not part of `make test`: each injected bug must make the simulator fail.
 mutants:

@@ -211,8 +211,7 @@ impl Election {
                 if matches!(self.role, Role::Leader { .. }) {
                     self.lose(LossReason::LeaseDisappeared, out);
                 }
-                let term = self.min_term + 1;
-                return self.acquire(PutMode::Create, term, now);
+                return self.acquire(PutMode::Create, now, out);
             }
             Err(e) => {
                 self.failed("reading the election lease", e, now);
@@ -242,13 +241,12 @@ impl Election {
         };
         let Some(record) = record else {
             out.push(Event::LeaseUnparseable);
-            let term = self.min_term + 1;
-            return self.acquire(PutMode::Update { etag }, term, now);
+            return self.acquire(PutMode::Update { etag }, now, out);
         };
         self.min_term = self.min_term.max(record.term);
         if fresh && record.holder == self.node_id {
             // This node restarted: its old lease is its own to replace.
-            return self.acquire(PutMode::Update { etag }, self.min_term + 1, now);
+            return self.acquire(PutMode::Update { etag }, now, out);
         }
         let seen_since = match &self.observed {
             Some(o) if o.etag == etag => o.first_seen,
@@ -279,7 +277,7 @@ impl Election {
             holder: record.holder,
             term: record.term,
         });
-        self.acquire(PutMode::Update { etag }, self.min_term + 1, now)
+        self.acquire(PutMode::Update { etag }, now, out)
     }
 
     /// The answer to a write sent at `sent_at`.
@@ -393,7 +391,22 @@ impl Election {
         }
     }
 
-    fn acquire(&mut self, mode: PutMode, term: u64, now: Now) -> Option<(Step, Option<WriteKind>)> {
+    /// A write taking the lease with the first term above every term
+    /// known to be used. There is none above `u64::MAX`: such a lease
+    /// (only a hand-written or corrupted one gets there) is never taken
+    /// over, since wrapping to term 0 would pass every fence.
+    fn acquire(
+        &mut self,
+        mode: PutMode,
+        now: Now,
+        out: &mut Vec<Event>,
+    ) -> Option<(Step, Option<WriteKind>)> {
+        let Some(term) = self.min_term.checked_add(1) else {
+            out.push(Event::LeaseTermsExhausted {
+                term: self.min_term,
+            });
+            return None;
+        };
         self.in_flight = true;
         Some((
             Step::Write {
@@ -450,5 +463,73 @@ impl Election {
     /// Role changes since the last call, oldest first.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn at(secs: u64) -> Now {
+        Now {
+            mono: Instant::ZERO.plus(Duration::from_secs(secs)),
+            wall: Timestamp::from_secs(1_800_000_000 + secs),
+        }
+    }
+
+    fn lease(term: u64, age_s: u64, now: Now) -> Result<Object, StorageError> {
+        let record = LeaseRecord {
+            holder: "node-b".into(),
+            term,
+            renewals: 0,
+            ttl_ms: 30_000,
+            renewed_at: String::new(),
+        };
+        Ok(Object {
+            body: serde_json::to_vec(&record).unwrap_or_default(),
+            etag: Some("\"e\"".into()),
+            date: Some(now.wall),
+            last_modified: Some(Timestamp::from_secs(now.wall.as_secs() - age_s)),
+            content_type: None,
+        })
+    }
+
+    fn election() -> Election {
+        let settings = ElectionSettings {
+            lease_ttl: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(10),
+        };
+        Election::new(settings, "node-a".into())
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_with_the_next_term() {
+        let mut e = election();
+        let mut out = Vec::new();
+        assert!(matches!(e.poll(at(0), &mut out), Some((Step::Read, None))));
+        let step = e.on_read(lease(7, 3600, at(0)), at(0), &mut out);
+        assert!(matches!(
+            step,
+            Some((_, Some(WriteKind::Acquire { term: 8 })))
+        ));
+    }
+
+    /// Found by fuzzing: `min_term + 1` overflowed on a lease holding
+    /// `u64::MAX` (a panic in debug builds, term 0 in release, below every
+    /// fence). No higher term exists, so the lease is left alone and the
+    /// operator is told.
+    #[test]
+    fn a_lease_with_the_last_term_is_never_taken_over() {
+        let mut e = election();
+        let mut out = Vec::new();
+        for round in 0..3 {
+            let now = at(round * 45);
+            if e.poll(now, &mut out).is_some() {
+                assert_eq!(e.on_read(lease(u64::MAX, 3600, now), now, &mut out), None);
+            }
+        }
+        assert_eq!(e.held_term(), None);
+        assert!(out.contains(&Event::LeaseTermsExhausted { term: u64::MAX }));
     }
 }

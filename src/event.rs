@@ -312,6 +312,12 @@ pub enum Event {
         term: u64,
     },
     LeaseUnparseable,
+    /// The lease or `config.json` holds the last term (`u64::MAX`): no
+    /// higher one can fence it, so nobody takes over until an operator
+    /// deletes the election objects.
+    LeaseTermsExhausted {
+        term: u64,
+    },
     ElectionFailed {
         /// The revision waiting for export, if any.
         revision: Option<String>,
@@ -367,7 +373,8 @@ impl Event {
             | ImportVersionSkipped { .. }
             | ElectionFailed { .. }
             | CredentialsFailed { .. } => Level::Warn,
-            SharedDataRefused(_)
+            LeaseTermsExhausted { .. }
+            | SharedDataRefused(_)
             | ImportFailed { .. }
             | ImportGaveUp { .. }
             | ExportUnbuildable { .. } => Level::Error,
@@ -541,6 +548,10 @@ impl fmt::Display for Event {
             LeaseUnparseable => {
                 f.write_str("election: the lease object does not parse; taking it over")
             }
+            LeaseTermsExhausted { term } => write!(
+                f,
+                "election: a stored lease or config.json holds term {term}, the last one; no node can take over with a higher term until an operator deletes that version's election/lease.json and config.json"
+            ),
             ElectionFailed {
                 revision,
                 error,

@@ -519,8 +519,11 @@ impl Coordinator {
                     }
                     return;
                 }
+                // Counters read from shared data never overflow: any
+                // bytes there may be decoded (a corrupted record, another
+                // build), and an overflow would panic the VM.
                 let mut next = mine.clone();
-                next.renewals += 1;
+                next.renewals = next.renewals.wrapping_add(1);
                 match &op {
                     Op::Tick | Op::Revalidate => {}
                     Op::Release => next.released = true,
@@ -529,7 +532,14 @@ impl Coordinator {
                             Role::Driver { floor, .. } => floor,
                             Role::Follower { .. } => 0,
                         };
-                        next.generation = next.generation.max(floor) + 1;
+                        let Some(generation) = next.generation.max(floor).checked_add(1) else {
+                            // No generation is left to hand out: never reuse one.
+                            if let Op::Publish(job) = op {
+                                self.outcomes.push_back(Outcome::PublishFailed(job));
+                            }
+                            return;
+                        };
+                        next.generation = generation;
                         if job.source == Source::ControlPlane {
                             next.cp_answered = true;
                         }
@@ -546,7 +556,7 @@ impl Coordinator {
                             self.outcomes.push_back(Outcome::ImportRefused(r));
                             return;
                         }
-                        next.import_attempts += 1;
+                        next.import_attempts = next.import_attempts.saturating_add(1);
                         next.import_in_flight = true;
                     }
                     Op::EndImport => next.import_in_flight = false,
@@ -601,7 +611,7 @@ impl Coordinator {
                             });
                             DriverRecord {
                                 owner: self.me.clone(),
-                                epoch: old.epoch + 1,
+                                epoch: old.epoch.wrapping_add(1),
                                 renewals: 0,
                                 released: false,
                                 ..old

@@ -102,14 +102,16 @@ impl Timestamp {
     pub fn parse_http_date(s: &str) -> Option<Timestamp> {
         let mut parts = s.trim().split(' ');
         let _weekday = parts.next()?.strip_suffix(',')?;
-        let day: u32 = parts.next()?.parse().ok()?;
+        // IMF-fixdate fields have a fixed number of digits; a longer year
+        // would also overflow the seconds below.
+        let day = fixed_digits(parts.next()?, 2)? as u32;
         let month = parts.next()?;
-        let year: i64 = parts.next()?.parse().ok()?;
+        let year = fixed_digits(parts.next()?, 4)? as i64;
         let mut hms = parts.next()?.split(':');
-        let (h, m, sec): (u64, u64, u64) = (
-            hms.next()?.parse().ok()?,
-            hms.next()?.parse().ok()?,
-            hms.next()?.parse().ok()?,
+        let (h, m, sec) = (
+            fixed_digits(hms.next()?, 2)?,
+            fixed_digits(hms.next()?, 2)?,
+            fixed_digits(hms.next()?, 2)?,
         );
         if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
             return None;
@@ -136,13 +138,7 @@ impl Timestamp {
     pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         let s = s.trim();
         let b = s.as_bytes();
-        let digits = |from: usize, len: usize| -> Option<u64> {
-            let part = s.get(from..from + len)?;
-            part.bytes()
-                .all(|c| c.is_ascii_digit())
-                .then(|| part.parse().ok())
-                .flatten()
-        };
+        let digits = |from: usize, len: usize| fixed_digits(s.get(from..from + len)?, len);
         let sep = |i: usize, c: u8| b.get(i) == Some(&c);
         let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
         let (h, m, sec) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
@@ -169,8 +165,10 @@ impl Timestamp {
                     b'-' => -1,
                     _ => return None,
                 };
-                let oh = rest.get(1..3)?.parse::<i64>().ok()?;
-                let om = rest.get(4..6)?.parse::<i64>().ok()?;
+                // `time-numoffset = ("+" / "-") 2DIGIT ":" 2DIGIT`: no
+                // second sign inside.
+                let oh = fixed_digits(rest.get(1..3)?, 2)? as i64;
+                let om = fixed_digits(rest.get(4..6)?, 2)? as i64;
                 if rest.len() != 6 || rest.as_bytes().get(3) != Some(&b':') || oh > 23 || om > 59 {
                     return None;
                 }
@@ -185,6 +183,15 @@ impl Timestamp {
         let secs = u64::try_from(secs).ok()?;
         Some(Timestamp(secs.checked_mul(1000)?.checked_add(millis)?))
     }
+}
+
+/// `part` as a number if it is exactly `len` ASCII digits (no sign, no
+/// space), as the fixed-width fields of HTTP and RFC 3339 dates are.
+fn fixed_digits(part: &str, len: usize) -> Option<u64> {
+    if part.len() != len || !part.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    part.parse().ok()
 }
 
 /// (year, month, day) to days since 1970-01-01; inverse of
@@ -264,6 +271,12 @@ mod tests {
             "Sun, 30 Aug 2015 12:36 GMT",
             "Sun, 30 Aug 2015 12:36:00 UTC",
             "Sun, 32 Aug 2015 12:36:00 GMT",
+            "Sun, 6 Aug 2015 12:36:00 GMT",
+            "Sun, 30 Aug +2015 12:36:00 GMT",
+            "Sun, 30 Aug 2015 12:36:+0 GMT",
+            // Found by fuzzing: a 12-digit year overflowed the seconds.
+            "Sun, 06 Nov 100000000000 08:49:37 GMT",
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
         ] {
             assert_eq!(Timestamp::parse_http_date(bad), None, "{bad}");
         }
@@ -302,6 +315,10 @@ mod tests {
             "1969-12-31T23:59:59Z",
             "2015-08-30X12:36:00Z",
             "２015-08-30T12:36:00Z",
+            // Found by fuzzing: a sign inside the offset's fields.
+            "2015-08-30T14:36:00+02:-3",
+            "2015-08-30T14:36:00++1:00",
+            "2015-08-30T14:36:00-02:+0",
         ] {
             assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
         }

@@ -110,7 +110,10 @@ pub fn older_than(own: &str, names: &[String]) -> Vec<String> {
         .filter_map(|n| Version::parse(n))
         .filter(|v| *v < own)
         .collect();
-    older.sort_by(|a, b| b.cmp(a));
+    // Precedence ignores build metadata, so `1.0.0+a` and `1.0.0+b` tie:
+    // the text breaks the tie, which keeps the order deterministic and
+    // puts a folder listed twice next to itself for `dedup`.
+    older.sort_by(|a, b| b.cmp(a).then_with(|| a.text.cmp(&b.text)));
     older.dedup_by(|a, b| a.text == b.text);
     older.into_iter().map(|v| v.text).collect()
 }
@@ -184,5 +187,19 @@ mod tests {
             ["0.1.0-rc.1", "0.0.10", "0.0.9"]
         );
         assert!(older_than("not-a-version", &names).is_empty());
+    }
+
+    /// Found by fuzzing: build metadata ties precedence, and a folder
+    /// listed twice with a tied one between came back twice.
+    #[test]
+    fn older_than_returns_each_folder_once_in_a_fixed_order() {
+        let names: Vec<String> = ["1.0.0+a", "1.0.0+b", "1.0.0+a", "0.9.0", "1.0.0+b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(older_than("2.0.0", &names), ["1.0.0+a", "1.0.0+b", "0.9.0"]);
+        let mut reversed = names.clone();
+        reversed.reverse();
+        assert_eq!(older_than("2.0.0", &reversed), older_than("2.0.0", &names));
     }
 }

@@ -1,0 +1,979 @@
+//! The fuzz harnesses of fallback-config, one module per target.
+//!
+//! Each `fuzz_targets/<name>.rs` is one line calling `<name>::run`; the
+//! logic lives here so that `cargo test` (stable, no cargo-fuzz) replays
+//! the checked-in corpus and every recorded crash through exactly the
+//! code the fuzzer runs (see `tests/`).
+//!
+//! Every harness uses the crate's public API only. A panic anywhere is a
+//! bug (the filter denies unwrap/expect/panic); the `assert!`s below are
+//! properties of the parsers' results: round trips, and that what one
+//! part of the filter accepts another can use.
+//!
+//! Input formats are text where the parser reads text, so that seeds in
+//! `corpus/` can be read and written by hand:
+//! - an HTTP answer ([`input::response`]): a status line, `name: value`
+//!   header lines, an empty line, then the body bytes;
+//! - two parts split at the first NUL byte ([`input::split_nul`]).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod key;
+
+use fallback_config::clock::Now;
+use fallback_config::settings::Settings;
+use fallback_config::storage::ObjectStore;
+use std::sync::OnceLock;
+
+/// The version every harness imports as: the filter's own.
+pub const VERSION: &str = fallback_config::controller::VERSION;
+
+/// Turning fuzz bytes into the parsers' inputs.
+pub mod input {
+    use fallback_config::http::HttpResponse;
+
+    /// Statuses picked for a status line that is not a number.
+    const STATUSES: [u16; 16] = [
+        0, 200, 201, 204, 206, 304, 400, 401, 403, 404, 409, 412, 429, 500, 503, 504,
+    ];
+
+    /// `status\nname: value\n...\n\nbody`. A status line that is not a
+    /// number picks one of [`STATUSES`] from its bytes; a header line
+    /// without `:` is a header with an empty value; no empty line means
+    /// no body.
+    pub fn response(data: &[u8]) -> HttpResponse {
+        let (head, body) = match find(data, b"\n\n") {
+            Some(i) => (&data[..i], &data[i + 2..]),
+            None => (data, &[][..]),
+        };
+        let head = String::from_utf8_lossy(head);
+        let mut lines = head.split('\n');
+        let first = lines.next().unwrap_or("").trim();
+        let status = first.parse::<u16>().unwrap_or_else(|_| {
+            let sum: usize = first.bytes().map(usize::from).sum();
+            STATUSES[sum % STATUSES.len()]
+        });
+        let headers = lines
+            .map(|l| {
+                let l = l.strip_suffix('\r').unwrap_or(l);
+                match l.split_once(':') {
+                    Some((k, v)) => (k.to_string(), v.strip_prefix(' ').unwrap_or(v).to_string()),
+                    None => (l.to_string(), String::new()),
+                }
+            })
+            .collect();
+        HttpResponse {
+            status,
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    /// The bytes before and after the first NUL (all and nothing without one).
+    pub fn split_nul(data: &[u8]) -> (&[u8], &[u8]) {
+        match data.iter().position(|&b| b == 0) {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (data, &[]),
+        }
+    }
+
+    pub fn text(data: &[u8]) -> String {
+        String::from_utf8_lossy(data).into_owned()
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+}
+
+/// The fixed plugin JSON and environment of one store per backend.
+fn store(url: &str, extra_env: &[(&str, &str)]) -> ObjectStore {
+    let json = format!(
+        r#"{{"cluster_fallback_config_import":true,"cluster_fallback_config_export":true,
+            "cluster_fallback_config_storage":"{url}",
+            "storage":{{"max_object_bytes":2048}}}}"#
+    );
+    let env: Vec<(String, String)> = extra_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let settings = Settings::parse(json.as_bytes(), &lookup).expect("fixed plugin JSON");
+    ObjectStore::new(settings.storage.expect("storage is configured"))
+}
+
+/// The well-known Azurite development key (public, in Microsoft's docs).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+pub fn s3_store() -> &'static ObjectStore {
+    static S: OnceLock<ObjectStore> = OnceLock::new();
+    S.get_or_init(|| {
+        store(
+            "s3://fuzz-bucket/gw",
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                (
+                    "AWS_SECRET_ACCESS_KEY",
+                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                ),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        )
+    })
+}
+
+pub fn gcs_store() -> &'static ObjectStore {
+    static S: OnceLock<ObjectStore> = OnceLock::new();
+    // Anonymous: answers are classified alike with or without a token,
+    // and the token exchange has its own target.
+    S.get_or_init(|| store("gs://fuzz-bucket/gw", &[]))
+}
+
+pub fn azure_store() -> &'static ObjectStore {
+    static S: OnceLock<ObjectStore> = OnceLock::new();
+    S.get_or_init(|| {
+        store(
+            "azure://devstoreaccount1/configs/gw",
+            &[
+                ("AZURE_STORAGE_KEY", AZURITE_KEY),
+                (
+                    "AZURE_STORAGE_ENDPOINT",
+                    "http://127.0.0.1:10000/devstoreaccount1",
+                ),
+            ],
+        )
+    })
+}
+
+/// A wall clock in 2027 and a monotonic one well past its origin.
+pub fn now() -> Now {
+    Now::at_millis(3_600_000)
+}
+
+/// `config.json`: `envelope::open` and `envelope::stored_term`.
+pub mod envelope {
+    use fallback_config::envelope::{self, Export};
+    use fallback_config::gateway::GatewayConfig;
+    use fallback_config::time::Timestamp;
+
+    pub fn run(data: &[u8]) {
+        let term = envelope::stored_term(data);
+        let opened = match envelope::open(data, super::VERSION) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = e.to_string();
+                return;
+            }
+        };
+        // What open verified holds.
+        assert_eq!(opened.sha256, envelope::sha256_hex(&opened.config_bytes));
+        assert_eq!(opened.config.revision, opened.revision);
+        assert_eq!(
+            GatewayConfig::parse(&opened.config_bytes).as_ref(),
+            Ok(&opened.config)
+        );
+        if let Some(t) = term {
+            assert_eq!(t, opened.term, "stored_term and open disagree");
+        }
+        // An exporter that re-exports what it imported writes an envelope
+        // that opens to the same config, byte for byte.
+        let sealed = envelope::seal(Export {
+            config: &opened.config_bytes,
+            revision: &opened.revision,
+            version: super::VERSION,
+            exporter: &opened.exporter,
+            exported_at: Timestamp::parse_rfc3339(&opened.exported_at).unwrap_or_default(),
+            term: opened.term,
+        })
+        .expect("an opened config seals");
+        let again = envelope::open(&sealed, super::VERSION).expect("a sealed envelope opens");
+        assert_eq!(again.config_bytes, opened.config_bytes);
+        assert_eq!(again.config, opened.config);
+        assert_eq!(again.sha256, opened.sha256);
+        assert_eq!(
+            (again.term, &again.exporter),
+            (opened.term, &opened.exporter)
+        );
+        assert_eq!(envelope::stored_term(&sealed), Some(opened.term));
+    }
+}
+
+/// The CP's gateway config (`GatewayConfig::parse`) and route matching.
+/// Input: config JSON, NUL, request lines `METHOD HOST PATH`. Requests
+/// are matched against the parsed config, or a fixed one when it does
+/// not parse.
+pub mod gateway {
+    use super::input;
+    use fallback_config::gateway::{GatewayConfig, RequestInfo};
+    use std::sync::OnceLock;
+
+    const FIXED: &str = r#"{"revision":"r1","routes":[
+        {"name":"root","paths":["/"],"upstream":"default"},
+        {"name":"echo","paths":["/echo"],"upstream":"echo_service"},
+        {"name":"deep","paths":["/echo/deep","/other"],"upstream":"deep"},
+        {"name":"posts","paths":["/echo"],"methods":["post"],"hosts":["API.example.com","*.wild.io"],"upstream":"writer"},
+        {"name":"v6","paths":["/v6"],"hosts":["[::1]"],"upstream":"six"}
+    ]}"#;
+
+    fn fixed() -> &'static GatewayConfig {
+        static C: OnceLock<GatewayConfig> = OnceLock::new();
+        C.get_or_init(|| GatewayConfig::parse(FIXED.as_bytes()).expect("fixed config"))
+    }
+
+    pub fn run(data: &[u8]) {
+        let (config, requests) = input::split_nul(data);
+        let parsed = GatewayConfig::parse(config);
+        match &parsed {
+            Ok(c) => {
+                assert!(!c.revision.trim().is_empty());
+                for r in &c.routes {
+                    assert!(!r.paths.is_empty() && r.paths.iter().all(|p| p.starts_with('/')));
+                    assert!(r.hosts.iter().all(|h| *h == h.to_ascii_lowercase()));
+                    assert!(r.methods.iter().all(|m| *m == m.to_ascii_uppercase()));
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+        let config = parsed.as_ref().unwrap_or_else(|_| fixed());
+        let requests = input::text(requests);
+        for line in requests.lines().take(64) {
+            let mut parts = line.splitn(3, ' ');
+            let req = RequestInfo {
+                method: parts.next().unwrap_or(""),
+                host: parts.next().unwrap_or(""),
+                path: parts.next().unwrap_or(""),
+            };
+            check_route(config, req);
+        }
+    }
+
+    /// The chosen route matches the method and path, and no route that
+    /// matches every host has a longer matching path.
+    fn check_route(config: &GatewayConfig, req: RequestInfo<'_>) {
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        let longest = |r: &fallback_config::gateway::Route| {
+            r.paths
+                .iter()
+                .filter(|p| path.starts_with(p.as_str()))
+                .map(|p| p.len())
+                .max()
+        };
+        let method_ok = |r: &fallback_config::gateway::Route| {
+            r.methods.is_empty() || r.methods.iter().any(|m| m == req.method)
+        };
+        let any_host_best = config
+            .routes
+            .iter()
+            .filter(|r| r.hosts.is_empty() && method_ok(r))
+            .filter_map(longest)
+            .max();
+        match config.route(req) {
+            Some(r) => {
+                assert!(method_ok(r), "route {} ignores its methods", r.name);
+                let len = longest(r).expect("the chosen route matches the path");
+                assert!(
+                    any_host_best.is_none_or(|b| b <= len),
+                    "a longer prefix was passed over"
+                );
+            }
+            None => assert!(
+                any_host_best.is_none(),
+                "a host-less route matches but none was chosen"
+            ),
+        }
+    }
+}
+
+/// Shared data: the published record, the generation counter, the
+/// driver record and the status record (and the status answer).
+pub mod published {
+    use fallback_config::published::{self, DriverRecord};
+    use fallback_config::status::{self, StatusRecord};
+
+    pub fn run(data: &[u8]) {
+        if let Ok((meta, config)) = published::decode(data) {
+            let again = published::encode(&meta, config);
+            assert_eq!(published::decode(&again), Ok((meta.clone(), config)));
+            assert_eq!(published::record_generation(data), Some(meta.generation));
+        }
+        let _ = published::record_generation(data);
+        if let Some(g) = published::decode_generation(data) {
+            assert_eq!(
+                published::decode_generation(&published::encode_generation(g)),
+                Some(g)
+            );
+        }
+        if let Some(r) = DriverRecord::decode(data) {
+            assert_eq!(DriverRecord::decode(&r.encode()), Some(r));
+        }
+        if let Some(s) = StatusRecord::decode(data) {
+            assert_eq!(StatusRecord::decode(&s.encode()).as_ref(), Some(&s));
+            let _ = s.age_s(super::now().wall);
+        }
+        for serving in [false, true] {
+            let (code, body) = status::answer(Some(data), serving, super::now().wall);
+            assert_eq!(code, if serving { 200 } else { 503 });
+            let v: serde_json::Value = serde_json::from_str(&body).expect("the answer is JSON");
+            assert!(v.is_object() && v.get("state").is_some(), "{body}");
+        }
+    }
+}
+
+/// The election lease as read from the store: an S3 GET answer (so its
+/// `ETag`, `Date` and `Last-Modified` are fuzzed too) through
+/// `read_result` into `Election::on_read`, for a follower, the holder
+/// restarting, and again after the lease's time.
+pub mod election_lease {
+    use super::input;
+    use fallback_config::clock::Now;
+    use fallback_config::election::{Election, LeaseRecord, Step};
+    use fallback_config::settings::ElectionSettings;
+    use std::time::Duration;
+
+    pub fn run(data: &[u8]) {
+        let response = input::response(data);
+        if let Ok(record) = serde_json::from_slice::<LeaseRecord>(&response.body) {
+            let bytes = serde_json::to_vec(&record).expect("a lease serialises");
+            assert_eq!(
+                serde_json::from_slice::<LeaseRecord>(&bytes).ok(),
+                Some(record)
+            );
+        }
+        let result = super::s3_store().read_result(response);
+        let settings = ElectionSettings {
+            lease_ttl: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(10),
+        };
+        for node in ["node-a", "node-b"] {
+            let mut e = Election::new(settings, node.to_string());
+            let mut out = Vec::new();
+            let mut now = super::now();
+            for round in 0..3 {
+                // A read is due at first and after each wait; a leader
+                // renews instead.
+                let Some((step, kind)) = e.poll(now, &mut out) else {
+                    now = later(now, 45_000);
+                    continue;
+                };
+                let reply = match step {
+                    Step::Read => e.on_read(result.clone(), now, &mut out),
+                    Step::Write { record, .. } => {
+                        check_written(&record, node);
+                        let kind = kind.expect("a write has a kind");
+                        e.on_write(
+                            kind,
+                            Ok(Some(format!("\"w{round}\""))),
+                            now.mono,
+                            now,
+                            &mut out,
+                        );
+                        None
+                    }
+                };
+                if let Some((Step::Write { record, .. }, Some(kind))) = reply {
+                    check_written(&record, node);
+                    e.on_write(
+                        kind,
+                        Ok(Some("\"acquired\"".into())),
+                        now.mono,
+                        now,
+                        &mut out,
+                    );
+                }
+                let _ = e.leader_term(now.mono);
+                let _ = e.next_due();
+                now = later(now, 45_000);
+            }
+            for event in &out {
+                let _ = event.to_string();
+            }
+            let _ = e.take_changes();
+        }
+    }
+
+    fn later(now: Now, ms: u64) -> Now {
+        Now {
+            mono: now.mono.plus(Duration::from_millis(ms)),
+            wall: now.wall.plus(Duration::from_millis(ms)),
+        }
+    }
+
+    /// A lease this node writes names it and a term above zero.
+    fn check_written(record: &LeaseRecord, node: &str) {
+        assert_eq!(record.holder, node);
+        assert!(record.term > 0, "a lease written with term 0");
+    }
+}
+
+/// The plugin configuration: `Settings::parse` of the JSON before the
+/// first NUL, with `NAME=value` lines after it as the environment. A
+/// parsed storage config then builds its requests. Secrets (the values
+/// of the credential variables) must never show in an error or `Debug`:
+/// checked for values holding the marker `CANARY`.
+pub mod settings {
+    use super::input;
+    use fallback_config::settings::Settings;
+    use fallback_config::storage::{ObjectStore, PutMode};
+
+    /// (`GCP_SERVICE_ACCOUNT` is not one: its `client_email` and
+    /// `token_uri` are shown by design; its key has its own target.)
+    const SECRET_VARS: [&str; 4] = [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+    ];
+
+    pub fn run(data: &[u8]) {
+        let (json, env) = input::split_nul(data);
+        let env = input::text(env);
+        let vars: Vec<(&str, &str)> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        let lookup = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        // The marker may be echoed only if it is somewhere a secret is not.
+        let canary = vars
+            .iter()
+            .any(|(k, v)| SECRET_VARS.contains(k) && v.contains("CANARY"))
+            && !json.windows(6).any(|w| w == b"CANARY")
+            && !vars
+                .iter()
+                .any(|(k, v)| !SECRET_VARS.contains(k) && v.contains("CANARY"));
+        let shown = match Settings::parse(json, &lookup) {
+            Ok(s) => {
+                let mut shown = format!("{s:?}");
+                if let Some(storage) = s.storage.clone() {
+                    shown.push_str(&requests(ObjectStore::new(storage)));
+                }
+                let _ = s.resolve_node_id(None, 7);
+                shown
+            }
+            Err(e) => e.to_string(),
+        };
+        if canary {
+            assert!(!shown.contains("CANARY"), "a secret is shown: {shown}");
+        }
+    }
+
+    /// Builds every request a configured store sends; their `Debug`
+    /// (what a log line would show) is returned.
+    fn requests(mut store: ObjectStore) -> String {
+        let now = super::now();
+        let key = store.key(super::VERSION, "config.json");
+        let _ = store.url(&key);
+        let _ = store.list_url();
+        let mut shown = String::new();
+        // GCS with a service account: its token request (signs a JWT).
+        if let Ok(Some(r)) = store.credential_request(now) {
+            shown.push_str(&format!("{r:?}"));
+        }
+        let reqs = [
+            store.get(&key, now),
+            store.put(&key, b"{}".to_vec(), &PutMode::Create, now),
+            store.put(
+                &key,
+                b"{}".to_vec(),
+                &PutMode::Update {
+                    etag: "\"e\"".into(),
+                },
+                now,
+            ),
+            store.list_versions(None, now),
+            store.list_versions(Some("next/page token"), now),
+        ];
+        for r in reqs {
+            shown.push_str(&format!("{r:?}"));
+        }
+        shown
+    }
+}
+
+/// Answers of the store to a GET, a PUT and a listing, per backend.
+pub mod storage {
+    use super::input;
+    use fallback_config::storage::{ObjectStore, StorageError};
+
+    pub fn run(store: &ObjectStore, data: &[u8]) {
+        let response = input::response(data);
+        let transport = response.transport_error(store.max_object_bytes());
+        let read = store.read_result(response.clone());
+        let write = store.write_result(&response);
+        let list = store.list_result(response.clone());
+        for e in [
+            read.as_ref().err(),
+            write.as_ref().err(),
+            list.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = e.to_string();
+        }
+        if transport.is_some() {
+            assert!(matches!(read, Err(StorageError::Transport(_))));
+            assert!(matches!(write, Err(StorageError::Transport(_))));
+            assert!(matches!(list, Err(StorageError::Transport(_))));
+            return;
+        }
+        // Every backend reports these alike: the election depends on it.
+        match response.status {
+            404 => {
+                assert!(
+                    matches!(read, Err(StorageError::NotFound { .. })),
+                    "{read:?}"
+                );
+                assert!(matches!(write, Err(StorageError::NotFound { .. })));
+            }
+            412 => assert!(
+                matches!(write, Err(StorageError::PreconditionFailed)),
+                "{write:?}"
+            ),
+            _ => {}
+        }
+        if let Ok(object) = &read {
+            assert_eq!(object.body, response.body);
+        }
+        if let Ok((names, next)) = &list {
+            for n in names {
+                assert!(!n.is_empty() && !n.contains('/'), "version name {n:?}");
+            }
+            if let Some(next) = next {
+                // The next page's request can be built from the token.
+                store
+                    .list_versions(Some(next), super::now())
+                    .expect("a page token builds a request");
+            }
+        }
+    }
+}
+
+pub mod s3_response {
+    pub fn run(data: &[u8]) {
+        super::storage::run(super::s3_store(), data)
+    }
+}
+
+pub mod gcs_response {
+    pub fn run(data: &[u8]) {
+        super::storage::run(super::gcs_store(), data)
+    }
+}
+
+pub mod azure_response {
+    pub fn run(data: &[u8]) {
+        super::storage::run(super::azure_store(), data)
+    }
+}
+
+/// `storage::xml`: the element name on the first line, the document after.
+pub mod xml {
+    use super::input;
+    use fallback_config::storage::xml;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        let (name, body) = text.split_once('\n').unwrap_or(("Code", &text));
+        let all = xml::elements(body, name);
+        let fold = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        match (xml::element(body, name), all.first()) {
+            (Some(first), Some(a)) => assert_eq!(first, fold(a)),
+            (None, Some(a)) => assert!(fold(a).is_empty()),
+            (Some(first), None) => panic!("element {first:?} without elements"),
+            (None, None) => {}
+        }
+        if !name.is_empty() {
+            // Each element starts at its own `<name` (attributes may follow).
+            assert!(all.len() <= body.matches(&format!("<{name}")).count());
+        }
+        let unescaped = xml::unescape(body);
+        assert!(unescaped.len() <= body.len());
+        if !body.contains('&') {
+            assert_eq!(unescaped, body);
+        }
+        // What an XML writer escapes, unescape restores.
+        let escaped = body
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;");
+        assert_eq!(xml::unescape(&escaped), body);
+    }
+}
+
+/// The GCS token endpoint's answer (HTTP format) to a token request,
+/// through `TokenCache::on_response`. The request (an RSA signature) is
+/// made once; each input answers a copy of that cache.
+pub mod token_response {
+    use super::input;
+    use fallback_config::clock::Now;
+    use fallback_config::storage::gcp_auth::{ServiceAccount, TokenCache};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn waiting() -> &'static (TokenCache, Now) {
+        static C: OnceLock<(TokenCache, Now)> = OnceLock::new();
+        C.get_or_init(|| {
+            let account = ServiceAccount::parse(&super::key::service_account_json())
+                .expect("the test service account parses");
+            let mut cache = TokenCache::new(account, "gcp_oauth", Duration::from_secs(5));
+            let now = super::now();
+            let request = cache
+                .next_request(now)
+                .expect("signs")
+                .expect("a request is due");
+            assert_eq!(request.method, "POST");
+            (cache, now)
+        })
+    }
+
+    pub fn run(data: &[u8]) {
+        let (cache, sent) = waiting();
+        let mut cache = cache.clone();
+        let response = input::response(data);
+        let now = Now {
+            mono: sent.mono.plus(Duration::from_millis(250)),
+            wall: sent.wall.plus(Duration::from_millis(250)),
+        };
+        let result = cache.on_response(response.clone(), now);
+        match &result {
+            Ok(()) => {
+                assert!(
+                    cache.token(now.mono).is_some(),
+                    "a new token is usable at once"
+                );
+                assert!(cache.expires_at().is_some());
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                assert!(cache.token(now.mono).is_none());
+            }
+        }
+        // Right after an answer nothing is due: a token is fresh, or a
+        // failure backs off.
+        assert!(matches!(cache.next_request(now), Ok(None)));
+        // A 200's access token is never shown in an error or `Debug`
+        // (`token_type` is quoted by its error, so not if it holds it).
+        if response.status == 200 {
+            let v: Option<serde_json::Value> = serde_json::from_slice(&response.body).ok();
+            let field = |k: &str| {
+                v.as_ref()
+                    .and_then(|v| v.get(k))
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            };
+            if let Some(token) = field("access_token").filter(|t| t.len() >= 8) {
+                let quoted = field("token_type").is_some_and(|t| t.contains(&token));
+                let shown = format!("{result:?} {cache:?}");
+                assert!(
+                    quoted || !shown.contains(&token),
+                    "the token is shown: {shown}"
+                );
+            }
+        }
+    }
+}
+
+/// `ServiceAccount::parse` (the `GCP_SERVICE_ACCOUNT` JSON key).
+pub mod service_account {
+    use super::input;
+    use fallback_config::storage::gcp_auth::ServiceAccount;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        // Neither `Debug` nor an error ever shows the key: probe with 16
+        // characters of its body that occur nowhere else in the input.
+        let probe = key_probe(&text);
+        match ServiceAccount::parse(&text) {
+            Ok(a) => {
+                let shown = format!("{a:?}");
+                if let Some(probe) = &probe {
+                    assert!(!shown.contains(probe), "the key is shown: {shown}");
+                }
+                assert!(a.token_path().starts_with('/'), "{}", a.token_path());
+                assert!(!a.token_authority().is_empty());
+                assert!(!a.client_email().trim().is_empty());
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if let Some(probe) = &probe {
+                    assert!(!msg.contains(probe), "the key is quoted: {msg}");
+                }
+            }
+        }
+    }
+
+    /// 16 characters of the key's base64 (not its `-----` armour, which
+    /// the messages name, nor anything else a message could hold by
+    /// itself), if they occur once in the input.
+    fn key_probe(text: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let key = v.get("private_key")?.as_str()?.replace("\\n", "\n");
+        let base64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+        let probe = key
+            .lines()
+            .filter(|l| !l.contains("-----"))
+            .flat_map(|l| l.split(|c: char| !base64(c)))
+            .find(|run| run.len() >= 16)?
+            .get(..16)?
+            .to_string();
+        (text.matches(&probe).count() == 1).then_some(probe)
+    }
+}
+
+/// HTTP dates (`Date`, `Last-Modified`) and RFC 3339 (`exported_at`):
+/// what parses formats back to itself, and every instant (the first 8
+/// bytes) formats to dates that parse back to it.
+pub mod dates {
+    use super::input;
+    use fallback_config::time::Timestamp;
+
+    /// 10000-01-01T00:00:00Z: RFC 3339 and IMF-fixdate have four-digit years.
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        if let Some(t) = Timestamp::parse_http_date(&text) {
+            assert_eq!(t.as_millis() % 1000, 0);
+            assert_eq!(
+                Timestamp::parse_http_date(&t.http_date()),
+                Some(t),
+                "{text:?}"
+            );
+        }
+        if let Some(t) = Timestamp::parse_rfc3339(&text) {
+            let secs = Timestamp::from_secs(t.as_secs());
+            if t.as_millis() < YEAR_10000_MS {
+                assert_eq!(
+                    Timestamp::parse_rfc3339(&secs.rfc3339()),
+                    Some(secs),
+                    "{text:?}"
+                );
+            }
+            check_offset(&text);
+        }
+        if let Some(bytes) = data.get(..8) {
+            let ms = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            for ms in [ms, ms % YEAR_10000_MS] {
+                let t = Timestamp(ms);
+                let secs = Timestamp::from_secs(t.as_secs());
+                // Both formats have four-digit years.
+                if ms < YEAR_10000_MS {
+                    assert_eq!(Timestamp::parse_http_date(&t.http_date()), Some(secs));
+                    assert_eq!(Timestamp::parse_rfc3339(&t.rfc3339()), Some(secs));
+                }
+                assert!(t.amz_date().starts_with(&t.amz_day()));
+            }
+        }
+    }
+
+    /// What RFC 3339 allows after the seconds: `.digits`, then `Z` or
+    /// `±HH:MM` with two digits each.
+    fn check_offset(text: &str) {
+        let s = text.trim();
+        let rest = s.get(19..).unwrap_or("");
+        let rest = match rest.strip_prefix('.') {
+            Some(f) => f.trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => rest,
+        };
+        let b = rest.as_bytes();
+        let ok = rest.eq_ignore_ascii_case("z")
+            || (b.len() == 6
+                && matches!(b[0], b'+' | b'-')
+                && b[1].is_ascii_digit()
+                && b[2].is_ascii_digit()
+                && b[3] == b':'
+                && b[4].is_ascii_digit()
+                && b[5].is_ascii_digit());
+        assert!(ok, "parse_rfc3339 accepted the offset {rest:?} of {text:?}");
+    }
+}
+
+/// `sigv4::sign` with the method, path and query on the first three
+/// lines and `name: value` headers after; S3's and the standard
+/// settings, with and without a session token.
+pub mod sigv4 {
+    use super::input;
+    use fallback_config::secret::Secret;
+    use fallback_config::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningParams};
+    use fallback_config::time::Timestamp;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        let mut lines = text.splitn(4, '\n');
+        let method = lines.next().unwrap_or("");
+        let path = lines.next().unwrap_or("");
+        let query = lines.next().unwrap_or("");
+        let mut headers = vec![(
+            "host".to_string(),
+            "fuzz-bucket.s3.us-east-1.amazonaws.com".to_string(),
+        )];
+        for l in lines.next().unwrap_or("").lines().take(16) {
+            match l.split_once(':') {
+                Some((k, v)) => headers.push((k.to_string(), v.to_string())),
+                None => headers.push((l.to_string(), String::new())),
+            }
+        }
+        let plain = Credentials::new(
+            "AKIDEXAMPLE",
+            Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        );
+        let session = plain
+            .clone()
+            .with_session_token(Secret::new("session-token-value"));
+        let time = Timestamp::from_secs(1_440_938_160);
+        for creds in [&plain, &session] {
+            let params = [
+                SigningParams::s3(creds, "us-east-1", time, PayloadHash::Unsigned),
+                SigningParams::standard(
+                    creds,
+                    "us-east-1",
+                    "service",
+                    time,
+                    PayloadHash::Body(b"body"),
+                ),
+            ];
+            for (i, p) in params.iter().enumerate() {
+                let req = SignableRequest {
+                    method,
+                    path,
+                    query,
+                    headers: &headers,
+                };
+                let out = match sigv4::sign(&req, p) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        let _ = e.to_string();
+                        continue;
+                    }
+                };
+                assert_eq!(out.signature.len(), 64);
+                assert!(out.header("authorization").is_some());
+                let canonical: Vec<&str> = out.canonical_request.splitn(4, '\n').collect();
+                assert_eq!(canonical[0], method);
+                if i == 0 {
+                    // S3 signs the path as sent.
+                    assert_eq!(canonical[1], if path.is_empty() { "/" } else { path });
+                }
+                // The canonical query is canonical: signing it again gives it back.
+                let again = sigv4::sign(
+                    &SignableRequest {
+                        query: canonical[2],
+                        ..req
+                    },
+                    p,
+                )
+                .expect("the canonical query signs");
+                let again: Vec<&str> = again.canonical_request.splitn(4, '\n').collect();
+                assert_eq!(again[2], canonical[2]);
+                assert_eq!(again[1], canonical[1]);
+            }
+        }
+    }
+}
+
+/// Version folder names: `Version::parse` and `version::older_than`
+/// (own version on the first line, folder names after).
+pub mod version {
+    use super::input;
+    use fallback_config::version::{self, Version};
+    use std::cmp::Ordering;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        let mut lines = text.split('\n');
+        let own = lines.next().unwrap_or("");
+        let names: Vec<String> = lines.take(64).map(str::to_string).collect();
+        let parsed: Vec<Version> = names.iter().filter_map(|n| Version::parse(n)).collect();
+        for v in &parsed {
+            assert_eq!(Version::parse(&v.text).as_ref(), Some(v));
+            assert_eq!(v.cmp(v), Ordering::Equal);
+        }
+        let few = &parsed[..parsed.len().min(12)];
+        for a in few {
+            for b in few {
+                assert_eq!(a.cmp(b), b.cmp(a).reverse(), "{} {}", a.text, b.text);
+                for c in few.iter().take(6) {
+                    if a <= b && b <= c {
+                        assert!(a <= c, "{} {} {}", a.text, b.text, c.text);
+                    }
+                }
+            }
+        }
+        let older = version::older_than(own, &names);
+        let Some(own_v) = Version::parse(own) else {
+            assert!(older.is_empty());
+            return;
+        };
+        let older_v: Vec<Version> = older
+            .iter()
+            .map(|n| Version::parse(n).expect("older_than returns versions"))
+            .collect();
+        for v in &older_v {
+            assert!(*v < own_v, "{} is not older than {own}", v.text);
+        }
+        {
+            let mut unique = older.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                older.len(),
+                "a folder is returned twice: {older:?}"
+            );
+        }
+        for w in older_v.windows(2) {
+            assert!(
+                w[0] >= w[1],
+                "not newest first: {} {}",
+                w[0].text,
+                w[1].text
+            );
+        }
+        for v in &parsed {
+            if *v < own_v {
+                assert!(older.contains(&v.text), "{} is missing", v.text);
+            }
+        }
+    }
+}
+
+/// `http::percent_decode`, `HttpResponse::transport_error` and the
+/// helpers that print an answer in log lines.
+pub mod http {
+    use super::input;
+    use fallback_config::http;
+
+    pub fn run(data: &[u8]) {
+        let text = input::text(data);
+        for plus in [false, true] {
+            let decoded = http::percent_decode(&text, plus);
+            assert!(decoded.len() <= text.len());
+            if !(text.contains('%') || (plus && text.contains('+'))) {
+                assert_eq!(decoded, text);
+            }
+        }
+        let masked = http::masked_query(&text);
+        assert!(!text.contains('?') || masked.ends_with("?***"));
+        let response = input::response(data);
+        for limit in [0, 16, 2048, u64::MAX] {
+            match response.transport_error(limit) {
+                Some(e) => {
+                    let _ = e.to_string();
+                }
+                None => assert!(response.body.len() as u64 <= limit),
+            }
+        }
+        for max in [0, 1, 80, 200] {
+            let excerpt = response.body_excerpt(max);
+            assert!(!excerpt.contains(['\n', '\r', '\t']));
+        }
+        let _ = response.describe_body();
+        let _ = response.header("content-length");
+    }
+}
