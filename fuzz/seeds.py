@@ -135,6 +135,25 @@ put("settings", "import-policy", json.dumps({"cluster_fallback_config_import": T
                                              "import": {"retry_initial_ms": 500, "retry_max_ms": 60000,
                                                         "max_attempts": 10, "older_versions": False,
                                                         "max_age_s": 86400}}))
+put("settings", "snapshot-keys", plugin("s3://b/p", snapshot={"require_signature": True, "encrypt": True})
+    + "\0" + env(AWS_ACCESS_KEY_ID="AK", AWS_SECRET_ACCESS_KEY="SK",
+                 FALLBACK_CONFIG_SIGNING_KEY="fz-sign:ERERERERERERERERERERERERERERERERERERERERERE=",
+                 FALLBACK_CONFIG_TRUSTED_KEYS="fz-sign:0EqyMnQrtKs6E2i9RhXk5tAiSrcaAWuvhSCjMsl3hzc=,old:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+                 FALLBACK_CONFIG_ENCRYPTION_KEYS="fz-enc:IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI=,fz-old:CANARYIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI="))
+put("settings", "snapshot-bad-keys", plugin("s3://b/p")
+    + "\0" + env(AWS_ACCESS_KEY_ID="AK", AWS_SECRET_ACCESS_KEY="SK",
+                 FALLBACK_CONFIG_SIGNING_KEY="k1:CANARYERERERERERERERERERERERERERERERERERERE",
+                 FALLBACK_CONFIG_TRUSTED_KEYS="t1:AAAA,t1:BBBB"))
+put("settings", "s3-sse", plugin("s3://b/p", cluster_fallback_export_s3_config={
+        "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/fallback",
+        "SSEKMSEncryptionContext": "eyJhcHAiOiJmYWxsYmFjay1jb25maWcifQ==", "BucketKeyEnabled": True,
+        "StorageClass": "STANDARD_IA"})
+    + "\0" + env(AWS_ACCESS_KEY_ID="AK", AWS_SECRET_ACCESS_KEY="SK"))
+put("settings", "s3-sse-string", plugin("s3://b/p", cluster_fallback_export_s3_config='{"ServerSideEncryption":"AES256"}'))
+put("settings", "gcs-cmek", plugin("gs://bkt/gw", storage={
+        "kms_key_name": "projects/p/locations/eu/keyRings/gw/cryptoKeys/fallback"}))
+put("settings", "azure-scope", plugin("azure://devstoreaccount1/configs/gw", storage={"encryption_scope": "fallback-scope"})
+    + "\0" + env(AZURE_STORAGE_KEY=AZURITE_KEY))
 put("settings", "empty", "")
 
 # --- store answers ------------------------------------------------------------------

@@ -242,6 +242,10 @@ pub enum Event {
         url: String,
         exported_at: String,
         exporter: String,
+        /// The trusted key whose signature verified.
+        signed_by: Option<String>,
+        /// The key it was decrypted with.
+        encrypted_with: Option<String>,
     },
     ImportFailed {
         url: String,
@@ -467,10 +471,22 @@ impl fmt::Display for Event {
                 url,
                 exported_at,
                 exporter,
-            } => write!(
-                f,
-                "imported revision {revision} (version {version}) from {url} (exported at {exported_at} by {exporter})"
-            ),
+                signed_by,
+                encrypted_with,
+            } => {
+                write!(
+                    f,
+                    "imported revision {revision} (version {version}) from {url} (exported at {exported_at} by {exporter}"
+                )?;
+                match signed_by {
+                    Some(k) => write!(f, ", signed by key \"{k}\"")?,
+                    None => f.write_str(", unsigned")?,
+                }
+                if let Some(k) = encrypted_with {
+                    write!(f, ", encrypted with key \"{k}\"")?;
+                }
+                f.write_str(")")
+            }
             ImportFailed {
                 url,
                 error,

@@ -20,7 +20,7 @@ use crate::controller::{Controller, Inherited, Output};
 use crate::event::Event;
 use crate::http::HttpResponse;
 use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult};
-use crate::rng::Rng;
+use crate::rng::{NonceSource, Rng};
 use crate::settings::{Settings, SettingsError, DEFAULT_UPSTREAM_HEADER};
 use crate::status::StatusRecord;
 use std::collections::VecDeque;
@@ -49,6 +49,9 @@ struct Configured {
     /// `node_id` from the plugin config, else the host's node id.
     node_id: Option<String>,
     coordinator: Coordinator,
+    /// Nonces for encrypted exports; `None` when the host gave no
+    /// randomness (then nothing is encrypted).
+    nonces: Option<NonceSource>,
 }
 
 /// The core of one root context.
@@ -93,13 +96,16 @@ impl Root {
     /// Parses the plugin configuration. Does no shared-data or network
     /// work: Envoy's canary VM is configured and thrown away without ever
     /// ticking. `random` comes from the host (it makes this root's lease
-    /// owner unique, and the process's node id if this root chooses it).
+    /// owner unique, and the process's node id if this root chooses it);
+    /// so does `entropy` (32 bytes of the host's randomness, the seed of
+    /// encryption nonces; `None` if the host refused).
     pub fn configure(
         &mut self,
         json: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
         host_node_id: Option<String>,
         random: u64,
+        entropy: Option<[u8; 32]>,
         time: HostTime,
     ) -> Result<(), SettingsError> {
         self.read_clock(time);
@@ -126,6 +132,7 @@ impl Root {
             coordinator: Coordinator::new(self.context_id, owner, proposed),
             settings,
             node_id,
+            nonces: entropy.map(NonceSource::new),
         });
         Ok(())
     }
@@ -349,7 +356,7 @@ impl Root {
                 published,
                 status,
             } => {
-                let Some(c) = self.configured.as_ref() else {
+                let Some(c) = self.configured.as_mut() else {
                     return;
                 };
                 let node_id = c.node_id.clone().unwrap_or(record.node_id);
@@ -367,12 +374,14 @@ impl Root {
                     status: status.as_deref().and_then(StatusRecord::decode),
                 };
                 let seed = self.rng.next_u64();
+                let nonces = c.nonces.as_mut().map(NonceSource::child);
                 self.controller = Some(Controller::new(
                     &c.settings,
                     node_id,
                     inherited,
                     self.next_token,
                     seed,
+                    nonces,
                     now,
                 ));
                 self.run_deferred();

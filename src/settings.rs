@@ -6,15 +6,22 @@
 //! this message. Unknown fields are refused so that a typo never silently
 //! disables import or export.
 
+use crate::keys::{self, KeyError, SnapshotKeys};
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
-use crate::storage::azure::{AzureConfigError, AzureCredentials, AzureEndpoint, AzureSettings};
+use crate::storage::azure::{
+    AzureConfigError, AzureCredentials, AzureEndpoint, AzureSettings, EncryptionScope,
+};
 use crate::storage::gcp_auth::ServiceAccount;
-use crate::storage::gcs::GcsSettings;
+use crate::storage::gcs::{GcsSettings, KmsKeyName};
+use crate::storage::s3::{
+    EncryptionContext, KmsKeyId, KmsOptions, S3PutOptions, ServerSideEncryption, StorageClass,
+};
 use crate::storage::{Backend, S3Addressing, S3Settings, Scheme, StorageLocation, StorageSettings};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Validated plugin settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +39,8 @@ pub struct Settings {
     /// A request for exactly this path is answered by the filter with its
     /// status (readiness); `None`: off.
     pub status_path: Option<String>,
+    /// Signing, trust and encryption of snapshots (`snapshot` + keys).
+    pub snapshot: SnapshotKeys,
 }
 
 /// How an importer retries and what it accepts (the `import` object).
@@ -220,6 +229,8 @@ impl Settings {
         }
         el.finish()?;
 
+        // A root field (Kong's name), but only the storage backend uses it.
+        let s3_put = s3_put_options(&mut root)?;
         let mut st = root.object("storage")?;
         let fields = StorageFields {
             cluster: st
@@ -230,6 +241,9 @@ impl Settings {
             token_cluster: st.non_empty("token_cluster")?,
             timeout: st.millis("timeout_ms", 5000)?,
             max_object_bytes: st.bytes("max_object_bytes", DEFAULT_MAX_BODY_BYTES)?,
+            kms_key_name: st.non_empty("kms_key_name")?,
+            encryption_scope: st.non_empty("encryption_scope")?,
+            s3_put,
         };
         st.finish()?;
 
@@ -276,7 +290,12 @@ impl Settings {
             }
             check_token("status_path", p.clone())?;
         }
+        let mut sn = root.object("snapshot")?;
+        let require_signature = sn.bool("require_signature")?;
+        let encrypt = sn.bool("encrypt")?;
+        sn.finish()?;
         root.finish()?;
+        let snapshot = snapshot_keys(require_signature, encrypt, import, export, &env)?;
 
         let storage = match storage_url {
             None if import || export => {
@@ -300,8 +319,84 @@ impl Settings {
             election,
             import_policy,
             status_path,
+            snapshot,
         })
     }
+}
+
+/// The `snapshot` settings and the keys in the environment. Bad key
+/// material fails even where it is not used; every error names the
+/// variable (and the entry), never the key.
+fn snapshot_keys(
+    require_signature: Option<bool>,
+    encrypt: Option<bool>,
+    import: bool,
+    export: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SnapshotKeys, SettingsError> {
+    let fail = |var: &str| {
+        let var = var.to_string();
+        move |e: KeyError| SettingsError {
+            field: var.clone(),
+            reason: e.to_string(),
+        }
+    };
+    // The variables' text holds the secrets too: zeroized once parsed.
+    let var = |name: &str| env(name).map(Zeroizing::new);
+    let signing = var(keys::env::SIGNING_KEY)
+        .map(|t| keys::SigningKey::parse(&t).map_err(fail(keys::env::SIGNING_KEY)))
+        .transpose()?;
+    let mut trusted = var(keys::env::TRUSTED_KEYS)
+        .map(|t| keys::parse_trusted(&t).map_err(fail(keys::env::TRUSTED_KEYS)))
+        .transpose()?
+        .unwrap_or_default();
+    let encryption = var(keys::env::ENCRYPTION_KEYS)
+        .map(|t| keys::parse_encryption(&t).map_err(fail(keys::env::ENCRYPTION_KEYS)))
+        .transpose()?
+        .unwrap_or_default();
+    let require_signature = require_signature.unwrap_or(!trusted.is_empty());
+    let encrypt = encrypt.unwrap_or(!encryption.is_empty());
+    if encrypt && encryption.is_empty() {
+        return err(
+            keys::env::ENCRYPTION_KEYS,
+            "is required when snapshot.encrypt is on",
+        );
+    }
+    if export && require_signature && signing.is_none() {
+        return err(
+            keys::env::SIGNING_KEY,
+            "is required on an exporter when snapshot.require_signature is on (it signs every snapshot)",
+        );
+    }
+    if import && require_signature && trusted.is_empty() && signing.is_none() {
+        return err(
+            keys::env::TRUSTED_KEYS,
+            "is required on an importer when snapshot.require_signature is on",
+        );
+    }
+    if let Some(own) = signing.as_ref().map(keys::SigningKey::public) {
+        match trusted.iter().find(|k| k.id() == own.id()) {
+            Some(k) if *k != own => {
+                return err(
+                    keys::env::TRUSTED_KEYS,
+                    format!(
+                        "names key id \"{}\" with another key than {}",
+                        own.id(),
+                        keys::env::SIGNING_KEY
+                    ),
+                )
+            }
+            Some(_) => {}
+            None => trusted.push(own),
+        }
+    }
+    Ok(SnapshotKeys {
+        require_signature,
+        encrypt,
+        signing,
+        trusted,
+        encryption,
+    })
 }
 
 impl Settings {
@@ -334,6 +429,13 @@ struct StorageFields {
     token_cluster: Option<String>,
     timeout: Duration,
     max_object_bytes: u64,
+    /// `storage.kms_key_name` (GCS), checked against the backend later.
+    kms_key_name: Option<String>,
+    /// `storage.encryption_scope` (Azure).
+    encryption_scope: Option<String>,
+    /// `cluster_fallback_export_s3_config` (S3); `None` when absent or
+    /// asking for nothing.
+    s3_put: Option<S3PutOptions>,
 }
 
 /// The storage URL plus the `storage` block and the environment, checked
@@ -350,12 +452,23 @@ fn storage_settings(
     })?;
     let only_for =
         |field: &str, scheme: &str| err::<()>(field, format!("applies only to {scheme} storage"));
+    if location.scheme != Scheme::S3 && fields.s3_put.is_some() {
+        only_for(S3_CONFIG, "s3://")?;
+    }
+    if location.scheme != Scheme::Gcs && fields.kms_key_name.is_some() {
+        only_for("storage.kms_key_name", "gcs://")?;
+    }
+    if location.scheme != Scheme::Azure && fields.encryption_scope.is_some() {
+        only_for("storage.encryption_scope", "azure://")?;
+    }
     let backend = match location.scheme {
         Scheme::S3 => {
             if fields.token_cluster.is_some() {
                 only_for("storage.token_cluster", "gcs://")?;
             }
-            Backend::S3(s3_settings(fields.endpoint, fields.region, env)?)
+            let mut s3 = s3_settings(fields.endpoint, fields.region, env)?;
+            s3.put_options = fields.s3_put.unwrap_or_default();
+            Backend::S3(s3)
         }
         Scheme::Azure => {
             if fields.token_cluster.is_some() {
@@ -364,12 +477,32 @@ fn storage_settings(
             if fields.region.is_some() {
                 only_for("storage.region", "s3://")?;
             }
-            Backend::Azure(azure_settings(&location, fields.endpoint, env)?)
+            let scope = fields
+                .encryption_scope
+                .map(|name| {
+                    EncryptionScope::parse(&name).map_err(|e| SettingsError {
+                        field: "storage.encryption_scope".into(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()?;
+            Backend::Azure(
+                azure_settings(&location, fields.endpoint, env)?.with_encryption_scope(scope),
+            )
         }
         Scheme::Gcs => {
             if fields.region.is_some() {
                 only_for("storage.region", "s3://")?;
             }
+            let kms_key_name = fields
+                .kms_key_name
+                .map(|name| {
+                    KmsKeyName::parse(&name).map_err(|e| SettingsError {
+                        field: "storage.kms_key_name".into(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()?;
             let service_account = match env(env::GCP_SERVICE_ACCOUNT) {
                 Some(json) => Some(ServiceAccount::parse(&json).map_err(|e| SettingsError {
                     field: env::GCP_SERVICE_ACCOUNT.into(),
@@ -377,13 +510,12 @@ fn storage_settings(
                 })?),
                 None => None,
             };
-            let gcs =
-                GcsSettings::new(fields.endpoint.as_deref(), service_account).map_err(|e| {
-                    SettingsError {
-                        field: "storage.endpoint".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
+            let gcs = GcsSettings::new(fields.endpoint.as_deref(), service_account)
+                .map_err(|e| SettingsError {
+                    field: "storage.endpoint".into(),
+                    reason: e.to_string(),
+                })?
+                .with_kms_key_name(kms_key_name);
             Backend::Gcs {
                 gcs: Box::new(gcs),
                 token_cluster: fields
@@ -479,7 +611,172 @@ fn s3_settings(
         addressing,
         region,
         credentials: credentials_from_env(env)?,
+        put_options: S3PutOptions::default(),
     })
+}
+
+/// Kong's name for the S3 PutObject parameters of every write.
+pub const S3_CONFIG: &str = "cluster_fallback_export_s3_config";
+
+/// The PutObject parameters the filter sends (`x-amz-*` headers).
+const S3_SUPPORTED: &str =
+    "ServerSideEncryption, SSEKMSKeyId, SSEKMSEncryptionContext, BucketKeyEnabled, StorageClass";
+
+/// PutObject parameters that exist but that the filter does not send: named
+/// as such, so that an operator does not look for a typo. (SSE-C would need
+/// the key on every read too; ACLs, tags, metadata and object lock are the
+/// bucket's business.)
+const S3_UNSUPPORTED: [&str; 24] = [
+    "ACL",
+    "CacheControl",
+    "ChecksumAlgorithm",
+    "ContentDisposition",
+    "ContentEncoding",
+    "ContentLanguage",
+    "ContentMD5",
+    "ContentType",
+    "ExpectedBucketOwner",
+    "Expires",
+    "GrantFullControl",
+    "GrantRead",
+    "GrantReadACP",
+    "GrantWriteACP",
+    "Metadata",
+    "ObjectLockLegalHoldStatus",
+    "ObjectLockMode",
+    "ObjectLockRetainUntilDate",
+    "RequestPayer",
+    "SSECustomerAlgorithm",
+    "SSECustomerKey",
+    "SSECustomerKeyMD5",
+    "Tagging",
+    "WebsiteRedirectLocation",
+];
+
+/// `cluster_fallback_export_s3_config`: a JSON object of PutObject
+/// parameters (the AWS SDK's names), or a string holding one, as kong.conf
+/// users write it. A blank string, `null` or an object that asks for
+/// nothing count as absent. Every refusal names the parameter
+/// (`cluster_fallback_export_s3_config.StorageClass`).
+fn s3_put_options(root: &mut Fields) -> Result<Option<S3PutOptions>, SettingsError> {
+    let map = match root.take(S3_CONFIG) {
+        None => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            Ok(other) => {
+                return err(
+                    S3_CONFIG,
+                    format!("must be a JSON object of PutObject parameters, got the string of {other}"),
+                )
+            }
+            Err(e) => {
+                return err(
+                    S3_CONFIG,
+                    format!("is a string but not a JSON object of PutObject parameters: {e}"),
+                )
+            }
+        },
+        Some(other) => {
+            return err(
+                S3_CONFIG,
+                format!("must be a JSON object of PutObject parameters (or a string holding one), got {other}"),
+            )
+        }
+    };
+    let mut f = Fields::new(S3_CONFIG, map);
+    let sse = f.string("ServerSideEncryption")?;
+    let key_id = f.string("SSEKMSKeyId")?;
+    let context = f.string("SSEKMSEncryptionContext")?;
+    let bucket_key = f.bool("BucketKeyEnabled")?;
+    let class = f.string("StorageClass")?;
+    if let Some(k) = f.map.keys().find(|k| S3_UNSUPPORTED.contains(&k.as_str())) {
+        return err(
+            f.name(k),
+            format!("is a PutObject parameter the filter does not send (it sends {S3_SUPPORTED})"),
+        );
+    }
+    if let Some(k) = f.map.keys().next() {
+        return err(
+            f.name(k),
+            format!("is not a PutObject parameter the filter knows (check its spelling; it sends {S3_SUPPORTED})"),
+        );
+    }
+    let option_err = |key: &str, e: crate::storage::s3::S3OptionError| SettingsError {
+        field: format!("{S3_CONFIG}.{key}"),
+        reason: e.to_string(),
+    };
+    let kms = KmsOptions {
+        key_id: key_id
+            .map(|k| KmsKeyId::parse(&k).map_err(|e| option_err("SSEKMSKeyId", e)))
+            .transpose()?,
+        context: context
+            .map(|c| {
+                EncryptionContext::parse(&c).map_err(|e| option_err("SSEKMSEncryptionContext", e))
+            })
+            .transpose()?,
+    };
+    let kms_only = |key: &str| {
+        err::<()>(
+            format!("{S3_CONFIG}.{key}"),
+            "applies only with ServerSideEncryption \"aws:kms\" or \"aws:kms:dsse\" (S3 refuses KMS parameters without KMS encryption)",
+        )
+    };
+    let encryption = match sse.as_deref() {
+        None | Some("AES256") => {
+            if kms.key_id.is_some() {
+                kms_only("SSEKMSKeyId")?;
+            }
+            if kms.context.is_some() {
+                kms_only("SSEKMSEncryptionContext")?;
+            }
+            if bucket_key.is_some() {
+                err::<()>(
+                    format!("{S3_CONFIG}.BucketKeyEnabled"),
+                    "applies only with ServerSideEncryption \"aws:kms\" (an S3 Bucket Key is a KMS key's)",
+                )?;
+            }
+            sse.map(|_| ServerSideEncryption::Aes256)
+        }
+        Some("aws:kms") => Some(ServerSideEncryption::Kms {
+            kms,
+            bucket_key_enabled: bucket_key,
+        }),
+        Some("aws:kms:dsse") => {
+            if bucket_key.is_some() {
+                err::<()>(
+                    format!("{S3_CONFIG}.BucketKeyEnabled"),
+                    "does not apply to ServerSideEncryption \"aws:kms:dsse\" (S3 Bucket Keys are not supported with DSSE-KMS)",
+                )?;
+            }
+            Some(ServerSideEncryption::KmsDsse(kms))
+        }
+        Some(_) => {
+            return Err(option_err(
+                "ServerSideEncryption",
+                crate::storage::s3::S3OptionError::UnknownEncryption,
+            ))
+        }
+    };
+    let storage_class = match class {
+        None => None,
+        Some(name) => {
+            let c = StorageClass::parse(&name).map_err(|e| option_err("StorageClass", e))?;
+            if !c.readable_at_once() {
+                return err(
+                    format!("{S3_CONFIG}.StorageClass"),
+                    format!("{name} objects cannot be read without a restore, and the filter reads what it writes (import, election lease): use STANDARD, STANDARD_IA, INTELLIGENT_TIERING or GLACIER_IR"),
+                );
+            }
+            Some(c)
+        }
+    };
+    let options = S3PutOptions {
+        encryption,
+        storage_class,
+    };
+    Ok((!options.is_empty()).then_some(options))
 }
 
 /// `None` means anonymous requests (a public bucket); a key id without a
@@ -1112,6 +1409,356 @@ mod tests {
                 .field,
             "AWS_CONFIG_STORAGE_ENDPOINT"
         );
+    }
+
+    const S3_ROOT: &str =
+        r#""cluster_fallback_config_export":true,"cluster_fallback_config_storage":"s3://b/p""#;
+
+    fn s3_put_of(json: &str) -> S3PutOptions {
+        let st = parse_with(json, &[]).unwrap().storage.unwrap();
+        s3_of(&st).put_options.clone()
+    }
+
+    #[test]
+    fn s3_put_options_as_object_or_string() {
+        let kms = r#"{"ServerSideEncryption":"aws:kms","SSEKMSKeyId":"arn:aws:kms:us-east-1:111122223333:key/k-1","SSEKMSEncryptionContext":"eyJhcHAiOiJmYyJ9","BucketKeyEnabled":true,"StorageClass":"INTELLIGENT_TIERING"}"#;
+        let expected = S3PutOptions {
+            encryption: Some(ServerSideEncryption::Kms {
+                kms: KmsOptions {
+                    key_id: Some(
+                        KmsKeyId::parse("arn:aws:kms:us-east-1:111122223333:key/k-1").unwrap(),
+                    ),
+                    context: Some(EncryptionContext::parse("eyJhcHAiOiJmYyJ9").unwrap()),
+                },
+                bucket_key_enabled: Some(true),
+            }),
+            storage_class: Some(StorageClass::IntelligentTiering),
+        };
+        assert_eq!(
+            s3_put_of(&format!(
+                r#"{{{S3_ROOT},"cluster_fallback_export_s3_config":{kms}}}"#
+            )),
+            expected
+        );
+        // kong.conf users paste the object as a string.
+        let as_string = serde_json::to_string(kms).unwrap();
+        assert_eq!(
+            s3_put_of(&format!(
+                r#"{{{S3_ROOT},"cluster_fallback_export_s3_config":{as_string}}}"#
+            )),
+            expected
+        );
+        for (options, sse) in [
+            (
+                r#"{"ServerSideEncryption":"AES256"}"#,
+                ServerSideEncryption::Aes256,
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms"}"#,
+                ServerSideEncryption::Kms {
+                    kms: KmsOptions::default(),
+                    bucket_key_enabled: None,
+                },
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms:dsse","SSEKMSKeyId":"alias/fc"}"#,
+                ServerSideEncryption::KmsDsse(KmsOptions {
+                    key_id: Some(KmsKeyId::parse("alias/fc").unwrap()),
+                    context: None,
+                }),
+            ),
+        ] {
+            let got = s3_put_of(&format!(
+                r#"{{{S3_ROOT},"cluster_fallback_export_s3_config":{options}}}"#
+            ));
+            assert_eq!(got.encryption, Some(sse), "{options}");
+            assert_eq!(got.storage_class, None);
+        }
+        let class_only = s3_put_of(&format!(
+            r#"{{{S3_ROOT},"cluster_fallback_export_s3_config":{{"StorageClass":"STANDARD_IA"}}}}"#
+        ));
+        assert_eq!(class_only.encryption, None);
+        assert_eq!(class_only.storage_class, Some(StorageClass::StandardIa));
+        // Nothing asked for: absent, null, blank, `{}` (also on gs://).
+        for nothing in [
+            "",
+            r#","cluster_fallback_export_s3_config":null"#,
+            r#","cluster_fallback_export_s3_config":"  ""#,
+            r#","cluster_fallback_export_s3_config":{}"#,
+            r#","cluster_fallback_export_s3_config":"{}""#,
+        ] {
+            assert!(
+                s3_put_of(&format!("{{{S3_ROOT}{nothing}}}")).is_empty(),
+                "{nothing}"
+            );
+            let gcs = format!(
+                r#"{{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gs://b"{nothing}}}"#
+            );
+            assert!(parse_with(&gcs, &[]).is_ok(), "{gcs}");
+        }
+    }
+
+    #[test]
+    fn s3_put_options_the_store_sends() {
+        let json = format!(
+            r#"{{{S3_ROOT},"storage":{{"endpoint":"http://127.0.0.1:9000"}},
+               "cluster_fallback_export_s3_config":"{{\"ServerSideEncryption\":\"aws:kms\",\"SSEKMSKeyId\":\"k-1\",\"BucketKeyEnabled\":false,\"StorageClass\":\"GLACIER_IR\"}}"}}"#
+        );
+        let s = parse_with(
+            &json,
+            &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")],
+        )
+        .unwrap();
+        let store = crate::storage::ObjectStore::new(s.storage.unwrap());
+        let r = store
+            .put(
+                "p/0.1.0/election/lease.json",
+                b"{}".to_vec(),
+                &crate::storage::PutMode::Create,
+                crate::clock::Now::from_wall(crate::time::Timestamp(0)),
+            )
+            .unwrap();
+        let h = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(h("x-amz-server-side-encryption"), Some("aws:kms"));
+        assert_eq!(
+            h("x-amz-server-side-encryption-aws-kms-key-id"),
+            Some("k-1")
+        );
+        assert_eq!(
+            h("x-amz-server-side-encryption-bucket-key-enabled"),
+            Some("false")
+        );
+        assert_eq!(h("x-amz-storage-class"), Some("GLACIER_IR"));
+        assert_eq!(h("x-amz-server-side-encryption-context"), None);
+        let auth = h("authorization").unwrap();
+        assert!(
+            auth.contains(";x-amz-server-side-encryption;x-amz-server-side-encryption-aws-kms-key-id;x-amz-server-side-encryption-bucket-key-enabled;x-amz-storage-class,"),
+            "{auth}"
+        );
+    }
+
+    #[test]
+    fn s3_put_option_errors_name_the_parameter() {
+        let f = |options: &str| {
+            let json = format!(r#"{{{S3_ROOT},"cluster_fallback_export_s3_config":{options}}}"#);
+            let e = parse_with(&json, &[]).unwrap_err();
+            (e.field.clone(), e.to_string())
+        };
+        let p = "cluster_fallback_export_s3_config";
+        for (options, field, says) in [
+            (
+                r#"{"Foo":1}"#,
+                "Foo",
+                "not a PutObject parameter the filter knows",
+            ),
+            (
+                r#"{"serverSideEncryption":"AES256"}"#,
+                "serverSideEncryption",
+                "check its spelling",
+            ),
+            (r#"{"ACL":"private"}"#, "ACL", "does not send"),
+            (
+                r#"{"SSECustomerKey":"x"}"#,
+                "SSECustomerKey",
+                "does not send",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aes256"}"#,
+                "ServerSideEncryption",
+                "\"AES256\", \"aws:kms\" or \"aws:kms:dsse\"",
+            ),
+            (
+                r#"{"ServerSideEncryption":true}"#,
+                "ServerSideEncryption",
+                "must be a string",
+            ),
+            (
+                r#"{"BucketKeyEnabled":"true","ServerSideEncryption":"aws:kms"}"#,
+                "BucketKeyEnabled",
+                "true or false",
+            ),
+            (
+                r#"{"StorageClass":"standard"}"#,
+                "StorageClass",
+                "must be one of STANDARD,",
+            ),
+            (
+                r#"{"StorageClass":"GLACIER"}"#,
+                "StorageClass",
+                "cannot be read without a restore",
+            ),
+            (
+                r#"{"StorageClass":"DEEP_ARCHIVE"}"#,
+                "StorageClass",
+                "cannot be read without a restore",
+            ),
+            (r#"{"StorageClass":1}"#, "StorageClass", "must be a string"),
+            (
+                r#"{"SSEKMSKeyId":"k-1"}"#,
+                "SSEKMSKeyId",
+                "applies only with ServerSideEncryption \"aws:kms\"",
+            ),
+            (
+                r#"{"ServerSideEncryption":"AES256","SSEKMSKeyId":"k-1"}"#,
+                "SSEKMSKeyId",
+                "applies only with",
+            ),
+            (
+                r#"{"ServerSideEncryption":"AES256","SSEKMSEncryptionContext":"e30="}"#,
+                "SSEKMSEncryptionContext",
+                "applies only with",
+            ),
+            (
+                r#"{"BucketKeyEnabled":true}"#,
+                "BucketKeyEnabled",
+                "applies only with ServerSideEncryption \"aws:kms\"",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms:dsse","BucketKeyEnabled":true}"#,
+                "BucketKeyEnabled",
+                "not supported with DSSE-KMS",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms","SSEKMSKeyId":""}"#,
+                "SSEKMSKeyId",
+                "KMS key id",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms","SSEKMSKeyId":"my key"}"#,
+                "SSEKMSKeyId",
+                "no spaces",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms","SSEKMSEncryptionContext":"{\"a\":\"b\"}"}"#,
+                "SSEKMSEncryptionContext",
+                "it is not base64",
+            ),
+            (
+                r#"{"ServerSideEncryption":"aws:kms","SSEKMSEncryptionContext":"WzFd"}"#,
+                "SSEKMSEncryptionContext",
+                "decodes to something else",
+            ),
+        ] {
+            let (got, msg) = f(options);
+            assert_eq!(got, format!("{p}.{field}"), "{options}");
+            assert!(msg.contains(says), "{options}: {msg}");
+        }
+        for (options, says) in [
+            (
+                "5",
+                "must be a JSON object of PutObject parameters (or a string holding one), got 5",
+            ),
+            ("[]", "got []"),
+            (r#""{not json""#, "is a string but not a JSON object"),
+            (r#""[1]""#, "got the string of [1]"),
+        ] {
+            let (got, msg) = f(options);
+            assert_eq!(got, p, "{options}");
+            assert!(msg.contains(says), "{options}: {msg}");
+        }
+        // An error inside the string form names the parameter too.
+        assert_eq!(f(r#""{\"Foo\":1}""#).0, format!("{p}.Foo"));
+        // Only for S3.
+        for url in ["gs://b/p", "azure://devstoreaccount1/c/p"] {
+            let json = format!(
+                r#"{{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"{url}","cluster_fallback_export_s3_config":{{"ServerSideEncryption":"AES256"}}}}"#
+            );
+            let e = parse_with(&json, &[]).unwrap_err();
+            assert_eq!(e.field, p, "{url}");
+            assert!(e.reason.contains("applies only to s3:// storage"), "{e}");
+        }
+    }
+
+    #[test]
+    fn gcs_kms_key_name_and_azure_encryption_scope() {
+        const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+        let gcs = |storage: &str| {
+            format!(
+                r#"{{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"gs://b","storage":{storage}}}"#
+            )
+        };
+        let st = parse_with(&gcs(&format!(r#"{{"kms_key_name":"{KEY}"}}"#)), &[])
+            .unwrap()
+            .storage
+            .unwrap();
+        let Backend::Gcs { gcs: g, .. } = &st.backend else {
+            panic!("not GCS")
+        };
+        assert_eq!(g.kms_key_name.as_ref().map(|k| k.as_str()), Some(KEY));
+        let st = parse_with(&gcs("{}"), &[]).unwrap().storage.unwrap();
+        let Backend::Gcs { gcs: g, .. } = &st.backend else {
+            panic!("not GCS")
+        };
+        assert_eq!(g.kms_key_name, None);
+        for bad in [
+            r#"{"kms_key_name":"my-key"}"#,
+            r#"{"kms_key_name":"projects/p x"}"#,
+            r#"{"kms_key_name":""}"#,
+            r#"{"kms_key_name":7}"#,
+        ] {
+            assert_eq!(field_of(&gcs(bad)), "storage.kms_key_name", "{bad}");
+        }
+        let azure = |storage: &str| {
+            format!(
+                r#"{{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"azure://devstoreaccount1/c1c","storage":{storage}}}"#
+            )
+        };
+        let st = parse_with(&azure(r#"{"encryption_scope":"scope-1"}"#), &[])
+            .unwrap()
+            .storage
+            .unwrap();
+        let Backend::Azure(az) = &st.backend else {
+            panic!("not Azure")
+        };
+        assert_eq!(
+            az.encryption_scope.as_ref().map(|s| s.as_str()),
+            Some("scope-1")
+        );
+        for bad in [
+            r#"{"encryption_scope":"my scope"}"#,
+            r#"{"encryption_scope":""}"#,
+            r#"{"encryption_scope":"scöpe"}"#,
+            r#"{"encryption_scope":false}"#,
+        ] {
+            assert_eq!(field_of(&azure(bad)), "storage.encryption_scope", "{bad}");
+        }
+        // Each only for its own backend.
+        let s3 = |storage: &str| format!(r#"{{{S3_ROOT},"storage":{storage}}}"#);
+        for (json, field, scheme) in [
+            (
+                s3(&format!(r#"{{"kms_key_name":"{KEY}"}}"#)),
+                "storage.kms_key_name",
+                "gcs://",
+            ),
+            (
+                azure(&format!(r#"{{"kms_key_name":"{KEY}"}}"#)),
+                "storage.kms_key_name",
+                "gcs://",
+            ),
+            (
+                s3(r#"{"encryption_scope":"scope-1"}"#),
+                "storage.encryption_scope",
+                "azure://",
+            ),
+            (
+                gcs(r#"{"encryption_scope":"scope-1"}"#),
+                "storage.encryption_scope",
+                "azure://",
+            ),
+        ] {
+            let e = parse_with(&json, &[]).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+            assert!(
+                e.reason
+                    .contains(&format!("applies only to {scheme} storage")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

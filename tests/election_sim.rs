@@ -49,6 +49,7 @@ fn controller(settings: &Settings, id: &str) -> Controller {
         Inherited::default(),
         1,
         7,
+        None,
         Now::at_millis(0),
     )
 }
@@ -118,7 +119,8 @@ impl Store {
                 self.next_etag += 1;
                 let etag = format!("\"{}\"", self.next_etag);
                 if req.path.ends_with("/config.json") {
-                    let opened = envelope::open(&body, VERSION).expect("a valid envelope");
+                    let opened = envelope::open(&body, VERSION, &envelope::Trust::NONE)
+                        .expect("a valid envelope");
                     self.config_writes.push(Write {
                         node: opened.exporter,
                         term: opened.term,
@@ -337,7 +339,7 @@ impl World {
             .store
             .objects
             .get(&format!("/bkt/pre/{VERSION}/config.json"))?;
-        Some(envelope::open(&o.body, VERSION).unwrap())
+        Some(envelope::open(&o.body, VERSION, &envelope::Trust::NONE).unwrap())
     }
 
     fn stored_revision(&self) -> Option<String> {
@@ -621,14 +623,17 @@ fn a_leader_whose_lease_still_looks_valid_is_fenced_by_config_json() {
     let leader = w.leaders()[0].to_string();
     let idx = w.nodes.iter().position(|n| n.id == leader).unwrap();
     let term = w.stored().unwrap().term;
-    let intruder = envelope::seal(envelope::Export {
-        config: cp_config(9).as_bytes(),
-        revision: "r9",
-        version: VERSION,
-        exporter: "intruder",
-        exported_at: w.now,
-        term: term + 5,
-    })
+    let intruder = envelope::seal(
+        envelope::Export {
+            config: cp_config(9).as_bytes(),
+            revision: "r9",
+            version: VERSION,
+            exporter: "intruder",
+            exported_at: w.now,
+            term: term + 5,
+        },
+        envelope::Protection::NONE,
+    )
     .unwrap();
     let put = HttpRequest {
         cluster: "object_storage".into(),

@@ -33,6 +33,7 @@ fn spec(import: bool, export: bool) -> NodeSpec {
         monotonic: true,
         gcs: false,
         storage_timeout_ms: 1_000,
+        protected: false,
     }
 }
 

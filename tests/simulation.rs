@@ -31,6 +31,8 @@ fn specs(seed: u64) -> Vec<NodeSpec> {
     // One store for the fleet: GCS (with access tokens; RS256 signing is slow here) in a tenth of the
     // seeds, S3 in the others.
     let gcs = rng.next_u64().is_multiple_of(10);
+    // Signed and encrypted snapshots in a third of the seeds.
+    let protected = rng.next_u64().is_multiple_of(3);
     let mut specs: Vec<NodeSpec> = (0..n)
         .map(|i| {
             let bits = rng.next_u64();
@@ -43,6 +45,7 @@ fn specs(seed: u64) -> Vec<NodeSpec> {
                 // Longer than the driver lease in some: an import can then
                 // still be out when another root takes over.
                 storage_timeout_ms: if bits & 8 == 8 { 5_000 } else { 1_000 },
+                protected,
             }
         })
         .collect();

@@ -66,23 +66,7 @@ impl Azurite {
         ];
         let mut proc =
             Proc::spawn("azurite", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
-        crate::wait::try_until(
-            "Azurite to accept connections",
-            Duration::from_secs(20),
-            || {
-                if let Some(status) = proc.exited() {
-                    return Ok(Err(format!(
-                        "Azurite exited ({status}); its log:\n{}",
-                        proc.log_tail(30)
-                    )));
-                }
-                if http::tcp_open(port) {
-                    Ok(Ok(()))
-                } else {
-                    Err("port closed".to_string())
-                }
-            },
-        )??;
+        proc.wait_listening(port, Duration::from_secs(20))?;
         Ok(Azurite { proc, port })
     }
 

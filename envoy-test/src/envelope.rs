@@ -1,12 +1,15 @@
 //! The object the exporter stores and the importer reads:
 //!
 //! ```json
-//! {"format":1,"version":"0.1.0","revision":"r1","exported_at":"<RFC3339 UTC>",
-//!  "exporter":"<node id>","sha256":"<hex sha256 of the config bytes>",
+//! {"format":2,"version":"0.1.0","revision":"r1","exported_at":"<RFC3339 UTC>",
+//!  "exporter":"<node id>","term":N,"sha256":"<hex sha256 of the config bytes>",
 //!  "config":<the CP's config JSON verbatim>}
 //! ```
 //!
-//! With leader election the writer also stores its leader term: `"term":N`.
+//! Format 1 (what earlier builds wrote, and what this harness writes for
+//! import tests) is the same without `term`; format 2 adds, when keys are
+//! configured, `signature` and `encryption` + `ciphertext` (instead of
+//! `config`).
 
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;

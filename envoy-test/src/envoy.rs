@@ -10,7 +10,7 @@ use std::time::Duration;
 /// `vm_config.environment_variables.host_env_keys`). Envoy is started with
 /// these REMOVED from the inherited environment, then set from the test, so
 /// a developer's real credentials never leak into a test.
-pub const HOST_ENV_KEYS: [&str; 10] = [
+pub const HOST_ENV_KEYS: [&str; 13] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -21,6 +21,9 @@ pub const HOST_ENV_KEYS: [&str; 10] = [
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_ENDPOINT",
+    "FALLBACK_CONFIG_SIGNING_KEY",
+    "FALLBACK_CONFIG_TRUSTED_KEYS",
+    "FALLBACK_CONFIG_ENCRYPTION_KEYS",
 ];
 
 /// The wasm HTTP filter to put before the router.
@@ -56,6 +59,10 @@ pub struct EnvoyConfig {
     /// for a `dispatch_http_call` answer; default 32 MiB). Empty: no
     /// `layered_runtime` block.
     pub runtime: Vec<(String, String)>,
+    /// `-l` (default `info`).
+    pub log_level: String,
+    /// `--component-log-level`, e.g. `wasm:trace`; `None`: not passed.
+    pub component_log_level: Option<String>,
 }
 
 impl EnvoyConfig {
@@ -68,7 +75,16 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             wasm: None,
             runtime: Vec::new(),
+            log_level: "info".into(),
+            component_log_level: None,
         }
+    }
+
+    /// Envoy's log levels: `-l level` and `--component-log-level components`.
+    pub fn log_levels(mut self, level: &str, components: Option<&str>) -> EnvoyConfig {
+        self.log_level = level.into();
+        self.component_log_level = components.map(str::to_string);
+        self
     }
 
     /// Adds a cluster.
@@ -250,7 +266,7 @@ pub struct Envoy {
 
 impl Envoy {
     /// Writes `<dir>/<name>.yaml`, starts Envoy (`--concurrency 2
-    /// --disable-hot-restart -l info`, output to `<dir>/<name>.log`) with
+    /// --disable-hot-restart -l info`, or the config's log levels, output to `<dir>/<name>.log`) with
     /// `env` set, and waits until admin `/ready` answers 200 (up to 30 s).
     pub fn start(
         bin: &Path,
@@ -263,17 +279,20 @@ impl Envoy {
         let log = dir.join(format!("{name}.log"));
         std::fs::write(&config_path, config.to_yaml())
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "-c".into(),
             config_path.display().to_string(),
             "--concurrency".into(),
             "2".into(),
             "--disable-hot-restart".into(),
             "-l".into(),
-            "info".into(),
+            config.log_level.clone(),
             "--file-flush-interval-msec".into(),
             "200".into(),
         ];
+        if let Some(c) = &config.component_log_level {
+            args.extend(["--component-log-level".to_string(), c.clone()]);
+        }
         let proc =
             Proc::spawn(name, bin, &args, env, &HOST_ENV_KEYS, &log).map_err(|e| e.to_string())?;
         let mut envoy = Envoy {

@@ -13,6 +13,9 @@
 //! - [`control_plane`]: the fake control plane (ETag / 304, up / down).
 //! - [`upstream`]: an echo server that names itself.
 //! - [`s3`]: the s3s-fs S3 server and on-disk object helpers.
+//! - [`moto`]: moto, a second S3 (IAM users and policies, KMS) that
+//!   verifies SigV4 and keeps the server-side encryption of each PUT
+//!   (`tests/sse.rs`; `MOTO_SERVER_BIN`).
 //! - [`azure`]: Azurite (verifies SharedKey and SAS) and a blob client
 //!   signing with the filter's own request builder; account SAS tokens.
 //! - [`gcs`]: the GCS stack: the emulator, an OAuth token endpoint that
@@ -62,6 +65,7 @@ pub mod envoy;
 pub mod faults;
 pub mod gcs;
 pub mod http;
+pub mod moto;
 pub mod plugin;
 pub mod ports;
 pub mod probe;

@@ -88,6 +88,30 @@ impl Proc {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Waits up to `timeout` until the process accepts TCP connections on
+    /// 127.0.0.1:`port` (a connect only: no request is sent); an exit
+    /// first is an error with its log tail.
+    pub fn wait_listening(
+        &mut self,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let name = self.name.clone();
+        crate::wait::try_until(&format!("{name} to accept connections"), timeout, || {
+            if let Some(status) = self.exited() {
+                return Ok(Err(format!(
+                    "{name} exited ({status}); its log:\n{}",
+                    self.log_tail(30)
+                )));
+            }
+            if crate::http::tcp_open(port) {
+                Ok(Ok(()))
+            } else {
+                Err("port closed".to_string())
+            }
+        })?
+    }
+
     /// `None` while running, else the exit description.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {

@@ -43,23 +43,7 @@ fn spawn(
         root.display().to_string(),
     ];
     let mut proc = Proc::spawn("s3s-fs", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
-    crate::wait::try_until(
-        "s3s-fs to accept connections",
-        Duration::from_secs(10),
-        || {
-            if let Some(status) = proc.exited() {
-                return Ok(Err(format!(
-                    "s3s-fs exited ({status}); its log:\n{}",
-                    proc.log_tail(30)
-                )));
-            }
-            if crate::http::tcp_open(port) {
-                Ok(Ok(()))
-            } else {
-                Err("port closed".to_string())
-            }
-        },
-    )??;
+    proc.wait_listening(port, Duration::from_secs(10))?;
     Ok(proc)
 }
 

@@ -54,7 +54,7 @@ fn exporter_stores_envelope_of_cp_config(kind: StoreKind) {
     ok(envoy.wait_log("exported revision r1", TIMEOUT));
 
     let served = stack.cp.config().expect("CP config");
-    assert_eq!(env.format, serde_json::json!(1), "format");
+    assert_eq!(env.format, serde_json::json!(2), "format");
     assert_eq!(env.version, "0.1.0", "version");
     assert_eq!(env.revision, "r1", "revision");
     assert_eq!(

@@ -151,20 +151,71 @@ pub fn now() -> Now {
     Now::at_millis(3_600_000)
 }
 
-/// `config.json`: `envelope::open` and `envelope::stored_term`.
+/// `config.json`: `envelope::open` and `envelope::stored_term`, without
+/// keys and with a fixed set (a trusted signer, two decryption keys), so
+/// that format 2 signed and encrypted envelopes from the corpus reach
+/// the signature and AEAD checks.
 pub mod envelope {
-    use fallback_config::envelope::{self, Export};
+    use fallback_config::envelope::{self, Export, Protection, Trust};
     use fallback_config::gateway::GatewayConfig;
+    use fallback_config::keys::SnapshotKeys;
     use fallback_config::time::Timestamp;
+    use std::sync::OnceLock;
+
+    /// The fuzz fleet's keys: `FALLBACK_CONFIG_*` as `seeds.py` writes
+    /// them (signer `fz-sign`, encryption keys `fz-enc` then `fz-old`).
+    pub fn keys() -> &'static SnapshotKeys {
+        static K: OnceLock<SnapshotKeys> = OnceLock::new();
+        K.get_or_init(|| {
+            let env = |k: &str| match k {
+                "FALLBACK_CONFIG_SIGNING_KEY" => Some(SIGNING.to_string()),
+                "FALLBACK_CONFIG_ENCRYPTION_KEYS" => Some(ENCRYPTION.to_string()),
+                _ => None,
+            };
+            fallback_config::settings::Settings::parse(b"{}", &env)
+                .expect("the fuzz keys")
+                .snapshot
+        })
+    }
+
+    /// 32 bytes of 0x11 (the signing seed) and of 0x22 / 0x33.
+    pub const SIGNING: &str = "fz-sign:ERERERERERERERERERERERERERERERERERERERERERE=";
+    pub const ENCRYPTION: &str = "fz-enc:IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI=,fz-old:MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM=";
 
     pub fn run(data: &[u8]) {
         let term = envelope::stored_term(data);
-        let opened = match envelope::open(data, super::VERSION) {
+        let k = keys();
+        let strict = Trust {
+            require_signature: true,
+            trusted: &k.trusted,
+            decryption: &k.encryption,
+        };
+        let loose = Trust {
+            require_signature: false,
+            ..strict
+        };
+        let none = envelope::open(data, super::VERSION, &Trust::NONE);
+        let with_keys = envelope::open(data, super::VERSION, &loose);
+        let required = envelope::open(data, super::VERSION, &strict);
+        for e in [&none, &with_keys, &required]
+            .into_iter()
+            .filter_map(|r| r.as_ref().err())
+        {
+            let _ = e.to_string();
+        }
+        if let Ok(o) = &required {
+            // What the strict check accepts is signed by the trusted key,
+            // and the looser checks agree on it.
+            assert_eq!(o.signed_by.as_deref(), Some("fz-sign"));
+            assert_eq!(with_keys.as_ref().ok(), Some(o));
+        }
+        if let (Ok(a), Ok(b)) = (&none, &with_keys) {
+            // Keys only add checks: what opens without them opens the same.
+            assert_eq!(a.config_bytes, b.config_bytes);
+        }
+        let opened = match with_keys {
             Ok(o) => o,
-            Err(e) => {
-                let _ = e.to_string();
-                return;
-            }
+            Err(_) => return,
         };
         // What open verified holds.
         assert_eq!(opened.sha256, envelope::sha256_hex(&opened.config_bytes));
@@ -177,25 +228,43 @@ pub mod envelope {
             assert_eq!(t, opened.term, "stored_term and open disagree");
         }
         // An exporter that re-exports what it imported writes an envelope
-        // that opens to the same config, byte for byte.
-        let sealed = envelope::seal(Export {
-            config: &opened.config_bytes,
-            revision: &opened.revision,
-            version: super::VERSION,
-            exporter: &opened.exporter,
-            exported_at: Timestamp::parse_rfc3339(&opened.exported_at).unwrap_or_default(),
-            term: opened.term,
-        })
-        .expect("an opened config seals");
-        let again = envelope::open(&sealed, super::VERSION).expect("a sealed envelope opens");
-        assert_eq!(again.config_bytes, opened.config_bytes);
-        assert_eq!(again.config, opened.config);
-        assert_eq!(again.sha256, opened.sha256);
-        assert_eq!(
-            (again.term, &again.exporter),
-            (opened.term, &opened.exporter)
-        );
-        assert_eq!(envelope::stored_term(&sealed), Some(opened.term));
+        // that opens to the same config, byte for byte, signed and
+        // encrypted or not.
+        for protection in [
+            Protection::NONE,
+            Protection {
+                signing: k.signing.as_ref(),
+                encryption: k.encryption.first().map(|e| (e, [9; 24])),
+            },
+        ] {
+            let sealed = envelope::seal(
+                Export {
+                    config: &opened.config_bytes,
+                    revision: &opened.revision,
+                    version: super::VERSION,
+                    exporter: &opened.exporter,
+                    exported_at: Timestamp::parse_rfc3339(&opened.exported_at).unwrap_or_default(),
+                    term: opened.term,
+                },
+                protection,
+            )
+            .expect("an opened config seals");
+            let again = envelope::open(&sealed, super::VERSION, &strict).or_else(|e| {
+                match protection.signing {
+                    None => envelope::open(&sealed, super::VERSION, &loose),
+                    Some(_) => Err(e),
+                }
+            });
+            let again = again.expect("a sealed envelope opens");
+            assert_eq!(again.config_bytes, opened.config_bytes);
+            assert_eq!(again.config, opened.config);
+            assert_eq!(again.sha256, opened.sha256);
+            assert_eq!(
+                (again.term, &again.exporter),
+                (opened.term, &opened.exporter)
+            );
+            assert_eq!(envelope::stored_term(&sealed), Some(opened.term));
+        }
     }
 }
 
@@ -420,11 +489,13 @@ pub mod settings {
 
     /// (`GCP_SERVICE_ACCOUNT` is not one: its `client_email` and
     /// `token_uri` are shown by design; its key has its own target.)
-    const SECRET_VARS: [&str; 4] = [
+    const SECRET_VARS: [&str; 6] = [
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AZURE_STORAGE_KEY",
         "AZURE_STORAGE_SAS_TOKEN",
+        "FALLBACK_CONFIG_SIGNING_KEY",
+        "FALLBACK_CONFIG_ENCRYPTION_KEYS",
     ];
 
     pub fn run(data: &[u8]) {

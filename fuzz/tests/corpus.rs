@@ -92,3 +92,70 @@ fn recorded_crashes_no_longer_crash() {
         failed.join("\n")
     );
 }
+
+/// The format 2 seeds (signed, encrypted, both) need Ed25519 and the AEAD,
+/// so Rust writes them rather than `seeds.py`: with the fuzz keys, from
+/// the echo seed's config. `WRITE_SEEDS=1 cargo test` rewrites them; the
+/// test fails when they are out of date (a layout change).
+#[test]
+fn format_2_envelope_seeds_are_current() {
+    use fallback_config::envelope::{seal, Export, Protection};
+    use fallback_config::time::Timestamp;
+    let keys = fallback_config_fuzz::envelope::keys();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/envelope");
+    let config = br#"{"revision":"r1","routes":[{"name":"echo","paths":["/echo"],"upstream":"echo_service"}]}"#;
+    let export = Export {
+        config,
+        revision: "r1",
+        version: fallback_config_fuzz::VERSION,
+        exporter: "node-a",
+        exported_at: Timestamp::parse_rfc3339("2027-01-15T08:00:00Z").unwrap(),
+        term: 4,
+    };
+    let enc = keys.encryption.first().map(|k| (k, [7u8; 24]));
+    let old = keys.encryption.get(1).map(|k| (k, [8u8; 24]));
+    let seeds = [
+        ("seed-v2-plain", Protection::NONE),
+        (
+            "seed-v2-signed",
+            Protection {
+                signing: keys.signing.as_ref(),
+                encryption: None,
+            },
+        ),
+        (
+            "seed-v2-encrypted",
+            Protection {
+                signing: None,
+                encryption: enc,
+            },
+        ),
+        (
+            "seed-v2-signed-encrypted",
+            Protection {
+                signing: keys.signing.as_ref(),
+                encryption: enc,
+            },
+        ),
+        (
+            "seed-v2-old-key",
+            Protection {
+                signing: keys.signing.as_ref(),
+                encryption: old,
+            },
+        ),
+    ];
+    let write = std::env::var_os("WRITE_SEEDS").is_some();
+    for (name, protection) in seeds {
+        let bytes = seal(export, protection).unwrap();
+        let path = dir.join(name);
+        if write {
+            fs::write(&path, &bytes).unwrap();
+        }
+        assert_eq!(
+            fs::read(&path).ok().as_deref(),
+            Some(&bytes[..]),
+            "{name} is out of date: WRITE_SEEDS=1 cargo test"
+        );
+    }
+}

@@ -19,9 +19,11 @@
 
 use crate::action::{CallKind, Metric};
 use crate::clock::{Instant, Now};
-use crate::envelope;
+use crate::envelope::{self, EnvelopeError, Protection, Trust};
 use crate::event::Event;
 use crate::http::{HttpRequest, HttpResponse};
+use crate::keys::{EncryptionKey, SigningKey, SnapshotKeys};
+use crate::rng::NonceSource;
 use crate::storage::{ObjectStore, PutMode, StorageError};
 use std::time::Duration;
 
@@ -51,7 +53,11 @@ enum Stored {
     Unknown,
     /// Absent when last seen: the next write is `If-None-Match: *`.
     Absent { seen: Seq },
-    /// Present with this ETag (and this content digest, when it opened).
+    /// Present with this ETag, and this content digest when it holds what
+    /// this exporter would write for that config now (opened, signed by
+    /// its key, encrypted with its current key): otherwise it is
+    /// rewritten even for the same config, so a key rotation reaches the
+    /// stored snapshot and a forged one is replaced.
     Present {
         etag: String,
         sha256: Option<String>,
@@ -99,10 +105,19 @@ pub struct Exporter {
     retry_at: Instant,
     /// The candidate already reported as waiting for a fresher CP answer.
     awaiting_cp: Option<Seq>,
+    keys: SnapshotKeys,
+    /// `None`: the host gave no randomness, so nothing can be encrypted.
+    nonces: Option<NonceSource>,
 }
 
 impl Exporter {
-    pub fn new(store: &ObjectStore, version: &str, node_id: &str) -> Self {
+    pub fn new(
+        store: &ObjectStore,
+        version: &str,
+        node_id: &str,
+        keys: SnapshotKeys,
+        nonces: Option<NonceSource>,
+    ) -> Self {
         let key = store.key(version, crate::controller::CONFIG_OBJECT);
         Exporter {
             url: store.url(&key),
@@ -116,7 +131,29 @@ impl Exporter {
             failures: 0,
             retry_at: Instant::ZERO,
             awaiting_cp: None,
+            keys,
+            nonces,
         }
+    }
+
+    /// The digest of a stored `config.json` if it is what this exporter
+    /// would write for that config now (see [`Stored::Present`]).
+    fn current_digest(&self, body: &[u8]) -> Option<String> {
+        let trust = Trust {
+            require_signature: false,
+            trusted: &self.keys.trusted,
+            decryption: &self.keys.encryption,
+        };
+        let signer = self.keys.signing.as_ref().map(SigningKey::id);
+        let encrypter = self.keys.encrypting().map(EncryptionKey::id);
+        envelope::open(body, &self.version, &trust)
+            .ok()
+            .filter(|o| {
+                o.format == envelope::FORMAT
+                    && o.signed_by.as_deref() == signer
+                    && o.encrypted_with.as_deref() == encrypter
+            })
+            .map(|o| o.sha256)
     }
 
     /// A new CP config. A newer revision replaces the pending one but
@@ -213,13 +250,26 @@ impl Exporter {
             self.queued = Some(c);
             return first.then_some(ExportStep::NeedFresherCp);
         }
-        let body = envelope::seal(envelope::Export {
-            config: &c.config,
-            revision: &c.revision,
-            version: &self.version,
-            exporter: &self.node_id,
-            exported_at: now.wall,
-            term,
+        let encryption = match (self.keys.encrypting(), self.nonces.as_mut()) {
+            (None, _) => Ok(None),
+            (Some(key), Some(nonces)) => Ok(Some((key, nonces.next_nonce()))),
+            (Some(_), None) => Err(EnvelopeError::NoRandomness),
+        };
+        let body = encryption.and_then(|encryption| {
+            envelope::seal(
+                envelope::Export {
+                    config: &c.config,
+                    revision: &c.revision,
+                    version: &self.version,
+                    exporter: &self.node_id,
+                    exported_at: now.wall,
+                    term,
+                },
+                Protection {
+                    signing: self.keys.signing.as_ref(),
+                    encryption,
+                },
+            )
         });
         match body {
             Ok(body) => {
@@ -287,9 +337,7 @@ impl Exporter {
                         self.failures = 0;
                         self.stored = Stored::Present {
                             etag,
-                            sha256: envelope::open(&object.body, &self.version)
-                                .ok()
-                                .map(|o| o.sha256),
+                            sha256: self.current_digest(&object.body),
                             seen: seq,
                         };
                     }

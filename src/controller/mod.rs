@@ -21,11 +21,13 @@ mod tests;
 use crate::action::{Call, CallKind, Metric, Token};
 use crate::clock::{Instant, Now};
 use crate::election::{Change, Election, Step, WriteKind, LEASE_OBJECT};
-use crate::envelope;
+use crate::envelope::{self, Trust};
 use crate::event::{Event, ImportFailure};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::keys::SnapshotKeys;
 use crate::process::{ImportRefusal, PublishJob};
 use crate::published::{Meta, Source};
+use crate::rng::NonceSource;
 use crate::settings::{ElectionSettings, Settings};
 use crate::status::{ConfigSource, State, StatusRecord};
 use crate::storage::{ObjectStore, StorageError};
@@ -133,6 +135,8 @@ pub struct Controller {
     import_hold_tick: Option<u64>,
     /// `Some` when export is on.
     exporter: Option<Exporter>,
+    /// What an import accepts: signatures, trusted keys, decryption keys.
+    snapshot: SnapshotKeys,
     /// Exporters elect the one that writes; created once the CP answered.
     election: Option<Election>,
     election_settings: ElectionSettings,
@@ -157,6 +161,7 @@ impl Controller {
         inherited: Inherited,
         first_token: Token,
         seed: u64,
+        nonces: Option<NonceSource>,
         now: Now,
     ) -> Self {
         let store = settings.storage.clone().map(ObjectStore::new);
@@ -165,7 +170,13 @@ impl Controller {
             .map(|s| s.url(&s.key(VERSION, CONFIG_OBJECT)))
             .unwrap_or_default();
         let exporter = match (&store, settings.export) {
-            (Some(s), true) => Some(Exporter::new(s, VERSION, &node_id)),
+            (Some(s), true) => Some(Exporter::new(
+                s,
+                VERSION,
+                &node_id,
+                settings.snapshot.clone(),
+                nonces,
+            )),
             _ => None,
         };
         let import_on = settings.import && store.is_some();
@@ -200,6 +211,7 @@ impl Controller {
                     .map(|s| ticks_for(s.timeout + IN_FLIGHT_SLACK)),
             ),
             exporter,
+            snapshot: settings.snapshot.clone(),
             election: None,
             election_settings: settings.election,
             cp_answered: inherited.cp_answered,
@@ -769,7 +781,13 @@ impl Controller {
                 description: answer.describe_body(),
             });
         }
-        let opened = envelope::open(&object.body, version).map_err(ImportFailure::Envelope)?;
+        let trust = Trust {
+            require_signature: self.snapshot.require_signature,
+            trusted: &self.snapshot.trusted,
+            decryption: &self.snapshot.encryption,
+        };
+        let opened =
+            envelope::open(&object.body, version, &trust).map_err(ImportFailure::Envelope)?;
         if let Some(limit) = self.importer.policy().max_age {
             let exported = crate::time::Timestamp::parse_rfc3339(&opened.exported_at);
             // A snapshot whose export time cannot be read counts as too old.
@@ -809,6 +827,8 @@ impl Controller {
             url,
             exported_at: o.exported_at.clone(),
             exporter: o.exporter,
+            signed_by: o.signed_by,
+            encrypted_with: o.encrypted_with,
         });
         self.applied = Some(Applied {
             source: Source::Storage,

@@ -6,11 +6,12 @@ use super::*;
 use crate::action::{Call, CallKind, Metric, Token};
 use crate::clock::Now;
 use crate::election::LeaseRecord;
-use crate::envelope::{open, seal, sha256_hex, EnvelopeError, Export};
+use crate::envelope::{open, seal, sha256_hex, EnvelopeError, Export, Protection, Trust};
 use crate::event::{CpFailure, Event, ImportFailure, Level, LossReason};
 use crate::http::{HttpRequest, HttpResponse, TransportError};
 use crate::process::{ImportRefusal, PublishJob};
 use crate::published::{Meta, Source};
+use crate::rng::NonceSource;
 use crate::settings::Settings;
 use crate::status::{ConfigSource, State, StatusRecord};
 use crate::storage::StorageError;
@@ -145,14 +146,17 @@ fn exported_at() -> Timestamp {
 
 fn envelope_for(config: &str, revision: &str, version: &str, term: u64) -> String {
     String::from_utf8(
-        seal(Export {
-            config: config.as_bytes(),
-            revision,
-            version,
-            exporter: "exp",
-            exported_at: exported_at(),
-            term,
-        })
+        seal(
+            Export {
+                config: config.as_bytes(),
+                revision,
+                version,
+                exporter: "exp",
+                exported_at: exported_at(),
+                term,
+            },
+            Protection::NONE,
+        )
         .unwrap(),
     )
     .unwrap()
@@ -161,14 +165,17 @@ fn envelope_for(config: &str, revision: &str, version: &str, term: u64) -> Strin
 /// An envelope of `version` exported at `at` (by wall clock).
 fn envelope_at(config: &str, revision: &str, version: &str, at: Timestamp) -> String {
     String::from_utf8(
-        seal(Export {
-            config: config.as_bytes(),
-            revision,
-            version,
-            exporter: "exp",
-            exported_at: at,
-            term: 1,
-        })
+        seal(
+            Export {
+                config: config.as_bytes(),
+                revision,
+                version,
+                exporter: "exp",
+                exported_at: at,
+                term: 1,
+            },
+            Protection::NONE,
+        )
         .unwrap(),
     )
     .unwrap()
@@ -330,6 +337,7 @@ impl Sim {
                 inherited,
                 first_token,
                 seed,
+                Some(NonceSource::new([9; 32])),
                 Now::at_millis(0),
             ),
             node: node.into(),
@@ -1050,7 +1058,9 @@ fn imports_once_when_the_cp_is_down_at_start() {
             version: VERSION.into(),
             url: config_url(),
             exported_at: exported_at().rfc3339(),
-            exporter: "exp".into()
+            exporter: "exp".into(),
+            signed_by: None,
+            encrypted_with: None,
         }]
     );
     assert_eq!(end_imports(s.since(mark)), 1, "the grant is given back");
@@ -1582,7 +1592,7 @@ fn exports_new_revisions_with_a_valid_envelope() {
     );
     assert_eq!(header(r, "if-match"), None);
     assert!(header(r, "authorization").is_some());
-    let opened = open(r.body.as_deref().unwrap(), VERSION).unwrap();
+    let opened = open(r.body.as_deref().unwrap(), VERSION, &Trust::NONE).unwrap();
     assert_eq!(opened.config_bytes, CFG1.as_bytes());
     assert_eq!(opened.revision, "r1");
     assert_eq!(opened.exporter, "node-7");
@@ -1605,7 +1615,7 @@ fn exports_new_revisions_with_a_valid_envelope() {
     let put = s.take(CallKind::ExportWrite);
     assert_eq!(header(&put.request, "if-match"), Some("\"w1\""));
     assert_eq!(
-        open(put.request.body.as_deref().unwrap(), VERSION)
+        open(put.request.body.as_deref().unwrap(), VERSION, &Trust::NONE)
             .unwrap()
             .revision,
         "r2"
@@ -1623,7 +1633,7 @@ fn exports_new_revisions_with_a_valid_envelope() {
     let put = s.take(CallKind::ExportWrite);
     assert_eq!(header(&put.request, "if-match"), Some("\"w2\""));
     assert_eq!(
-        open(put.request.body.as_deref().unwrap(), VERSION)
+        open(put.request.body.as_deref().unwrap(), VERSION, &Trust::NONE)
             .unwrap()
             .revision,
         "r1"
@@ -1674,7 +1684,7 @@ fn export_delay_keeps_only_the_newest_revision_and_the_first_due_time() {
     s.tick_cp(10_100, not_modified());
     let put = s.take(CallKind::ExportWrite);
     assert_eq!(
-        open(put.request.body.as_deref().unwrap(), VERSION)
+        open(put.request.body.as_deref().unwrap(), VERSION, &Trust::NONE)
             .unwrap()
             .revision,
         "r2"
@@ -1872,7 +1882,7 @@ fn a_new_driver_exports_what_the_old_one_published_after_a_fresh_cp_answer() {
     // One sent after it does.
     s.tick_cp(1, not_modified());
     let put = s.take(CallKind::ExportWrite);
-    let opened = open(put.request.body.as_deref().unwrap(), VERSION).unwrap();
+    let opened = open(put.request.body.as_deref().unwrap(), VERSION, &Trust::NONE).unwrap();
     assert_eq!(opened.config_bytes, CFG1.as_bytes());
     assert_eq!(opened.revision, "r1");
     s.answer(put.token, put_ok("\"w\""));
@@ -2008,7 +2018,7 @@ fn a_412_rereads_and_a_stored_term_not_above_the_leaders_writes_again() {
             Some("\"other\""),
             "{stored_term}"
         );
-        let opened = open(put.request.body.as_deref().unwrap(), VERSION).unwrap();
+        let opened = open(put.request.body.as_deref().unwrap(), VERSION, &Trust::NONE).unwrap();
         assert_eq!((opened.revision.as_str(), opened.term), ("r1", 2));
     }
 }
@@ -2341,13 +2351,13 @@ fn documented_log_lines_keep_their_wording() {
         format!("importing fallback config from {url}"),
         "CP fetched revision r1; applying it".to_string(),
         format!(
-            "imported revision r1 (version {VERSION}) from {url} (exported at {} by exp)",
+            "imported revision r1 (version {VERSION}) from {url} (exported at {} by exp, unsigned)",
             exported_at().rfc3339()
         ),
         "no snapshot for this version; looking for older versions under s3://bkt/pre/".to_string(),
         "snapshot of version 0.0.9 skipped: not found (404 NoSuchKey)".to_string(),
         format!(
-            "imported revision r1 (version 0.0.8) from {} (exported at {} by exp)",
+            "imported revision r1 (version 0.0.8) from {} (exported at {} by exp, unsigned)",
             version_url("0.0.8"),
             exported_at().rfc3339()
         ),
@@ -2719,7 +2729,9 @@ fn a_missing_snapshot_falls_back_to_the_newest_older_version() {
             version: "0.1.0-rc.2".into(),
             url: version_url("0.1.0-rc.2"),
             exported_at: exported_at().rfc3339(),
-            exporter: "exp".into()
+            exporter: "exp".into(),
+            signed_by: None,
+            encrypted_with: None,
         }]
     );
     assert_eq!(
@@ -3517,4 +3529,253 @@ fn a_clock_jumping_forward_does_not_give_up_on_a_call_still_out() {
         .events()
         .iter()
         .any(|e| matches!(e, Event::Imported { .. })));
+}
+
+// ---- signed and encrypted snapshots ----
+
+/// 32 bytes of `byte`, base64.
+fn key_b64(byte: u8) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([byte; 32])
+}
+
+/// S3 settings with snapshot keys from the environment: `signer` signs
+/// (its id and seed byte), `trusted` are trusted (id, seed byte of the
+/// matching signer), `enc` encrypt (the first) and decrypt (all).
+fn protected_settings(
+    import: bool,
+    export: bool,
+    signer: Option<(&str, u8)>,
+    trusted: &[(&str, u8)],
+    enc: &[(&str, u8)],
+) -> Settings {
+    use crate::keys::{env, SigningKey};
+    let json = format!(
+        r#"{{"cluster_fallback_config_import":{import},"cluster_fallback_config_export":{export},
+            "cluster_fallback_config_storage":"s3://bkt/pre",
+            "storage":{{"endpoint":"http://127.0.0.1:9000","timeout_ms":1000}},
+            "control_plane":{{"timeout_ms":1000,"poll_interval_ms":5000}}}}"#
+    );
+    let mut vars: HashMap<&str, String> = [
+        ("AWS_ACCESS_KEY_ID", "AK".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "SK".to_string()),
+    ]
+    .into();
+    if let Some((id, b)) = signer {
+        vars.insert(env::SIGNING_KEY, format!("{id}:{}", key_b64(b)));
+    }
+    let publics: Vec<String> = trusted
+        .iter()
+        .map(|(id, b)| {
+            SigningKey::parse(&format!("{id}:{}", key_b64(*b)))
+                .unwrap()
+                .public_entry()
+        })
+        .collect();
+    if !publics.is_empty() {
+        vars.insert(env::TRUSTED_KEYS, publics.join(","));
+    }
+    let encs: Vec<String> = enc
+        .iter()
+        .map(|(id, b)| format!("{id}:{}", key_b64(*b)))
+        .collect();
+    if !encs.is_empty() {
+        vars.insert(env::ENCRYPTION_KEYS, encs.join(","));
+    }
+    Settings::parse(json.as_bytes(), &|k| vars.get(k).cloned()).unwrap()
+}
+
+/// `config` sealed as an exporter with these settings' keys would.
+fn protected_envelope(settings: &Settings, config: &str, revision: &str) -> String {
+    let keys = &settings.snapshot;
+    let bytes = seal(
+        Export {
+            config: config.as_bytes(),
+            revision,
+            version: VERSION,
+            exporter: "exp",
+            exported_at: exported_at(),
+            term: 1,
+        },
+        Protection {
+            signing: keys.signing.as_ref(),
+            encryption: keys.encrypting().map(|k| (k, [4; 24])),
+        },
+    )
+    .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn trust_of(settings: &Settings) -> Trust<'_> {
+    Trust {
+        require_signature: true,
+        trusted: &settings.snapshot.trusted,
+        decryption: &settings.snapshot.encryption,
+    }
+}
+
+/// A protected exporter's first PUT (as `exporter_at_first_put`, after
+/// reading `stored_answer`).
+fn protected_first_put(settings: &Settings, stored_answer: HttpResponse) -> (Sim, Option<Call>) {
+    let mut s = Sim::new(settings);
+    s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
+    let read = s.take(CallKind::ExportRead);
+    s.events();
+    s.answer(read.token, stored_answer);
+    if s.events().contains(&Event::ExportSkipped {
+        revision: "r1".into(),
+    }) {
+        return (s, None);
+    }
+    s.tick(1);
+    let poll = s.take(CallKind::CpPoll);
+    s.answer(poll.token, not_modified());
+    let put = s.take(CallKind::ExportWrite);
+    (s, Some(put))
+}
+
+#[test]
+fn a_protected_exporter_signs_and_encrypts_and_rewrites_what_is_not_its_own() {
+    let settings = protected_settings(false, true, Some(("s1", 1)), &[], &[("e1", 2)]);
+    // The same config stored unsigned and in clear: rewritten, not skipped.
+    let (mut s, put) = protected_first_put(&settings, stored(CFG1, "r1", 1, Some("\"s0\"")));
+    let put = put.expect("an unsigned snapshot of the same config is replaced");
+    assert_eq!(header(&put.request, "if-match"), Some("\"s0\""));
+    let body = put.request.body.clone().unwrap();
+    let text = String::from_utf8(body.clone()).unwrap();
+    assert!(
+        !text.contains("/echo") && !text.contains("routes"),
+        "{text}"
+    );
+    let opened = open(&body, VERSION, &trust_of(&settings)).unwrap();
+    assert_eq!(opened.config_bytes, CFG1.as_bytes());
+    assert_eq!(opened.signed_by.as_deref(), Some("s1"));
+    assert_eq!(opened.encrypted_with.as_deref(), Some("e1"));
+    // Its own write is current: the same config again is skipped.
+    s.answer(put.token, put_ok("\"w1\""));
+    s.events();
+    s.tick_cp(5_000, cp_ok(CFG1, "\"e2\""));
+    assert!(s.events().contains(&Event::ExportSkipped {
+        revision: "r1".into()
+    }));
+    // The next export draws a fresh nonce.
+    s.tick_cp(10_000, cp_ok(CFG2, "\"e3\""));
+    let put2 = s.take(CallKind::ExportWrite);
+    let nonce = |b: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        v["encryption"]["nonce"].as_str().unwrap().to_string()
+    };
+    assert_ne!(nonce(&body), nonce(put2.request.body.as_deref().unwrap()));
+
+    // A restarted exporter that reads its own snapshot skips it ...
+    let (_, put) = protected_first_put(&settings, with_etag(200, &text, "\"w1\""));
+    assert!(put.is_none(), "its own current snapshot is not rewritten");
+    // ... but not after its signing or encryption key changed (rotation):
+    // the stored snapshot must move to the new keys.
+    for rotated in [
+        protected_settings(false, true, Some(("s2", 3)), &[("s1", 1)], &[("e1", 2)]),
+        protected_settings(false, true, Some(("s1", 1)), &[], &[("e2", 4), ("e1", 2)]),
+    ] {
+        let (_, put) = protected_first_put(&rotated, with_etag(200, &text, "\"w1\""));
+        let put = put.expect("a snapshot under the old key is rewritten");
+        let o = open(
+            put.request.body.as_deref().unwrap(),
+            VERSION,
+            &trust_of(&rotated),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.signed_by, o.encrypted_with),
+            (
+                rotated
+                    .snapshot
+                    .signing
+                    .as_ref()
+                    .map(|k| k.id().to_string()),
+                rotated.snapshot.encrypting().map(|k| k.id().to_string())
+            )
+        );
+    }
+    // A forgery claiming the same digest is replaced too.
+    let mut forged: serde_json::Value = serde_json::from_str(&text).unwrap();
+    forged["signature"]["value"] = key_b64(0).repeat(2)[..86].to_string().into();
+    let (_, put) = protected_first_put(&settings, with_etag(200, &forged.to_string(), "\"f1\""));
+    assert!(
+        put.is_some(),
+        "a snapshot whose signature fails is rewritten"
+    );
+}
+
+#[test]
+fn a_protected_importer_refuses_what_it_cannot_trust_and_retries() {
+    let importer = protected_settings(true, false, None, &[("s1", 1)], &[("e1", 2)]);
+    let good = protected_envelope(&importer_peer(), CFG1, "r1");
+    // Forged: routes rewritten, sha256 recomputed, signature kept.
+    let forged = {
+        let other = protected_settings(false, true, None, &[], &[("e1", 2)]);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&protected_envelope(&other, CFG2, "r1")).unwrap();
+        let good_v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["signature"] = good_v["signature"].clone();
+        v.to_string()
+    };
+    let untrusted = protected_envelope(
+        &protected_settings(false, true, Some(("k9", 9)), &[], &[("e1", 2)]),
+        CFG1,
+        "r1",
+    );
+    let other_enc = protected_envelope(
+        &protected_settings(false, true, Some(("s1", 1)), &[], &[("k2", 7)]),
+        CFG1,
+        "r1",
+    );
+    let cases = [
+        (
+            envelope_for(CFG1, "r1", VERSION, 1),
+            EnvelopeError::Unsigned,
+        ),
+        (
+            forged,
+            EnvelopeError::BadSignature {
+                key_id: "s1".into(),
+            },
+        ),
+        (
+            untrusted,
+            EnvelopeError::UntrustedKey {
+                key_id: "k9".into(),
+            },
+        ),
+        (
+            other_enc,
+            EnvelopeError::NoDecryptionKey {
+                key_id: "k2".into(),
+            },
+        ),
+    ];
+    let (mut s, mut get) = import_pending(&importer);
+    let mut at = 0;
+    for (body, expected) in cases {
+        let (error, wait) = fail_import(&mut s, at + 10, get, resp(200, &body));
+        assert_eq!(error, ImportFailure::Envelope(expected));
+        assert!(publishes(&s.log).is_empty(), "nothing is applied");
+        at += 10 + millis(wait);
+        retry_at(&mut s, at);
+        s.grant();
+        get = s.take(CallKind::Import);
+    }
+    s.answer_at(at + 10, get.token, resp(200, &good));
+    let events = s.events();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Imported {
+            signed_by: Some(k), encrypted_with: Some(e), ..
+        } if k == "s1" && e == "e1")),
+        "{events:?}"
+    );
+    assert_eq!(publishes(&s.log), vec![job(CFG1, "r1", Source::Storage)]);
+}
+
+/// The exporter matching `a_protected_importer_...`'s importer.
+fn importer_peer() -> Settings {
+    protected_settings(false, true, Some(("s1", 1)), &[], &[("e1", 2)])
 }

@@ -71,6 +71,15 @@ pub fn random(salt: u32) -> u64 {
         .unwrap_or_else(|_| time().wall.as_millis() ^ (u64::from(salt) << 40))
 }
 
+/// 32 bytes of the host's randomness, the seed of encryption nonces;
+/// `None` if the host refuses (then the core encrypts nothing).
+pub fn random_seed() -> Option<[u8; 32]> {
+    let mut buf = [0u8; 32];
+    // SAFETY: `buf` is valid and writable for its 32 bytes.
+    let status = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    wasi_result(status).ok().map(|()| buf)
+}
+
 pub fn plugin_configuration() -> Vec<u8> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()

@@ -98,9 +98,14 @@ impl RootContext for RootShell {
         let node_id = host::property(vec!["node", "id"]);
         let random = host::random(0);
         let env = |k: &str| std::env::var(k).ok();
-        let configured = self
-            .core
-            .configure(&json, &env, node_id, random, host::time());
+        let configured = self.core.configure(
+            &json,
+            &env,
+            node_id,
+            random,
+            host::random_seed(),
+            host::time(),
+        );
         if let Err(e) = configured {
             host::log(Level::Error, &e.to_string());
             return false;

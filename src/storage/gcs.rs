@@ -38,7 +38,67 @@ pub struct GcsSettings {
     pub base_path: String,
     /// `None`: anonymous requests (public bucket, emulator).
     pub service_account: Option<ServiceAccount>,
+    /// `storage.kms_key_name`: the Cloud KMS key every upload is encrypted
+    /// with (CMEK); `None`: the bucket's default key, else Google's.
+    pub kms_key_name: Option<KmsKeyName>,
 }
+
+/// A Cloud KMS key's resource name,
+/// `projects/<p>/locations/<l>/keyRings/<r>/cryptoKeys/<k>`, as the JSON
+/// API's `kmsKeyName` upload parameter takes it.
+///
+/// Checked for that shape only (the four fixed words in place, no empty
+/// segment, no spaces or control characters): whether the key exists and
+/// the bucket's service agent may use it is for GCS to say at the first
+/// upload, but a key version (`/cryptoKeyVersions/1`) or a pasted URL is
+/// a mistake GCS would only answer with a 400.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KmsKeyName(String);
+
+impl KmsKeyName {
+    pub fn parse(name: &str) -> Result<Self, KmsKeyNameError> {
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(KmsKeyNameError::Characters);
+        }
+        let segments: Vec<&str> = name.split('/').collect();
+        let shape_ok = segments.len() == 8
+            && segments.iter().all(|s| !s.is_empty())
+            && ["projects", "locations", "keyRings", "cryptoKeys"]
+                .iter()
+                .enumerate()
+                .all(|(i, word)| segments[2 * i] == *word);
+        if !shape_ok {
+            return Err(KmsKeyNameError::Shape);
+        }
+        Ok(KmsKeyName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a `storage.kms_key_name` was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsKeyNameError {
+    /// Spaces or control characters.
+    Characters,
+    /// Not `projects/*/locations/*/keyRings/*/cryptoKeys/*`.
+    Shape,
+}
+
+impl std::fmt::Display for KmsKeyNameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KmsKeyNameError::Characters => "must not contain spaces or control characters",
+            KmsKeyNameError::Shape => {
+                "must be a Cloud KMS key name, projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key> (no key version)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for KmsKeyNameError {}
 
 impl GcsSettings {
     /// Settings for `endpoint` (`http(s)://host[:port][/base]`, see
@@ -60,7 +120,15 @@ impl GcsSettings {
             authority: endpoint.authority,
             base_path: endpoint.base_path,
             service_account,
+            kms_key_name: None,
         })
+    }
+
+    /// These settings with every upload encrypted with `key` (CMEK).
+    #[must_use]
+    pub fn with_kms_key_name(mut self, key: Option<KmsKeyName>) -> Self {
+        self.kms_key_name = key;
+        self
     }
 }
 
@@ -160,6 +228,9 @@ pub fn list_result(response: HttpResponse) -> Result<ListPage, StorageError> {
 /// under `mode`'s precondition: `Create` is `ifGenerationMatch=0` (matches
 /// only an absent object), `Update { etag }` is `ifGenerationMatch=<etag>`
 /// (the generation that [`read_result`] or [`write_result`] reported).
+/// With [`GcsSettings::kms_key_name`], `&kmsKeyName=<name>` (encoded whole,
+/// its `/` as `%2F`) asks GCS to encrypt the object with that key: on
+/// every upload, the config and the election lease alike.
 ///
 /// `token` as for [`get`].
 #[allow(clippy::too_many_arguments)]
@@ -188,6 +259,10 @@ pub fn put(
             path.push_str("&ifGenerationMatch=");
             path.push_str(&uri_encode(etag, true));
         }
+    }
+    if let Some(key) = &gcs.kms_key_name {
+        path.push_str("&kmsKeyName=");
+        path.push_str(&uri_encode(key.as_str(), true));
     }
     let mut headers: Vec<(String, String)> = bearer(token).into_iter().collect();
     headers.push(("content-type".into(), content_type.into()));
@@ -432,6 +507,66 @@ mod tests {
         );
         assert_eq!(header(&r, "authorization"), Some("Bearer ya29.sekrit"));
         assert!(!format!("{r:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn uploads_name_the_kms_key() {
+        const KEY: &str =
+            "projects/p-1/locations/europe-west1/keyRings/ring_1/cryptoKeys/fallback-key";
+        let g = google().with_kms_key_name(Some(KmsKeyName::parse(KEY).unwrap()));
+        for (mode, condition) in [
+            (PutMode::Overwrite, ""),
+            (PutMode::Create, "&ifGenerationMatch=0"),
+            (
+                PutMode::Update { etag: "17".into() },
+                "&ifGenerationMatch=17",
+            ),
+        ] {
+            let r = put_k(&g, "pre/k", &mode);
+            assert_eq!(
+                r.path,
+                format!(
+                    "/upload/storage/v1/b/bkt/o?uploadType=media&name=pre%2Fk{condition}&kmsKeyName=projects%2Fp-1%2Flocations%2Feurope-west1%2FkeyRings%2Fring_1%2FcryptoKeys%2Ffallback-key"
+                ),
+                "{mode:?}"
+            );
+            // One parameter, which decodes to the name as configured.
+            let query = r.path.split_once('?').unwrap().1;
+            let values: Vec<String> = query
+                .split('&')
+                .filter_map(|p| p.strip_prefix("kmsKeyName="))
+                .map(|v| crate::http::percent_decode(v, false))
+                .collect();
+            assert_eq!(values, [KEY]);
+        }
+        // Reads and listings do not carry it (GCS decrypts by itself).
+        assert!(!get_k(&g, "k", None).path.contains("kmsKeyName"));
+        assert!(!put_k(&google(), "k", &PutMode::Overwrite)
+            .path
+            .contains("kmsKeyName"));
+    }
+
+    #[test]
+    fn kms_key_names_are_checked_for_shape() {
+        assert!(KmsKeyName::parse("projects/p/locations/global/keyRings/r/cryptoKeys/k").is_ok());
+        for bad in [
+            "",
+            "fallback-key",
+            "projects/p/locations/global/keyRings/r/cryptoKeys/",
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1",
+            "projects/p/locations/global/keyRings/r/keys/k",
+            "projects//locations/global/keyRings/r/cryptoKeys/k",
+            "https://cloudkms.googleapis.com/v1/projects/p/locations/global/keyRings/r/cryptoKeys/k",
+        ] {
+            assert_eq!(KmsKeyName::parse(bad), Err(KmsKeyNameError::Shape), "{bad}");
+        }
+        assert_eq!(
+            KmsKeyName::parse("projects/p/locations/global/keyRings/r/cryptoKeys/k k"),
+            Err(KmsKeyNameError::Characters)
+        );
+        assert!(KmsKeyNameError::Shape
+            .to_string()
+            .contains("projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>"));
     }
 
     #[test]

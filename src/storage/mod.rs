@@ -157,7 +157,10 @@ impl ObjectStore {
         }
     }
 
-    /// A JSON object write with the given precondition.
+    /// A JSON object write with the given precondition, carrying the
+    /// backend's encryption options on every write (S3
+    /// [`S3PutOptions`](s3::S3PutOptions), GCS `kmsKeyName`, Azure
+    /// `x-ms-encryption-scope`): the config and the election lease alike.
     pub fn put(
         &self,
         key: &str,

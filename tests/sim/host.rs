@@ -77,6 +77,43 @@ pub struct Store {
     /// Keys read, in order.
     pub reads: Vec<String>,
     pub listings: u64,
+    /// The fleet signs and encrypts its snapshots ([`snapshot_env`]):
+    /// every `config.json` written must verify and hide its routes.
+    pub protected: bool,
+}
+
+/// The snapshot keys of a protected fleet, as environment variables.
+pub fn snapshot_env(name: &str) -> Option<String> {
+    use fallback_config::keys::{env, SigningKey};
+    let signing = format!(
+        "sim-sign:{}",
+        "BQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU="
+    );
+    match name {
+        env::SIGNING_KEY => Some(signing),
+        env::TRUSTED_KEYS => SigningKey::parse(&signing).ok().map(|k| k.public_entry()),
+        // 32 bytes of 6, then of 7: the first encrypts.
+        env::ENCRYPTION_KEYS => Some(
+            "sim-enc:BgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgYGBgY=,sim-old:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// The keys of a protected fleet, parsed as a node would.
+pub fn snapshot_keys() -> fallback_config::keys::SnapshotKeys {
+    let plugin = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_export":true,
+        "cluster_fallback_config_storage":"s3://bkt/pre","storage":{"endpoint":"http://store:9000"}}"#;
+    let env = |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some("SK".to_string()),
+        _ => snapshot_env(k),
+    };
+    match fallback_config::settings::Settings::parse(plugin.as_bytes(), &env) {
+        Ok(s) => s.snapshot,
+        Err(e) => panic!("the simulated keys: {e}"),
+    }
 }
 
 pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -115,6 +152,13 @@ enum Op {
 }
 
 impl Store {
+    pub fn protected(protected: bool) -> Self {
+        Store {
+            protected,
+            ..Store::default()
+        }
+    }
+
     fn op(req: &HttpRequest) -> Op {
         let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
         let param = |name: &str| {
@@ -233,7 +277,19 @@ impl Store {
                 };
                 if key.ends_with("/config.json") {
                     let version = env!("CARGO_PKG_VERSION");
-                    match envelope::open(&body, version) {
+                    let keys = snapshot_keys();
+                    let trust = match self.protected {
+                        true => envelope::Trust {
+                            require_signature: true,
+                            trusted: &keys.trusted,
+                            decryption: &keys.encryption,
+                        },
+                        false => envelope::Trust::NONE,
+                    };
+                    if self.protected && String::from_utf8_lossy(&body).contains("routes") {
+                        panic!("a protected fleet wrote its routes in clear text");
+                    }
+                    match envelope::open(&body, version, &trust) {
                         Ok(o) => self.config_writes.push(ConfigWrite {
                             writer: writer.to_string(),
                             exporter: o.exporter,

@@ -38,6 +38,10 @@ pub struct NodeSpec {
     /// GCS (an access token from a token endpoint) instead of S3.
     pub gcs: bool,
     pub storage_timeout_ms: u64,
+    /// Signs and encrypts snapshots, and requires signatures (the keys of
+    /// [`super::host::snapshot_env`]); a fleet is protected or not as a
+    /// whole.
+    pub protected: bool,
 }
 
 impl NodeSpec {
@@ -234,7 +238,7 @@ impl World {
             events: HashMap::new(),
             seq: 0,
             procs: Vec::new(),
-            store: Store::default(),
+            store: Store::protected(specs.iter().any(|s| s.protected)),
             cp: Cp {
                 up: true,
                 revision: 1,
@@ -348,13 +352,19 @@ impl World {
         proc.next_context += 1;
         let mut core = Root::new(context_id);
         let plugin = proc.spec.plugin();
+        let protected = proc.spec.protected;
         let env = |k: &str| match k {
             "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
             "AWS_SECRET_ACCESS_KEY" => Some("SK".to_string()),
             "GCP_SERVICE_ACCOUNT" => Some(super::host::service_account_json()),
+            _ if protected => super::host::snapshot_env(k),
             _ => None,
         };
-        if let Err(e) = core.configure(plugin.as_bytes(), &env, None, random, time) {
+        let mut entropy = [0u8; 32];
+        for chunk in entropy.chunks_mut(8) {
+            chunk.copy_from_slice(&random.rotate_left(chunk.len() as u32 * 7).to_le_bytes());
+        }
+        if let Err(e) = core.configure(plugin.as_bytes(), &env, None, random, Some(entropy), time) {
             panic!("configure: {e}");
         }
         let mut root = SimRoot {
@@ -948,14 +958,25 @@ impl World {
     pub fn seed_other_versions(&mut self) {
         let stamp = Timestamp::from_secs(1_800_000_000);
         for (version, revision) in [("0.0.9", 0u32), ("9.9.9", 99)] {
-            let body = fallback_config::envelope::seal(fallback_config::envelope::Export {
-                config: super::host::cp_config(revision).as_bytes(),
-                revision: &format!("r{revision}"),
-                version,
-                exporter: "an-earlier-fleet",
-                exported_at: stamp,
-                term: 1,
-            })
+            let keys = super::host::snapshot_keys();
+            let protection = match self.store.protected {
+                true => fallback_config::envelope::Protection {
+                    signing: keys.signing.as_ref(),
+                    encryption: keys.encryption.first().map(|k| (k, [revision as u8; 24])),
+                },
+                false => fallback_config::envelope::Protection::NONE,
+            };
+            let body = fallback_config::envelope::seal(
+                fallback_config::envelope::Export {
+                    config: super::host::cp_config(revision).as_bytes(),
+                    revision: &format!("r{revision}"),
+                    version,
+                    exporter: "an-earlier-fleet",
+                    exported_at: stamp,
+                    term: 1,
+                },
+                protection,
+            )
             .unwrap_or_default();
             self.store.objects.insert(
                 format!("pre/{version}/config.json"),
