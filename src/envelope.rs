@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! {"format":2,"version","revision","exported_at","exporter","term",
-//!  "sha256": hex SHA-256 of the config bytes (the plaintext),
-//!  "config": the CP's JSON verbatim          -- or, encrypted:
+//!  "sha256": hex SHA-256 of the config bytes, "config": the CP's JSON
+//!  verbatim                                  -- or, encrypted:
 //!  "encryption": {"alg":"XChaCha20-Poly1305","key_id","nonce"},
-//!  "ciphertext": base64,
+//!  "ciphertext": base64 (no sha256: the AEAD tag checks the plaintext),
 //!  "signature": {"alg":"Ed25519","key_id","value"}}
 //! ```
 //!
@@ -21,14 +21,24 @@
 //! associated data is the header the same way, so a ciphertext cannot be
 //! moved under another revision, version or term.
 //!
+//! An encrypted envelope carries no digest of its plaintext: a bucket
+//! reader could otherwise confirm a guessed config (or see that two
+//! snapshots hold the same one). The AEAD tag already proves the
+//! plaintext intact.
+//!
+//! The storage location (bucket, prefix) is deliberately not signed: a
+//! snapshot copied into another bucket (disaster recovery, seeding a new
+//! region) must still verify. One signing key per environment keeps a
+//! staging snapshot out of production.
+//!
 //! XChaCha20-Poly1305 rather than AES-256-GCM: it is constant time and
 //! fast in plain software (wasm has no AES instructions, and a software
 //! AES is either slow or table-based), and its 192-bit nonces may be
 //! drawn at random for every export without any risk of a repeat.
 //!
 //! [`open`] checks, in this order, before the config is parsed or used:
-//! signature present → key id trusted → signature valid → version →
-//! decrypt → sha256 → config valid. Format 1 (unsigned, plaintext) stays
+//! signature present → key id trusted → signature valid → encrypted (when
+//! required) → version → decrypt → sha256 (plain) → config valid. Format 1 (unsigned, plaintext) stays
 //! readable only while no signature is required.
 
 use crate::gateway::{GatewayConfig, GatewayConfigError};
@@ -72,7 +82,9 @@ struct EnvelopeOut<'a> {
     exporter: &'a str,
     /// The writer's leader term: the fence against stale leaders.
     term: u64,
-    sha256: String,
+    /// Plain envelopes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encryption: Option<Encryption>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,7 +123,10 @@ struct EnvelopeIn<'a> {
     /// Absent in envelopes written before leader election existed.
     #[serde(default)]
     term: u64,
-    sha256: String,
+    /// Required in a plain envelope; an encrypted one written by an
+    /// earlier build of format 2 may still carry it, and it is checked.
+    #[serde(default)]
+    sha256: Option<String>,
     #[serde(default)]
     encryption: Option<Encryption>,
     #[serde(borrow, default)]
@@ -155,6 +170,9 @@ impl Protection<'_> {
 pub struct Trust<'a> {
     /// Refuse unsigned snapshots (and format 1).
     pub require_signature: bool,
+    /// Refuse plaintext snapshots: where encryption is on, a plain one can
+    /// only be a mistake or, without signatures, a forgery.
+    pub require_encryption: bool,
     pub trusted: &'a [TrustedKey],
     pub decryption: &'a [EncryptionKey],
 }
@@ -163,6 +181,7 @@ impl Trust<'_> {
     /// No keys, nothing required: what a build without snapshot keys reads.
     pub const NONE: Trust<'static> = Trust {
         require_signature: false,
+        require_encryption: false,
         trusted: &[],
         decryption: &[],
     };
@@ -176,6 +195,7 @@ struct Header<'a> {
     exported_at: &'a str,
     exporter: &'a str,
     term: u64,
+    /// Empty when the envelope has none (encrypted).
     sha256: &'a str,
 }
 
@@ -247,7 +267,10 @@ pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, E
     let raw: Box<RawValue> =
         serde_json::from_str(text).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
     let config_bytes = raw.get().as_bytes();
-    let sha256 = sha256_hex(config_bytes);
+    let sha256 = match protection.encryption {
+        None => sha256_hex(config_bytes),
+        Some(_) => String::new(),
+    };
     let exported_at = export.exported_at.rfc3339();
     let header = Header {
         format: FORMAT,
@@ -296,7 +319,7 @@ pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, E
         exported_at: exported_at.clone(),
         exporter: export.exporter,
         term: export.term,
-        sha256: sha256.clone(),
+        sha256: (!sha256.is_empty()).then_some(sha256),
         encryption: encryption.map(|(id, nonce)| Encryption {
             alg: ENCRYPTION_ALG.to_string(),
             key_id: id.to_string(),
@@ -354,6 +377,8 @@ pub enum EnvelopeError {
     UnsupportedFormat(u64),
     /// No signature, or format 1, while one is required.
     Unsigned,
+    /// A plaintext snapshot where encryption is on.
+    Unencrypted,
     UnsupportedSignature {
         alg: String,
     },
@@ -405,6 +430,9 @@ impl fmt::Display for EnvelopeError {
                 "envelope format {n} is not supported (expected {FORMAT_UNSIGNED} or {FORMAT})"
             ),
             EnvelopeError::Unsigned => f.write_str("unsigned snapshot refused"),
+            EnvelopeError::Unencrypted => f.write_str(
+                "unencrypted snapshot refused (snapshot.encrypt is on: only encrypted snapshots are imported)",
+            ),
             EnvelopeError::UnsupportedSignature { alg } => {
                 write!(f, "signature algorithm \"{alg}\" is not supported (expected {SIGNATURE_ALG})")
             }
@@ -451,8 +479,8 @@ impl fmt::Display for EnvelopeError {
 
 impl std::error::Error for EnvelopeError {}
 
-/// The `term` of a stored envelope, read without verifying anything else:
-/// a leader must respect the fence even when the rest is unusable.
+/// The `term` of a stored envelope, read without verifying anything else.
+/// Only for a node without trusted keys: see [`fence_term`].
 pub fn stored_term(bytes: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]
     struct Term {
@@ -461,9 +489,44 @@ pub fn stored_term(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Term>(bytes).ok().map(|t| t.term)
 }
 
-/// Parses and verifies `config.json` for an importer of `version`.
-pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, EnvelopeError> {
-    let env: EnvelopeIn<'_> =
+/// The leader term a stored envelope fences a writer with. A node that
+/// can verify signatures obeys only a term signed by a trusted key:
+/// otherwise anyone with write access to the bucket could store a huge
+/// term and make every exporter stand down for good. An unverified
+/// envelope counts as term 0, so the leader replaces it (still under its
+/// conditional write). A node without trusted keys has nothing to check
+/// with and obeys the stated term, as before signatures existed.
+pub fn fence_term(bytes: &[u8], trusted: &[TrustedKey]) -> u64 {
+    if trusted.is_empty() {
+        return stored_term(bytes).unwrap_or(0);
+    }
+    let trust = Trust {
+        require_signature: true,
+        require_encryption: false,
+        trusted,
+        decryption: &[],
+    };
+    match verified(bytes, &trust) {
+        Ok(v) if v.signed_by.is_some() => v.env.term,
+        _ => 0,
+    }
+}
+
+/// An envelope whose signature, where there is one this node can check,
+/// verified.
+struct Verified<'a> {
+    env: EnvelopeIn<'a>,
+    /// The stored config bytes, as signed: the raw JSON, or the ciphertext.
+    stored: Vec<u8>,
+    nonce: Option<[u8; NONCE_LEN]>,
+    signed_by: Option<String>,
+}
+
+/// Parses the envelope and checks its signature, before anything else
+/// about it: with a signature required, an unsigned envelope is reported
+/// as unsigned whatever else is wrong with it.
+fn verified<'a>(bytes: &'a [u8], trust: &Trust<'_>) -> Result<Verified<'a>, EnvelopeError> {
+    let env: EnvelopeIn<'a> =
         serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
     match env.format {
         FORMAT => {}
@@ -471,23 +534,19 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
         FORMAT_UNSIGNED => return Err(EnvelopeError::Unsigned),
         n => return Err(EnvelopeError::UnsupportedFormat(n)),
     }
+    if trust.require_signature && env.signature.is_none() {
+        return Err(EnvelopeError::Unsigned);
+    }
     let v1 = env.format == FORMAT_UNSIGNED;
     if v1 && (env.encryption.is_some() || env.ciphertext.is_some() || env.signature.is_some()) {
         return Err(EnvelopeError::Malformed(
             "format 1 has no encryption, ciphertext or signature",
         ));
     }
-    let header = Header {
-        format: env.format,
-        version: &env.version,
-        revision: &env.revision,
-        exported_at: &env.exported_at,
-        exporter: &env.exporter,
-        term: env.term,
-        sha256: &env.sha256,
-    };
-    // The stored config bytes, as signed: the raw JSON, or the ciphertext.
-    let (stored, encryption) = match (&env.encryption, env.config, &env.ciphertext) {
+    let (stored, nonce) = match (&env.encryption, env.config, &env.ciphertext) {
+        (None, Some(_), None) if env.sha256.is_none() => {
+            return Err(EnvelopeError::Malformed("a plain envelope has `sha256`"))
+        }
         (None, Some(raw), None) => (raw.get().as_bytes().to_vec(), None),
         (Some(enc), None, Some(c)) => {
             let c = BASE64
@@ -500,7 +559,7 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
                 .ok_or(EnvelopeError::Malformed(
                     "encryption.nonce is not 24 bytes of base64",
                 ))?;
-            (c, Some((enc, nonce)))
+            (c, Some(nonce))
         }
         (None, _, _) => {
             return Err(EnvelopeError::Malformed(
@@ -513,16 +572,49 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
             ))
         }
     };
-    let signed_by = verify_signature(&env, &header, &stored, encryption.as_ref(), trust)?;
+    let encryption = env.encryption.as_ref().zip(nonce.as_ref());
+    let signed_by = verify_signature(&env, &stored, encryption, trust)?;
+    Ok(Verified {
+        env,
+        stored,
+        nonce,
+        signed_by,
+    })
+}
+
+impl EnvelopeIn<'_> {
+    fn header(&self) -> Header<'_> {
+        Header {
+            format: self.format,
+            version: &self.version,
+            revision: &self.revision,
+            exported_at: &self.exported_at,
+            exporter: &self.exporter,
+            term: self.term,
+            sha256: self.sha256.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+/// Parses and verifies `config.json` for an importer of `version`.
+pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, EnvelopeError> {
+    let Verified {
+        env,
+        stored,
+        nonce,
+        signed_by,
+    } = verified(bytes, trust)?;
+    if trust.require_encryption && env.encryption.is_none() {
+        return Err(EnvelopeError::Unencrypted);
+    }
     if env.version != version {
         return Err(EnvelopeError::VersionMismatch {
             found: env.version,
             expected: version.to_string(),
         });
     }
-    let (config_bytes, encrypted_with) = match encryption {
-        None => (stored, None),
-        Some((enc, nonce)) => {
+    let (config_bytes, encrypted_with) = match (&env.encryption, nonce) {
+        (Some(enc), Some(nonce)) => {
             if enc.alg != ENCRYPTION_ALG {
                 return Err(EnvelopeError::UnsupportedEncryption {
                     alg: enc.alg.clone(),
@@ -541,7 +633,7 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
                     XNonce::from_slice(&nonce),
                     Payload {
                         msg: &stored,
-                        aad: &header.aad(&enc.alg, &enc.key_id),
+                        aad: &env.header().aad(&enc.alg, &enc.key_id),
                     },
                 )
                 .map_err(|_| EnvelopeError::DecryptFailed {
@@ -549,20 +641,34 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
                 })?;
             (plain, Some(enc.key_id.clone()))
         }
+        _ => (stored, None),
     };
     let actual = sha256_hex(&config_bytes);
-    if !actual.eq_ignore_ascii_case(env.sha256.trim()) {
-        return Err(EnvelopeError::Sha256Mismatch {
-            stated: env.sha256,
-            actual,
-        });
+    if let Some(stated) = env.sha256.as_deref() {
+        if !actual.eq_ignore_ascii_case(stated.trim()) {
+            return Err(EnvelopeError::Sha256Mismatch {
+                stated: stated.to_string(),
+                actual,
+            });
+        }
     }
-    let config = GatewayConfig::parse(&config_bytes)
-        .map_err(|e: GatewayConfigError| EnvelopeError::InvalidConfig(e.to_string()))?;
+    let encrypted = encrypted_with.is_some();
+    let config = GatewayConfig::parse(&config_bytes).map_err(|e: GatewayConfigError| {
+        EnvelopeError::InvalidConfig(if encrypted {
+            e.redacted()
+        } else {
+            e.to_string()
+        })
+    })?;
     if config.revision != env.revision {
         return Err(EnvelopeError::RevisionMismatch {
             envelope: env.revision,
-            config: config.revision,
+            // The config's text stays out of logs when it was encrypted.
+            config: if encrypted {
+                "(withheld: encrypted)".to_string()
+            } else {
+                config.revision
+            },
         });
     }
     Ok(Opened {
@@ -584,9 +690,8 @@ pub fn open(bytes: &[u8], version: &str, trust: &Trust<'_>) -> Result<Opened, En
 /// checked (nothing to check it with); one by a known key must verify.
 fn verify_signature(
     env: &EnvelopeIn<'_>,
-    header: &Header<'_>,
     stored: &[u8],
-    encryption: Option<&(&Encryption, [u8; NONCE_LEN])>,
+    encryption: Option<(&Encryption, &[u8; NONCE_LEN])>,
     trust: &Trust<'_>,
 ) -> Result<Option<String>, EnvelopeError> {
     let Some(sig) = &env.signature else {
@@ -619,7 +724,7 @@ fn verify_signature(
         .and_then(|v| v.try_into().ok())
         .ok_or_else(bad)?;
     let enc = encryption.map(|(e, nonce)| (e.alg.as_str(), e.key_id.as_str(), &nonce[..]));
-    let message = header.signed(enc, (&sig.alg, &sig.key_id), stored);
+    let message = env.header().signed(enc, (&sig.alg, &sig.key_id), stored);
     if !key.verify(&message, &value) {
         return Err(bad());
     }
@@ -685,6 +790,7 @@ mod tests {
     fn trust(k: &Keys) -> Trust<'_> {
         Trust {
             require_signature: true,
+            require_encryption: false,
             trusted: &k.trusted,
             decryption: &k.enc,
         }
@@ -926,6 +1032,7 @@ mod tests {
         .unwrap();
         let loose = Trust {
             require_signature: false,
+            require_encryption: false,
             trusted: &[],
             decryption: &k.enc,
         };
@@ -1017,6 +1124,7 @@ mod tests {
         let both_trusted = public(&[&new_signer, &old_signer]);
         let both = Trust {
             require_signature: true,
+            require_encryption: false,
             trusted: &both_trusted,
             decryption: &both_enc,
         };
@@ -1032,6 +1140,7 @@ mod tests {
         let new_trusted = public(&[&new_signer]);
         let only_new = Trust {
             require_signature: true,
+            require_encryption: false,
             trusted: &new_trusted,
             decryption: &new_enc,
         };
@@ -1091,6 +1200,165 @@ mod tests {
         let sealed_bad = seal(export(bad_cfg), Protection::NONE).unwrap();
         let e = open(&sealed_bad, "0.1.0", none).unwrap_err();
         assert!(e.to_string().contains("routes[0].paths[0]"), "{e}");
+    }
+
+    #[test]
+    fn only_plain_envelopes_carry_a_digest() {
+        let k = keys();
+        assert_eq!(json(&sealed())["sha256"], sha256_hex(CONFIG.as_bytes()));
+        // A digest of the plaintext would let a bucket reader confirm a
+        // guessed config: the AEAD tag checks it instead.
+        assert!(json(&protected(&k)).get("sha256").is_none());
+        let mut v = json(&sealed());
+        v.as_object_mut().unwrap().remove("sha256");
+        assert_eq!(
+            open(&reserialise(&v), "0.1.0", &Trust::NONE),
+            Err(EnvelopeError::Malformed("a plain envelope has `sha256`"))
+        );
+    }
+
+    #[test]
+    fn with_encryption_on_a_plain_snapshot_is_refused() {
+        let k = keys();
+        let sealed_only = Trust {
+            require_encryption: true,
+            ..trust(&k)
+        };
+        let signed_plain = seal(
+            export(CONFIG),
+            Protection {
+                signing: Some(&k.signing),
+                encryption: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            open(&signed_plain, "0.1.0", &sealed_only),
+            Err(EnvelopeError::Unencrypted)
+        );
+        assert!(EnvelopeError::Unencrypted
+            .to_string()
+            .starts_with("unencrypted snapshot refused"));
+        // Encryption without signatures: a forger without the key can only
+        // write plaintext, and that is refused.
+        let enc_only = Trust {
+            require_signature: false,
+            trusted: &[],
+            ..sealed_only
+        };
+        assert_eq!(
+            open(&sealed(), "0.1.0", &enc_only),
+            Err(EnvelopeError::Unencrypted)
+        );
+        assert!(open(&protected(&k), "0.1.0", &sealed_only).is_ok());
+    }
+
+    /// With a signature required, a missing one is what is reported,
+    /// whatever else is wrong with the envelope.
+    #[test]
+    fn unsigned_is_reported_before_a_malformed_shape() {
+        let k = keys();
+        let mut v = json(&protected(&k));
+        v.as_object_mut().unwrap().remove("signature");
+        v["config"] = serde_json::json!({"revision": "r1"});
+        assert_eq!(
+            open(&reserialise(&v), "0.1.0", &trust(&k)),
+            Err(EnvelopeError::Unsigned)
+        );
+        let loose = Trust {
+            require_signature: false,
+            ..trust(&k)
+        };
+        assert!(matches!(
+            open(&reserialise(&v), "0.1.0", &loose),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
+    /// The fence a leader obeys: with trusted keys only a signed term.
+    #[test]
+    fn the_fence_obeys_only_a_verified_term() {
+        let k = keys();
+        let signed = protected(&k);
+        assert_eq!(fence_term(&signed, &k.trusted), 4);
+        assert_eq!(fence_term(&signed, &[]), 4);
+        // A bucket writer stores a huge term: unsigned, re-signed by
+        // another key, or with the signed term edited.
+        let mut forged = json(&sealed());
+        forged["term"] = u64::MAX.into();
+        let forged = reserialise(&forged);
+        assert_eq!(fence_term(&forged, &k.trusted), 0);
+        let by_other = seal(
+            Export {
+                term: u64::MAX,
+                ..export(CONFIG)
+            },
+            Protection {
+                signing: Some(&k.other_signer),
+                encryption: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(fence_term(&by_other, &k.trusted), 0);
+        let mut edited = json(&signed);
+        edited["term"] = u64::MAX.into();
+        assert_eq!(fence_term(&reserialise(&edited), &k.trusted), 0);
+        assert_eq!(fence_term(b"not json", &k.trusted), 0);
+        // Without keys there is nothing to verify with: the stated term.
+        assert_eq!(fence_term(&forged, &[]), u64::MAX);
+    }
+
+    /// serde quotes what it cannot use; from an encrypted config that
+    /// must not reach a log.
+    #[test]
+    fn errors_from_an_encrypted_config_quote_none_of_it() {
+        let k = keys();
+        let bad =
+            r#"{"revision":"r1","routes":[{"name":"n","paths":"/secret-path","upstream":"u"}]}"#;
+        let seal_with = |encryption| {
+            seal(
+                export(bad),
+                Protection {
+                    signing: Some(&k.signing),
+                    encryption,
+                },
+            )
+            .unwrap()
+        };
+        let plain = open(&seal_with(None), "0.1.0", &trust(&k)).unwrap_err();
+        assert!(plain.to_string().contains("/secret-path"), "{plain}");
+        let e = open(
+            &seal_with(Some((&k.enc[0], [9; NONCE_LEN]))),
+            "0.1.0",
+            &trust(&k),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, EnvelopeError::InvalidConfig(_)));
+        assert!(!text.contains("secret-path"), "{text}");
+        assert!(text.contains("line 1 column"), "{text}");
+        let other = r#"{"revision":"r2","routes":[]}"#;
+        let sealed = seal(
+            Export {
+                config: other.as_bytes(),
+                ..export(CONFIG)
+            },
+            Protection {
+                signing: None,
+                encryption: Some((&k.enc[0], [9; NONCE_LEN])),
+            },
+        )
+        .unwrap();
+        let e = open(
+            &sealed,
+            "0.1.0",
+            &Trust {
+                decryption: &k.enc,
+                ..Trust::NONE
+            },
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains("r2"), "{e}");
     }
 
     #[test]

@@ -159,6 +159,9 @@ pub struct HostRefusal {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     // ---- process ----
+    /// Signatures are required but `import.max_age_s` is unset: any old
+    /// validly signed snapshot in the bucket would be imported.
+    ReplayUnbounded,
     Configured {
         import: bool,
         export: bool,
@@ -375,6 +378,7 @@ impl Event {
             | ExportRefusedNoEtag { .. }
             | LeaseUnparseable
             | ImportVersionSkipped { .. }
+            | ReplayUnbounded
             | ElectionFailed { .. }
             | CredentialsFailed { .. } => Level::Warn,
             LeaseTermsExhausted { .. }
@@ -402,6 +406,9 @@ impl fmt::Display for Event {
                     "configured: import={import} export={export} storage={storage} node_id={node}"
                 )
             }
+            ReplayUnbounded => f.write_str(
+                "import.max_age_s is not set: an importer would apply any validly signed snapshot, however old (someone with write access to the bucket can put back an old one); set it to bound that",
+            ),
             ClockChosen(source) => write!(f, "timers run on the {}", source.as_str()),
             WallClockJumped { by_ms } => write!(
                 f,

@@ -33,8 +33,13 @@ pub struct Route {
 /// Why a gateway config was refused. Names the offending field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GatewayConfigError {
-    /// Not JSON, or not of the config's shape (serde's message names the field).
-    Parse(String),
+    /// Not JSON, or not of the config's shape (serde's message names the
+    /// field, and may quote a value: see [`GatewayConfigError::redacted`]).
+    Parse {
+        message: String,
+        line: usize,
+        column: usize,
+    },
     /// A field has a value we cannot route with.
     Invalid { field: String, reason: &'static str },
 }
@@ -42,7 +47,9 @@ pub enum GatewayConfigError {
 impl fmt::Display for GatewayConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GatewayConfigError::Parse(m) => write!(f, "gateway config does not parse: {m}"),
+            GatewayConfigError::Parse { message, .. } => {
+                write!(f, "gateway config does not parse: {message}")
+            }
             GatewayConfigError::Invalid { field, reason } => {
                 write!(f, "gateway config field `{field}` {reason}")
             }
@@ -51,6 +58,20 @@ impl fmt::Display for GatewayConfigError {
 }
 
 impl std::error::Error for GatewayConfigError {}
+
+impl GatewayConfigError {
+    /// The message without anything taken from the config's text: serde
+    /// quotes the values it cannot use, which must not reach a log when
+    /// the config was encrypted. Field paths and reasons hold no values.
+    pub fn redacted(&self) -> String {
+        match self {
+            GatewayConfigError::Parse { line, column, .. } => format!(
+                "gateway config does not parse at line {line} column {column} (details withheld: the config was encrypted)"
+            ),
+            GatewayConfigError::Invalid { .. } => self.to_string(),
+        }
+    }
+}
 
 /// The request attributes a route is chosen by.
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +87,11 @@ impl GatewayConfig {
     /// Parses and validates the JSON the control plane sent.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayConfigError> {
         let mut config: GatewayConfig =
-            serde_json::from_slice(bytes).map_err(|e| GatewayConfigError::Parse(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| GatewayConfigError::Parse {
+                message: e.to_string(),
+                line: e.line(),
+                column: e.column(),
+            })?;
         config.validate()?;
         // Normalise once so matching is cheap.
         for route in &mut config.routes {

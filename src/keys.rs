@@ -482,9 +482,11 @@ mod tests {
             assert_eq!(imp.encrypting().map(EncryptionKey::id), Some("e1"));
             assert_eq!(imp.encryption.len(), 2);
             // An exporter signs whenever it has a key; its own public key
-            // is trusted.
+            // is trusted, so signatures are required by default.
             let exp = parse(false, true, "", &[signing()]).unwrap();
-            assert!(!exp.require_signature && !exp.encrypt);
+            assert!(exp.require_signature && !exp.encrypt);
+            let both = parse(true, true, "", &[signing()]).unwrap();
+            assert!(both.require_signature, "an exporter that imports");
             assert_eq!(exp.trusted, vec![exp.signing.as_ref().unwrap().public()]);
             // Explicit settings win over the defaults.
             let off = parse(
@@ -581,7 +583,7 @@ mod tests {
                     r#","snapshot":{"sign":true}"#,
                     vec![],
                     "snapshot.sign",
-                    "",
+                    "is not a known field",
                 ),
                 (
                     true,
@@ -589,7 +591,7 @@ mod tests {
                     r#","snapshot":{"encrypt":"yes"}"#,
                     vec![],
                     "snapshot.encrypt",
-                    "",
+                    "must be true or false, got \"yes\"",
                 ),
             ];
             for (import, export, snapshot, vars, field, reason) in cases {

@@ -110,6 +110,12 @@ impl Root {
     ) -> Result<(), SettingsError> {
         self.read_clock(time);
         let settings = Settings::parse(json, env)?;
+        if settings.export && settings.snapshot.encrypting().is_some() && entropy.is_none() {
+            return Err(SettingsError {
+                field: "snapshot.encrypt".to_string(),
+                reason: "needs the host's randomness for nonces, and the host gave none (WASI random_get failed)".to_string(),
+            });
+        }
         let node_id = settings
             .node_id
             .clone()
@@ -431,5 +437,45 @@ impl Root {
         while let Some(input) = self.deferred.pop_front() {
             self.run(input);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    const PLUGIN: &[u8] = br#"{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"s3://b/p","storage":{"region":"us-east-1"}}"#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "AWS_ACCESS_KEY_ID" => Some("AK".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("SK".into()),
+            "FALLBACK_CONFIG_ENCRYPTION_KEYS" => {
+                Some("e1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn configure(json: &[u8], entropy: Option<[u8; 32]>) -> Result<(), SettingsError> {
+        let time = HostTime {
+            monotonic_ns: Some(1),
+            wall: Timestamp::from_secs(1_700_000_000),
+        };
+        Root::new(1).configure(json, &env, None, 7, entropy, time)
+    }
+
+    /// An exporter that must encrypt cannot draw nonces without the
+    /// host's randomness: it fails to start rather than export in clear
+    /// or never export at all.
+    #[test]
+    fn an_encrypting_exporter_needs_the_hosts_randomness() {
+        let e = configure(PLUGIN, None).unwrap_err();
+        assert_eq!(e.field, "snapshot.encrypt");
+        assert!(e.reason.contains("random_get"), "{e}");
+        assert!(configure(PLUGIN, Some([3; 32])).is_ok());
+        let plain = br#"{"cluster_fallback_config_export":true,"cluster_fallback_config_storage":"s3://b/p","snapshot":{"encrypt":false},"storage":{"region":"us-east-1"}}"#;
+        assert!(configure(plain, None).is_ok());
     }
 }

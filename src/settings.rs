@@ -354,7 +354,9 @@ fn snapshot_keys(
         .map(|t| keys::parse_encryption(&t).map_err(fail(keys::env::ENCRYPTION_KEYS)))
         .transpose()?
         .unwrap_or_default();
-    let require_signature = require_signature.unwrap_or(!trusted.is_empty());
+    // Trusted keys include the node's own public key (added below): a node
+    // that signs also requires signatures on what it imports.
+    let require_signature = require_signature.unwrap_or(!trusted.is_empty() || signing.is_some());
     let encrypt = encrypt.unwrap_or(!encryption.is_empty());
     if encrypt && encryption.is_empty() {
         return err(

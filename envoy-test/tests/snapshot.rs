@@ -10,6 +10,7 @@
 //! The Ed25519 keys are RFC 8032 §7.1's TEST 1 and TEST 2 (their public
 //! keys are the RFC's, not derived here), so the harness needs no crypto.
 
+use envoy_test::control_plane::{gateway_config, Route};
 use envoy_test::envoy::Envoy;
 use envoy_test::on_stores;
 use envoy_test::plugin::PluginConfig;
@@ -185,6 +186,14 @@ fn forged_unsigned_untrusted_and_undecryptable_snapshots_are_refused(kind: Store
     expect_refused(&envoy, "signed by untrusted key \"s1\"");
     envoy.stop();
 
+    // Signed but in clear, where the importer has encryption on: without
+    // signatures that is what a forger without the key would write.
+    stack.write_object(&signed);
+    let encrypting = [trusting[0].clone(), (ENCRYPTION, format!("e1:{ENC_1}"))];
+    let mut envoy = importer(&stack, "in-clear", &encrypting);
+    expect_refused(&envoy, "unencrypted snapshot refused");
+    envoy.stop();
+
     // Encrypted with a key the importer lacks.
     let encrypted = export_with(
         &stack,
@@ -300,7 +309,16 @@ fn only_envoys_own_debug_logs_show_credentials() {
         "info",
         Some("wasm:trace"),
     );
-    stack.cp.set_config(&echo_config("r2"));
+    // Names found only in the encrypted config: no log may show them.
+    let hidden = gateway_config(
+        "r2",
+        &[Route::new(
+            "hidden-route-name",
+            &["/echo", "/hidden-path-prefix"],
+            ECHO,
+        )],
+    );
+    stack.cp.set_config(&hidden);
     ok(exporter_env.wait_log("exported revision r2", TIMEOUT));
     exporter_env.stop();
     stack.cp.down();
@@ -329,6 +347,8 @@ fn only_envoys_own_debug_logs_show_credentials() {
             "FwoGZXIvYXdzEXAMPLESESSIONTOKEN",
             SECRET_KEY,
             "\"paths\"",
+            "hidden-route-name",
+            "/hidden-path-prefix",
         ] {
             assert!(
                 !log.contains(secret),

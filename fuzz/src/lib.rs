@@ -187,6 +187,7 @@ pub mod envelope {
         let k = keys();
         let strict = Trust {
             require_signature: true,
+            require_encryption: false,
             trusted: &k.trusted,
             decryption: &k.encryption,
         };
@@ -197,7 +198,17 @@ pub mod envelope {
         let none = envelope::open(data, super::VERSION, &Trust::NONE);
         let with_keys = envelope::open(data, super::VERSION, &loose);
         let required = envelope::open(data, super::VERSION, &strict);
-        for e in [&none, &with_keys, &required]
+        let sealed_only = envelope::open(
+            data,
+            super::VERSION,
+            &Trust {
+                require_encryption: true,
+                ..strict
+            },
+        );
+        assert_eq!(envelope::fence_term(data, &[]), term.unwrap_or(0));
+        let fence = envelope::fence_term(data, &k.trusted);
+        for e in [&none, &with_keys, &required, &sealed_only]
             .into_iter()
             .filter_map(|r| r.as_ref().err())
         {
@@ -208,6 +219,12 @@ pub mod envelope {
             // and the looser checks agree on it.
             assert_eq!(o.signed_by.as_deref(), Some("fz-sign"));
             assert_eq!(with_keys.as_ref().ok(), Some(o));
+            // The fence obeys exactly the verified term.
+            assert_eq!(fence, o.term);
+        }
+        if let Ok(o) = &sealed_only {
+            assert!(o.encrypted_with.is_some());
+            assert_eq!(required.as_ref().ok(), Some(o));
         }
         if let (Ok(a), Ok(b)) = (&none, &with_keys) {
             // Keys only add checks: what opens without them opens the same.
@@ -264,6 +281,8 @@ pub mod envelope {
                 (opened.term, &opened.exporter)
             );
             assert_eq!(envelope::stored_term(&sealed), Some(opened.term));
+            let signed_term = protection.signing.map_or(0, |_| opened.term);
+            assert_eq!(envelope::fence_term(&sealed, &k.trusted), signed_term);
         }
     }
 }

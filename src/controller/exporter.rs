@@ -33,8 +33,9 @@ pub type Seq = u64;
 /// Longest wait between export retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// A revision waiting to be exported.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A revision waiting to be exported. `Debug` leaves the config out: it
+/// is what encryption hides.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub revision: String,
     pub config: Vec<u8>,
@@ -44,6 +45,18 @@ pub struct Candidate {
     /// When the CP poll that brought it was sent (0: unknown, e.g.
     /// inherited from an earlier driver).
     pub fetched: Seq,
+}
+
+impl std::fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Candidate")
+            .field("revision", &self.revision)
+            .field("config", &format_args!("({} bytes)", self.config.len()))
+            .field("sha256", &self.sha256)
+            .field("due", &self.due)
+            .field("fetched", &self.fetched)
+            .finish()
+    }
 }
 
 /// What this node knows of `config.json`.
@@ -141,6 +154,7 @@ impl Exporter {
     fn current_digest(&self, body: &[u8]) -> Option<String> {
         let trust = Trust {
             require_signature: false,
+            require_encryption: false,
             trusted: &self.keys.trusted,
             decryption: &self.keys.encryption,
         };
@@ -326,8 +340,15 @@ impl Exporter {
         match result {
             Ok(object) => {
                 // The fence: a config.json written in a newer term means a
-                // newer leader exists, whatever this node believes.
-                let stored_term = envelope::stored_term(&object.body).unwrap_or(0);
+                // newer leader exists, whatever this node believes. A node
+                // that signs has peers that sign: only a term signed by a
+                // trusted key counts. One that does not sign cannot tell its
+                // unsigned peers from a forger, and obeys any stated term.
+                let fence_keys: &[_] = match self.keys.signing {
+                    Some(_) => &self.keys.trusted,
+                    None => &[],
+                };
+                let stored_term = envelope::fence_term(&object.body, fence_keys);
                 if stored_term > my_term {
                     self.stored = Stored::Unknown;
                     return ReadVerdict::NewerTerm(stored_term);

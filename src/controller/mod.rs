@@ -222,6 +222,11 @@ impl Controller {
             outputs: Vec::new(),
             events: Vec::new(),
         };
+        // Signatures stop forgeries, not replays of an old genuine
+        // snapshot: only an age limit bounds those.
+        if import_on && !used && c.snapshot.require_signature && policy.max_age.is_none() {
+            c.events.push(Event::ReplayUnbounded);
+        }
         // Leadership is this driver's own: it starts as a follower.
         if c.status.leader || c.status.term.is_some() {
             c.set_status(now, |s| {
@@ -783,6 +788,7 @@ impl Controller {
         }
         let trust = Trust {
             require_signature: self.snapshot.require_signature,
+            require_encryption: self.snapshot.encrypt,
             trusted: &self.snapshot.trusted,
             decryption: &self.snapshot.encryption,
         };

@@ -1961,13 +1961,11 @@ fn a_read_without_an_etag_never_leads_to_an_unconditional_write() {
 /// from before a restart), wrote nothing yet, and got 412 on its first
 /// PUT: its re-read is pending.
 fn leader_of_term_2_after_a_412() -> (Sim, Call) {
-    let mut s = Sim::build(
-        &s3_settings(false, true, 0),
-        "node-7",
-        Inherited::default(),
-        1,
-        Lease::Sole,
-    );
+    leader_of_term_2_after_a_412_with(&s3_settings(false, true, 0))
+}
+
+fn leader_of_term_2_after_a_412_with(settings: &Settings) -> (Sim, Call) {
+    let mut s = Sim::build(settings, "node-7", Inherited::default(), 1, Lease::Sole);
     s.own_lease_term = Some(1);
     s.tick_cp(0, cp_ok(CFG1, "\"e1\""));
     assert!(s.events().contains(&Event::BecameLeader {
@@ -2040,6 +2038,63 @@ fn a_412_rereads_and_a_higher_stored_term_stands_the_leader_down() {
     s.tick_cp(9_000, cp_ok(CFG2, "\"e2\""));
     assert!(sends_of(s.since(mark), CallKind::ExportWrite).is_empty());
     assert!(sends_of(s.since(mark), CallKind::ExportRead).is_empty());
+}
+
+/// Someone with write access to the bucket stores a huge term to make
+/// every exporter stand down for good: a leader that can verify
+/// signatures obeys only a signed term, and replaces the forgery.
+#[test]
+fn a_signing_leader_obeys_only_a_signed_term() {
+    let settings = protected_settings(false, true, Some(("s1", 1)), &[], &[("e1", 2)]);
+    let forged = |term: u64| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&protected_envelope_in_term(&settings, CFG2, "r2", 1)).unwrap();
+        v["term"] = term.into();
+        v.to_string()
+    };
+    let by_other_key = protected_envelope_in_term(
+        &protected_settings(false, true, Some(("s1", 5)), &[], &[("e1", 2)]),
+        CFG2,
+        "r2",
+        u64::MAX,
+    );
+    let unsigned = envelope_for(CFG2, "r2", VERSION, u64::MAX);
+    for (case, body) in [
+        ("edited term", forged(u64::MAX)),
+        ("another key", by_other_key),
+        ("unsigned", unsigned),
+    ] {
+        let (mut s, reread) = leader_of_term_2_after_a_412_with(&settings);
+        s.answer(reread.token, with_etag(200, &body, "\"forged\""));
+        let events = s.events();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::StoodDown { .. })),
+            "{case}: {events:?}"
+        );
+        s.tick_cp(2, not_modified());
+        let put = s.take(CallKind::ExportWrite);
+        assert_eq!(
+            header(&put.request, "if-match"),
+            Some("\"forged\""),
+            "{case}"
+        );
+        let opened = open(
+            put.request.body.as_deref().unwrap(),
+            VERSION,
+            &trust_of(&settings),
+        )
+        .unwrap();
+        assert_eq!((opened.revision.as_str(), opened.term), ("r1", 2), "{case}");
+    }
+    // A genuinely newer leader (signed, term 3) still fences it.
+    let (mut s, reread) = leader_of_term_2_after_a_412_with(&settings);
+    let newer = protected_envelope_in_term(&settings, CFG2, "r2", 3);
+    s.answer(reread.token, with_etag(200, &newer, "\"newer\""));
+    assert!(s.events().contains(&Event::StoodDown {
+        term: 2,
+        node: "node-7".into(),
+        stored_term: 3
+    }));
 }
 
 #[test]
@@ -3587,6 +3642,15 @@ fn protected_settings(
 
 /// `config` sealed as an exporter with these settings' keys would.
 fn protected_envelope(settings: &Settings, config: &str, revision: &str) -> String {
+    protected_envelope_in_term(settings, config, revision, 1)
+}
+
+fn protected_envelope_in_term(
+    settings: &Settings,
+    config: &str,
+    revision: &str,
+    term: u64,
+) -> String {
     let keys = &settings.snapshot;
     let bytes = seal(
         Export {
@@ -3595,7 +3659,7 @@ fn protected_envelope(settings: &Settings, config: &str, revision: &str) -> Stri
             version: VERSION,
             exporter: "exp",
             exported_at: exported_at(),
-            term: 1,
+            term,
         },
         Protection {
             signing: keys.signing.as_ref(),
@@ -3609,6 +3673,7 @@ fn protected_envelope(settings: &Settings, config: &str, revision: &str) -> Stri
 fn trust_of(settings: &Settings) -> Trust<'_> {
     Trust {
         require_signature: true,
+        require_encryption: false,
         trusted: &settings.snapshot.trusted,
         decryption: &settings.snapshot.encryption,
     }
@@ -3696,14 +3761,35 @@ fn a_protected_exporter_signs_and_encrypts_and_rewrites_what_is_not_its_own() {
             )
         );
     }
-    // A forgery claiming the same digest is replaced too.
-    let mut forged: serde_json::Value = serde_json::from_str(&text).unwrap();
-    forged["signature"]["value"] = key_b64(0).repeat(2)[..86].to_string().into();
-    let (_, put) = protected_first_put(&settings, with_etag(200, &forged.to_string(), "\"f1\""));
-    assert!(
-        put.is_some(),
-        "a snapshot whose signature fails is rewritten"
-    );
+    // A forgery of the same config, signed under the same key id by
+    // another key, is replaced too.
+    let impostor = protected_settings(false, true, Some(("s1", 5)), &[], &[("e1", 2)]);
+    let forged = protected_envelope(&impostor, CFG1, "r1");
+    assert!(matches!(
+        open(forged.as_bytes(), VERSION, &trust_of(&settings)),
+        Err(EnvelopeError::BadSignature { .. })
+    ));
+    let (_, put) = protected_first_put(&settings, with_etag(200, &forged, "\"f1\""));
+    let put = put.expect("a snapshot whose signature fails is rewritten");
+    assert_eq!(header(&put.request, "if-match"), Some("\"f1\""));
+}
+
+/// Signatures do not stop a replay of an old genuine snapshot: a driver
+/// that requires them without an age limit says so, once.
+#[test]
+fn requiring_signatures_without_an_age_limit_is_warned_about() {
+    let importer = protected_settings(true, false, None, &[("s1", 1)], &[]);
+    let warned = |settings: &Settings| {
+        let mut s = Sim::new(settings);
+        s.tick(0);
+        s.events().contains(&Event::ReplayUnbounded)
+    };
+    assert!(warned(&importer));
+    assert_eq!(Event::ReplayUnbounded.level(), crate::event::Level::Warn);
+    let mut limited = importer.clone();
+    limited.import_policy.max_age = Some(Duration::from_secs(3600));
+    assert!(!warned(&limited));
+    assert!(!warned(&s3_settings(true, false, 0)), "nothing required");
 }
 
 #[test]
@@ -3726,6 +3812,12 @@ fn a_protected_importer_refuses_what_it_cannot_trust_and_retries() {
     );
     let other_enc = protected_envelope(
         &protected_settings(false, true, Some(("s1", 1)), &[], &[("k2", 7)]),
+        CFG1,
+        "r1",
+    );
+    // Signed by the trusted key but in clear, where encryption is on.
+    let signed_plain = protected_envelope(
+        &protected_settings(false, true, Some(("s1", 1)), &[], &[]),
         CFG1,
         "r1",
     );
@@ -3752,6 +3844,7 @@ fn a_protected_importer_refuses_what_it_cannot_trust_and_retries() {
                 key_id: "k2".into(),
             },
         ),
+        (signed_plain, EnvelopeError::Unencrypted),
     ];
     let (mut s, mut get) = import_pending(&importer);
     let mut at = 0;

@@ -80,6 +80,9 @@ pub struct Store {
     /// The fleet signs and encrypts its snapshots ([`snapshot_env`]):
     /// every `config.json` written must verify and hide its routes.
     pub protected: bool,
+    /// Every nonce a protected `config.json` was encrypted with: none may
+    /// repeat under one key, across roots, processes and restarts.
+    pub nonces: std::collections::HashSet<String>,
 }
 
 /// The snapshot keys of a protected fleet, as environment variables.
@@ -281,6 +284,7 @@ impl Store {
                     let trust = match self.protected {
                         true => envelope::Trust {
                             require_signature: true,
+                            require_encryption: true,
                             trusted: &keys.trusted,
                             decryption: &keys.encryption,
                         },
@@ -288,6 +292,15 @@ impl Store {
                     };
                     if self.protected && String::from_utf8_lossy(&body).contains("routes") {
                         panic!("a protected fleet wrote its routes in clear text");
+                    }
+                    if self.protected {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let enc = &v["encryption"];
+                        let nonce = format!("{}/{}", enc["key_id"], enc["nonce"]);
+                        if !self.nonces.insert(nonce.clone()) {
+                            panic!("nonce {nonce} used twice");
+                        }
                     }
                     match envelope::open(&body, version, &trust) {
                         Ok(o) => self.config_writes.push(ConfigWrite {

@@ -346,6 +346,11 @@ impl World {
         let uid = self.next_uid;
         self.next_uid += 1;
         let random = self.rng.next_u64();
+        // 32 bytes of the host's randomness, each word drawn afresh.
+        let mut entropy = [0u8; 32];
+        for chunk in entropy.chunks_mut(8) {
+            chunk.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
         let time = self.host_time(p);
         let proc = &mut self.procs[p];
         let context_id = proc.next_context;
@@ -360,10 +365,6 @@ impl World {
             _ if protected => super::host::snapshot_env(k),
             _ => None,
         };
-        let mut entropy = [0u8; 32];
-        for chunk in entropy.chunks_mut(8) {
-            chunk.copy_from_slice(&random.rotate_left(chunk.len() as u32 * 7).to_le_bytes());
-        }
         if let Err(e) = core.configure(plugin.as_bytes(), &env, None, random, Some(entropy), time) {
             panic!("configure: {e}");
         }
