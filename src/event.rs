@@ -159,6 +159,14 @@ pub struct HostRefusal {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     // ---- process ----
+    /// Where storage credentials come from, once per driver.
+    CredentialSource {
+        source: String,
+    },
+    /// Fetched credentials arrived (first or renewed).
+    CredentialsObtained {
+        expires_at: crate::time::Timestamp,
+    },
     /// Signatures are required but `import.max_age_s` is unset: any old
     /// validly signed snapshot in the bucket would be imported.
     ReplayUnbounded,
@@ -344,6 +352,7 @@ impl Event {
         use Event::*;
         match self {
             Configured { .. }
+            | CredentialsObtained { .. }
             | ClockChosen(_)
             | Published { .. }
             | PublishSuperseded { .. }
@@ -355,6 +364,7 @@ impl Event {
             | LostRace { .. } => Level::Debug,
             CpUnavailable { again: true, .. } => Level::Debug,
             DriverTaken { .. }
+            | CredentialSource { .. }
             | DriverLost { .. }
             | CpFetched { .. }
             | CpBack
@@ -406,6 +416,12 @@ impl fmt::Display for Event {
                     "configured: import={import} export={export} storage={storage} node_id={node}"
                 )
             }
+            CredentialSource { source } => write!(f, "storage credentials: {source}"),
+            CredentialsObtained { expires_at } => write!(
+                f,
+                "storage credentials obtained, valid until {}",
+                expires_at.rfc3339()
+            ),
             ReplayUnbounded => f.write_str(
                 "import.max_age_s is not set: an importer would apply any validly signed snapshot, however old (someone with write access to the bucket can put back an old one); set it to bound that",
             ),
@@ -462,7 +478,7 @@ impl fmt::Display for Event {
                 "revision {revision} replaces revision {replaced} awaiting export"
             ),
             ImportWaitingForCredentials => {
-                f.write_str("waiting for the store's access token before importing")
+                f.write_str("waiting for the store's credentials before importing")
             }
             ImportStarted { url } => write!(f, "importing fallback config from {url}"),
             ImportListing { url } => write!(
@@ -592,7 +608,7 @@ impl fmt::Display for Event {
                 )
             }
             CredentialsFailed { error } => {
-                write!(f, "cannot get an access token for the store: {error}")
+                write!(f, "{error}; retrying with backoff")
             }
         }
     }

@@ -28,7 +28,12 @@ pub struct HttpRequest {
 
 /// Headers whose values are credentials (a signature is as good as the
 /// key for replaying the request; a session token is a key).
-pub const SENSITIVE_HEADERS: &[&str] = &["authorization", "x-amz-security-token"];
+pub const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "x-amz-security-token",
+    // The EC2 IMDSv2 session token.
+    "x-aws-ec2-metadata-token",
+];
 
 impl fmt::Debug for HttpRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -48,6 +48,118 @@ fn now() -> Timestamp {
 pub struct Azurite {
     proc: Proc,
     port: u16,
+    /// Started with `--cert`/`--key` (HTTPS) by [`Azurite::start_https_oauth`].
+    https: bool,
+}
+
+/// The `x-ms-version` harness OAuth requests send (Bearer tokens need
+/// 2017-11-09 or later).
+pub const OAUTH_API_VERSION: &str = "2021-08-06";
+
+/// The Bearer-token check of Azurite 3.35 with `--oauth basic`, as read in
+/// its source (`dist/src/blob/authentication/BlobTokenAuthenticator.js`,
+/// `dist/src/common/utils/constants.js`, `dist/src/blob/utils/constants.js`):
+///
+/// - Only with `--oauth basic` is the token authenticator installed at
+///   all, and it refuses Bearer over plain HTTP (403 `AuthenticationFailed`,
+///   "Authentication scheme Bearer is not allowed with HTTP."): HTTPS
+///   (`--cert`/`--key`) is required.
+/// - The header must start with `Bearer` (else 400
+///   `InvalidAuthenticationInfo`); the rest is decoded as a JWT with
+///   `jsonwebtoken.decode`: the SIGNATURE IS NOT CHECKED (any or no
+///   signature segment; alg/kid ignored). Not a JWT: 403
+///   "Authentication scheme Bearer is not supported.".
+/// - `nbf`, `exp` and `iat` must all be present (numbers, seconds);
+///   the request time must be >= `nbf` (else "Lifetime validation
+///   failed.") and <= `exp` (else "... The token is expired."). `iat` is
+///   not compared with anything.
+/// - `iss` must START WITH one of `https://sts.windows.net/`,
+///   `https://sts.microsoftonline.de/`, `https://sts.chinacloudapi.cn/`,
+///   `https://sts.windows-ppe.net` (the v1 issuer, as Entra puts in
+///   tokens for the storage resource; a v2 `https://login.microsoftonline.com/...`
+///   issuer is refused: "Invalid token issuer.").
+/// - `aud` must match in full one of `https://storage.azure.com` (with or
+///   without the trailing `/`), `e406a681-f3d4-42a8-90b6-c2b029497af1`
+///   (Azure Storage's app id), or `https://<account>.blob.core.windows.net[/]`
+///   (and the chinacloudapi.cn / usgovcloudapi.net / cloudapi.de forms), where
+///   `<account>` must be the request's account ("Invalid token audience.").
+/// - Not checked: the signature, `tid`, `scp`/`roles` (no RBAC), `appid`,
+///   `oid`. Every failure is 403 `AuthenticationFailed` with the reason in
+///   `AuthenticationErrorDetail`. SharedKey and SAS keep working alongside.
+/// - Get/Set Container ACL skip the token check.
+///
+/// So a token it accepts only proves the shape, issuer, audience and
+/// lifetime: the fakes in [`crate::identity`] sign their JWTs (RS256) anyway
+/// and enforce the client secret / identity themselves.
+impl Azurite {
+    /// Starts `bin` on 127.0.0.1:`port` over HTTPS with `cert` / `key`
+    /// (PEM files, e.g. [`crate::tls::TestPki`]'s server certificate) and
+    /// `--oauth basic` (see the comment on this impl), in-memory data,
+    /// output to `log`; waits (up to 20 s) until it accepts connections.
+    /// [`Azurite::start`] (plain HTTP, no OAuth) is unchanged.
+    pub fn start_https_oauth(
+        bin: &Path,
+        log: &Path,
+        port: u16,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Azurite, String> {
+        let args: Vec<String> = vec![
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            port.to_string(),
+            "--inMemoryPersistence".into(),
+            "--skipApiVersionCheck".into(),
+            "--disableTelemetry".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--oauth".into(),
+            "basic".into(),
+        ];
+        let mut proc =
+            Proc::spawn("azurite-https", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
+        proc.wait_listening(port, Duration::from_secs(20))?;
+        Ok(Azurite {
+            proc,
+            port,
+            https: true,
+        })
+    }
+
+    /// One request straight to an HTTPS Azurite with `Authorization:
+    /// Bearer <token>`, `x-ms-version` [`OAUTH_API_VERSION`] and
+    /// `x-ms-date`, the server verified against `ca_pem` for `localhost`.
+    /// `path_and_query` starts with `/devstoreaccount1`, e.g.
+    /// `/devstoreaccount1?comp=list` (List Containers).
+    pub fn bearer_request(
+        &self,
+        ca_pem: &Path,
+        method: &str,
+        path_and_query: &str,
+        token: &str,
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let auth = format!("Bearer {token}");
+        let date = now().http_date();
+        let host = format!("127.0.0.1:{}", self.port);
+        crate::tls::https_request(
+            self.port,
+            "localhost",
+            ca_pem,
+            method,
+            path_and_query,
+            &[
+                ("host", &host),
+                ("authorization", &auth),
+                ("x-ms-version", OAUTH_API_VERSION),
+                ("x-ms-date", &date),
+            ],
+            body,
+        )
+    }
 }
 
 impl Azurite {
@@ -67,7 +179,11 @@ impl Azurite {
         let mut proc =
             Proc::spawn("azurite", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
         proc.wait_listening(port, Duration::from_secs(20))?;
-        Ok(Azurite { proc, port })
+        Ok(Azurite {
+            proc,
+            port,
+            https: false,
+        })
     }
 
     /// Its port.
@@ -76,9 +192,16 @@ impl Azurite {
     }
 
     /// The account's endpoint, `http://127.0.0.1:<port>/devstoreaccount1`
-    /// (for `storage.endpoint` or `AZURE_STORAGE_ENDPOINT`).
+    /// (for `storage.endpoint` or `AZURE_STORAGE_ENDPOINT`); `https://`
+    /// for one started by [`Azurite::start_https_oauth`].
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// True when started over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// A client for `container`, signing with the account key.
@@ -115,6 +238,7 @@ pub struct Blob {
 const VIA: Via<'static> = Via {
     cluster: "harness",
     timeout: Duration::from_secs(5),
+    credential: None,
 };
 
 impl BlobClient {

@@ -57,11 +57,11 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Issued tokens and when each expires.
 pub type Tokens = Arc<Mutex<HashMap<String, SystemTime>>>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -246,6 +246,13 @@ impl TokenEndpoint {
     /// Every token issued so far (to check none ends up in a log).
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.issued).keys().cloned().collect()
+    }
+
+    /// The set of tokens the front accepts (shared with the front): other
+    /// token issuers, e.g. [`crate::identity::GcpMetadata`], add theirs
+    /// here so the front accepts them the same way (until they expire).
+    pub fn accepted_tokens(&self) -> Tokens {
+        self.issued.clone()
     }
 
     /// Issues a token without a request, valid for a day (for harness
@@ -451,6 +458,12 @@ impl GcsFront {
     /// Every request so far.
     pub fn requests(&self) -> Vec<FrontRequest> {
         lock(&self.state.log).clone()
+    }
+
+    /// The set of tokens it accepts (token -> expiry); adding one makes
+    /// the front accept it until then.
+    pub fn accepted_tokens(&self) -> Tokens {
+        self.state.issued.clone()
     }
 
     /// Revokes every token issued so far (as when an account's key is

@@ -158,9 +158,22 @@ pub fn request(
     body: &[u8],
 ) -> std::io::Result<Response> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    request_on(s, method, path, headers, body)
+}
+
+/// One request and its whole response over an already connected stream
+/// (plain TCP as in [`request`], or a TLS stream, see
+/// [`crate::tls::https_request`]); same framing as [`request`].
+pub fn request_on<S: std::io::Read + Write>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str("host: localhost\r\n");

@@ -37,6 +37,15 @@
 //! - [`stack`]: all of the above wired together the way scenarios use it
 //!   ([`stack::Stack::on`] picks the backend).
 //! - [`wait`]: poll-until helpers (no fixed sleeps).
+//! - [`identity`]: fake workload-identity credential endpoints (EC2
+//!   IMDSv2, ECS/EKS container credentials with moto STS credentials, the
+//!   GCP metadata server feeding the GCS front, Entra ID client
+//!   credentials and Azure IMDS with JWTs Azurite `--oauth basic` accepts),
+//!   each with a credential lifetime, down/up/503 and a request log
+//!   (`tests/identity_harness.rs`).
+//! - [`tls`]: a test CA, a server certificate and an unrelated CA (PEM
+//!   files), and an HTTPS client, for Azurite over HTTPS and Envoy
+//!   clusters with upstream TLS ([`envoy::EnvoyConfig::cluster_tls`]).
 //!
 //! Running: `cargo test -p envoy-test -- --test-threads 2` (the scenarios
 //! in `tests/export.rs`, `tests/import.rs`, `tests/import_faults.rs` (the
@@ -65,6 +74,7 @@ pub mod envoy;
 pub mod faults;
 pub mod gcs;
 pub mod http;
+pub mod identity;
 pub mod moto;
 pub mod plugin;
 pub mod ports;
@@ -74,6 +84,7 @@ pub mod s3;
 pub mod sha256;
 pub mod stack;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 pub mod workdir;

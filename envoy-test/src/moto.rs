@@ -324,45 +324,218 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, String> {
-        let mut to_sign: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        to_sign.push(("host".into(), self.authority()));
-        let credentials = key.credentials();
-        let now = Timestamp(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        );
-        let payload = PayloadHash::Body(body);
-        let params = if service == "s3" {
-            SigningParams::s3(&credentials, REGION, now, payload)
-        } else {
-            SigningParams::standard(&credentials, REGION, service, now, payload)
-        };
-        let signed = sigv4::sign(
-            &SignableRequest {
-                method,
-                path,
-                query,
-                headers: &to_sign,
-            },
-            &params,
+        signed_request(
+            self.port,
+            &key.credentials(),
+            service,
+            method,
+            path,
+            query,
+            headers,
+            body,
         )
-        .map_err(|e| e.to_string())?;
-        to_sign.extend(signed.headers);
-        let pairs: Vec<(&str, &str)> = to_sign
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let target = match query {
-            "" => path.to_string(),
-            q => format!("{path}?{q}"),
+    }
+
+    /// Any S3 request signed with `credentials`, e.g. STS temporary
+    /// credentials ([`TemporaryCredentials::credentials`]: the session
+    /// token goes in `x-amz-security-token`, which moto verifies).
+    #[allow(clippy::too_many_arguments)]
+    pub fn s3_with(
+        &self,
+        credentials: &Credentials,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        signed_request(
+            self.port,
+            credentials,
+            "s3",
+            method,
+            path,
+            query,
+            headers,
+            body,
+        )
+    }
+
+    /// An STS client signing as the admin (clonable, `Send`: for servers
+    /// that fetch credentials from their own threads).
+    pub fn sts(&self) -> Sts {
+        Sts {
+            port: self.port,
+            admin: self.admin.clone(),
+        }
+    }
+
+    /// Creates IAM role `name` (trust policy: anyone in the account may
+    /// assume it) with the inline permissions `policy`; returns its ARN.
+    pub fn create_role(&self, name: &str, policy: &Value) -> Result<String, String> {
+        let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+        .to_string();
+        let body = self.iam(&[
+            ("Action", "CreateRole"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", &trust),
+        ])?;
+        let arn = xml::element(&body, "Arn")
+            .ok_or_else(|| format!("CreateRole answered without an Arn: {body}"))?;
+        let policy = policy.to_string();
+        self.iam(&[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", name),
+            ("PolicyName", "envoy-test"),
+            ("PolicyDocument", &policy),
+        ])?;
+        Ok(arn)
+    }
+
+    /// STS AssumeRole of `role_arn` by the admin (see [`Sts::assume_role`]).
+    pub fn assume_role(
+        &self,
+        role_arn: &str,
+        session_name: &str,
+    ) -> Result<TemporaryCredentials, String> {
+        self.sts().assume_role(role_arn, session_name)
+    }
+}
+
+/// Signs with `credentials` for `service` (S3's rules for `s3`, the
+/// standard ones otherwise) at the current time and sends to moto on `port`.
+#[allow(clippy::too_many_arguments)]
+fn signed_request(
+    port: u16,
+    credentials: &Credentials,
+    service: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let mut to_sign: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    to_sign.push(("host".into(), format!("127.0.0.1:{port}")));
+    let now = Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    );
+    let payload = PayloadHash::Body(body);
+    let params = if service == "s3" {
+        SigningParams::s3(credentials, REGION, now, payload)
+    } else {
+        SigningParams::standard(credentials, REGION, service, now, payload)
+    };
+    let signed = sigv4::sign(
+        &SignableRequest {
+            method,
+            path,
+            query,
+            headers: &to_sign,
+        },
+        &params,
+    )
+    .map_err(|e| e.to_string())?;
+    to_sign.extend(signed.headers);
+    let pairs: Vec<(&str, &str)> = to_sign
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let target = match query {
+        "" => path.to_string(),
+        q => format!("{path}?{q}"),
+    };
+    http::request(port, method, &target, &pairs, body)
+        .map_err(|e| format!("{method} {target} to moto: {e}"))
+}
+
+/// STS temporary credentials (AssumeRole), as moto issued them.
+#[derive(Clone)]
+pub struct TemporaryCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// `Expiration` as STS reported it (RFC 3339).
+    pub expiration: String,
+}
+
+impl std::fmt::Debug for TemporaryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TemporaryCredentials({}, ***, ***, {})",
+            self.access_key_id, self.expiration
+        )
+    }
+}
+
+impl TemporaryCredentials {
+    /// For the filter's SigV4 signer, session token included.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(
+            self.access_key_id.clone(),
+            Secret::new(self.secret_access_key.clone()),
+        )
+        .with_session_token(Secret::new(self.session_token.clone()))
+    }
+}
+
+/// STS of one moto server, signing as the harness's admin. Clonable and
+/// `Send`, unlike [`Moto`] (which owns the process).
+#[derive(Clone, Debug)]
+pub struct Sts {
+    port: u16,
+    admin: AccessKey,
+}
+
+impl Sts {
+    /// AssumeRole (`DurationSeconds` 3600): fresh temporary credentials
+    /// each call; moto's S3 then verifies their session token (a wrong one:
+    /// 400 `InvalidToken`) and checks the role's policies.
+    pub fn assume_role(
+        &self,
+        role_arn: &str,
+        session_name: &str,
+    ) -> Result<TemporaryCredentials, String> {
+        let form = format!(
+            "Action=AssumeRole&Version=2011-06-15&RoleArn={}&RoleSessionName={}&DurationSeconds=3600",
+            sigv4::uri_encode(role_arn, true),
+            sigv4::uri_encode(session_name, true)
+        );
+        let r = signed_request(
+            self.port,
+            &self.admin.credentials(),
+            "sts",
+            "POST",
+            "/",
+            "",
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            )],
+            form.as_bytes(),
+        )?;
+        if r.status != 200 {
+            return Err(format!("STS AssumeRole {role_arn}: {}", r.summary()));
+        }
+        let body = r.text();
+        let field = |name: &str| {
+            xml::element(&body, name)
+                .ok_or_else(|| format!("AssumeRole answered without {name}: {body}"))
         };
-        http::request(self.port, method, &target, &pairs, body)
-            .map_err(|e| format!("{method} {target} to moto: {e}"))
+        Ok(TemporaryCredentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: field("SecretAccessKey")?,
+            session_token: field("SessionToken")?,
+            expiration: field("Expiration")?,
+        })
     }
 }
 

@@ -181,7 +181,7 @@ impl Store {
             // AuthenticationFailed; both are 403).
             Store::Azure { .. } => &["failed", "403", "AuthorizationFailure"],
             Store::Gcs(_) => &[
-                "cannot get an access token",
+                "cannot get credentials",
                 "400",
                 "invalid_grant",
                 "Invalid JWT Signature.",

@@ -175,11 +175,7 @@ fn gcs_tokens_are_renewed_ahead_of_expiry_and_after_a_401() {
         objects.len(),
         tokens.len()
     );
-    for needle in [
-        "no access token yet",
-        "cannot get an access token",
-        "failed",
-    ] {
+    for needle in ["no credentials yet", "cannot get credentials", "failed"] {
         let lines: Vec<String> = envoy
             .log_lines(needle)
             .into_iter()

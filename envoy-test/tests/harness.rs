@@ -244,7 +244,8 @@ fn azurite_verifies_shared_key_sas_and_conditions() {
 fn gcs_stack_verifies_tokens_and_generations() {
     use fallback_config::clock::{Instant, Now};
     use fallback_config::http::HttpResponse;
-    use fallback_config::storage::gcp_auth::{ServiceAccount, TokenCache};
+    use fallback_config::storage::credentials::{Credential, CredentialCache, Provider};
+    use fallback_config::storage::gcp_auth::ServiceAccount;
     use fallback_config::storage::gcs::{self, GcsSettings};
     use fallback_config::storage::{PutMode, StorageError, Via};
     use fallback_config::time::Timestamp;
@@ -270,9 +271,11 @@ fn gcs_stack_verifies_tokens_and_generations() {
         }
     };
     let token_for = |json: &str| {
-        let mut cache = TokenCache::new(
-            ServiceAccount::parse(json).unwrap(),
-            "gcp_oauth",
+        let mut cache = CredentialCache::new(
+            Provider::GcpServiceAccount {
+                account: Box::new(ServiceAccount::parse(json).unwrap()),
+                cluster: "gcp_oauth".into(),
+            },
             Duration::from_secs(5),
         );
         let req = cache.next_request(now).unwrap().expect("a token request");
@@ -284,7 +287,9 @@ fn gcs_stack_verifies_tokens_and_generations() {
     let (r, cache) = token_for(&g.service_account_json());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let cache = cache.unwrap();
-    let token = cache.token(now.mono).expect("token").clone();
+    let Some(Credential::Bearer(token)) = cache.credential(now.mono).cloned() else {
+        panic!("a bearer token")
+    };
     let (r, refused) = token_for(&g.wrong_service_account_json());
     assert_eq!(r.status, 400);
     let e = refused.expect_err("refused").to_string();
@@ -301,10 +306,11 @@ fn gcs_stack_verifies_tokens_and_generations() {
         vec![200, 400]
     );
 
-    let settings = GcsSettings::new(Some(&g.endpoint()), None).unwrap();
+    let settings = GcsSettings::new(Some(&g.endpoint())).unwrap();
     let via = Via {
         cluster: "object_storage",
         timeout: Duration::from_secs(5),
+        credential: None,
     };
     let key = stack.object_key();
     let put = |mode: &PutMode, body: &[u8], token: Option<&fallback_config::secret::Secret>| {

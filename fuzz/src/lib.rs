@@ -86,12 +86,17 @@ pub mod input {
     }
 }
 
-/// The fixed plugin JSON and environment of one store per backend.
+/// The fixed plugin JSON and environment of one store per backend (GCS
+/// anonymous: requests are built without waiting for a token).
 fn store(url: &str, extra_env: &[(&str, &str)]) -> ObjectStore {
+    let signing = match url.starts_with("gs://") {
+        true => r#","signing":"none""#,
+        false => "",
+    };
     let json = format!(
         r#"{{"cluster_fallback_config_import":true,"cluster_fallback_config_export":true,
             "cluster_fallback_config_storage":"{url}",
-            "storage":{{"max_object_bytes":2048}}}}"#
+            "storage":{{"max_object_bytes":2048{signing}}}}}"#
     );
     let env: Vec<(String, String)> = extra_env
         .iter()
@@ -696,36 +701,103 @@ pub mod xml {
     }
 }
 
-/// The GCS token endpoint's answer (HTTP format) to a token request,
-/// through `TokenCache::on_response`. The request (an RSA signature) is
-/// made once; each input answers a copy of that cache.
+/// A credential source's answer (HTTP format) through
+/// `CredentialCache::on_response`: the first byte picks the source and
+/// step (a service account's token endpoint, the GCP metadata server,
+/// Azure IMDS, container credentials, and each of the three IMDSv2
+/// steps), the rest is the answer. Each cache is brought to its waiting
+/// state once; each input answers a copy.
 pub mod token_response {
     use super::input;
     use fallback_config::clock::Now;
-    use fallback_config::storage::gcp_auth::{ServiceAccount, TokenCache};
+    use fallback_config::http::HttpResponse;
+    use fallback_config::secret::Secret;
+    use fallback_config::storage::credentials::{
+        AzureManagedIdentity, ContainerSource, CredentialCache, GcpMetadata, ImdsSource, Provider,
+    };
+    use fallback_config::storage::gcp_auth::ServiceAccount;
     use std::sync::OnceLock;
     use std::time::Duration;
 
-    fn waiting() -> &'static (TokenCache, Now) {
-        static C: OnceLock<(TokenCache, Now)> = OnceLock::new();
+    fn ok(body: &str) -> HttpResponse {
+        HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn waiting() -> &'static [(CredentialCache, Now)] {
+        static C: OnceLock<Vec<(CredentialCache, Now)>> = OnceLock::new();
         C.get_or_init(|| {
             let account = ServiceAccount::parse(&super::key::service_account_json())
                 .expect("the test service account parses");
-            let mut cache = TokenCache::new(account, "gcp_oauth", Duration::from_secs(5));
+            let cluster = || "c".to_string();
+            let host = || "169.254.169.254".to_string();
+            let imds = Provider::AwsImds(ImdsSource {
+                cluster: cluster(),
+                authority: host(),
+            });
+            let providers = [
+                (
+                    Provider::GcpServiceAccount {
+                        account: Box::new(account),
+                        cluster: cluster(),
+                    },
+                    0,
+                ),
+                (
+                    Provider::GcpMetadata(GcpMetadata {
+                        cluster: cluster(),
+                        authority: host(),
+                    }),
+                    0,
+                ),
+                (
+                    Provider::AzureManagedIdentity(AzureManagedIdentity {
+                        client_id: None,
+                        cluster: cluster(),
+                        authority: host(),
+                    }),
+                    0,
+                ),
+                (
+                    Provider::AwsContainer(ContainerSource {
+                        cluster: cluster(),
+                        authority: "169.254.170.2".into(),
+                        path: "/v2/credentials/x".into(),
+                        authorization: Some(Secret::new("container-token")),
+                    }),
+                    0,
+                ),
+                (imds.clone(), 0),
+                (imds.clone(), 1),
+                (imds, 2),
+            ];
             let now = super::now();
-            let request = cache
-                .next_request(now)
-                .expect("signs")
-                .expect("a request is due");
-            assert_eq!(request.method, "POST");
-            (cache, now)
+            providers
+                .into_iter()
+                .map(|(provider, steps)| {
+                    let mut cache = CredentialCache::new(provider, Duration::from_secs(5));
+                    for answer in ["imds-session-token", "fuzz-role"].iter().take(steps) {
+                        cache.next_request(now).expect("builds").expect("due");
+                        cache.on_response(ok(answer), now).expect("a step");
+                    }
+                    cache.next_request(now).expect("builds").expect("due");
+                    (cache, now)
+                })
+                .collect()
         })
     }
 
     pub fn run(data: &[u8]) {
-        let (cache, sent) = waiting();
+        let Some((&pick, rest)) = data.split_first() else {
+            return;
+        };
+        let caches = waiting();
+        let (cache, sent) = &caches[usize::from(pick) % caches.len()];
         let mut cache = cache.clone();
-        let response = input::response(data);
+        let response = input::response(rest);
         let now = Now {
             mono: sent.mono.plus(Duration::from_millis(250)),
             wall: sent.wall.plus(Duration::from_millis(250)),
@@ -733,22 +805,25 @@ pub mod token_response {
         let result = cache.on_response(response.clone(), now);
         match &result {
             Ok(()) => {
-                assert!(
-                    cache.token(now.mono).is_some(),
-                    "a new token is usable at once"
-                );
-                assert!(cache.expires_at().is_some());
+                // Credentials usable at once, or the next step due at once.
+                let usable = cache.credential(now.mono).is_some();
+                assert_eq!(usable, cache.expires_at().is_some());
+                if !usable {
+                    assert!(matches!(cache.next_request(now), Ok(Some(_))));
+                    return;
+                }
             }
             Err(e) => {
                 let _ = e.to_string();
-                assert!(cache.token(now.mono).is_none());
+                assert!(cache.credential(now.mono).is_none());
             }
         }
-        // Right after an answer nothing is due: a token is fresh, or a
-        // failure backs off.
+        // Right after a final answer nothing is due: the credentials are
+        // fresh, or a failure backs off.
         assert!(matches!(cache.next_request(now), Ok(None)));
-        // A 200's access token is never shown in an error or `Debug`
-        // (`token_type` is quoted by its error, so not if it holds it).
+        // A 200's secrets are never shown in an error or `Debug`
+        // (`token_type` and `Code` are quoted by their errors, so not if
+        // they hold them).
         if response.status == 200 {
             let v: Option<serde_json::Value> = serde_json::from_slice(&response.body).ok();
             let field = |k: &str| {
@@ -757,13 +832,19 @@ pub mod token_response {
                     .and_then(|t| t.as_str())
                     .map(str::to_string)
             };
-            if let Some(token) = field("access_token").filter(|t| t.len() >= 8) {
-                let quoted = field("token_type").is_some_and(|t| t.contains(&token));
-                let shown = format!("{result:?} {cache:?}");
-                assert!(
-                    quoted || !shown.contains(&token),
-                    "the token is shown: {shown}"
-                );
+            let quoted = |secret: &str| {
+                ["token_type", "Code"]
+                    .iter()
+                    .any(|k| field(k).is_some_and(|t| t.contains(secret)))
+            };
+            for key in ["access_token", "SecretAccessKey", "Token"] {
+                if let Some(secret) = field(key).filter(|t| t.len() >= 8) {
+                    let shown = format!("{result:?} {cache:?}");
+                    assert!(
+                        quoted(&secret) || !shown.contains(&secret),
+                        "{key} is shown: {shown}"
+                    );
+                }
             }
         }
     }

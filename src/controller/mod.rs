@@ -222,6 +222,11 @@ impl Controller {
             outputs: Vec::new(),
             events: Vec::new(),
         };
+        if let Some(store) = &c.store {
+            c.events.push(Event::CredentialSource {
+                source: store.credential_source(),
+            });
+        }
         // Signatures stop forgeries, not replays of an old genuine
         // snapshot: only an age limit bounds those.
         if import_on && !used && c.snapshot.require_signature && policy.max_age.is_none() {
@@ -332,9 +337,9 @@ impl Controller {
         let seq = self.seq;
         // The store refused our credentials as such (a revoked or expired
         // access token): fetch a new one before the next request.
-        if pending.kind.is_storage() && response.status == 401 {
+        if pending.kind.is_storage() {
             if let Some(store) = self.store.as_mut() {
-                store.invalidate_credentials();
+                store.check_credentials_refused(&response);
             }
         }
         match pending.kind {
@@ -363,8 +368,12 @@ impl Controller {
             }
             CallKind::Credential => {
                 if let Some(store) = self.store.as_mut() {
-                    if let Err(error) = store.on_credential_response(response, now) {
-                        self.credentials_failed(error);
+                    match store.on_credential_response(response, now) {
+                        Err(error) => self.credentials_failed(error),
+                        Ok(Some(expires_at)) => {
+                            self.events.push(Event::CredentialsObtained { expires_at })
+                        }
+                        Ok(None) => {}
                     }
                 }
             }

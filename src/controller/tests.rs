@@ -304,6 +304,8 @@ struct Sim {
     events: Vec<Event>,
     /// Every event, in order.
     all_events: Vec<Event>,
+    /// The events of `Controller::new`.
+    startup: Vec<Event>,
 }
 
 impl Sim {
@@ -330,16 +332,21 @@ impl Sim {
         seed: u64,
     ) -> Sim {
         let attempts = inherited.import_attempts;
+        let mut c = Controller::new(
+            settings,
+            node.into(),
+            inherited,
+            first_token,
+            seed,
+            Some(NonceSource::new([9; 32])),
+            Now::at_millis(0),
+        );
+        // What a driver says when it starts (the credential source, ...),
+        // kept apart so that tests see the events of what they do.
+        let startup = c.take_events();
         Sim {
-            c: Controller::new(
-                settings,
-                node.into(),
-                inherited,
-                first_token,
-                seed,
-                Some(NonceSource::new([9; 32])),
-                Now::at_millis(0),
-            ),
+            c,
+            startup: startup.clone(),
             node: node.into(),
             now: 0,
             lease,
@@ -350,7 +357,7 @@ impl Sim {
             pending: Vec::new(),
             log: Vec::new(),
             events: Vec::new(),
-            all_events: Vec::new(),
+            all_events: startup,
         }
     }
 
@@ -1458,7 +1465,7 @@ fn gcs_import_fails_clearly_when_no_token_can_be_had_and_retries_once_one_can() 
             error: ImportFailure::Credentials(same),
             retry_in: Some(wait),
         }] => {
-            assert!(matches!(error, StorageError::Token(_)), "{error:?}");
+            assert!(matches!(error, StorageError::Credentials(_)), "{error:?}");
             assert_eq!(error, same);
             assert!(url.ends_with("/config.json"), "{url}");
             assert!(jittered(*wait, Duration::from_secs(1)), "{wait:?}");
@@ -2426,13 +2433,14 @@ fn documented_log_lines_keep_their_wording() {
         format!("exported revision r1 to {url}"),
         "lost leadership (term 1) node=node-7: this root context no longer drives the process"
             .to_string(),
-        "waiting for the store's access token before importing".to_string(),
+        "waiting for the store's credentials before importing".to_string(),
+        "storage credentials: static keys (AWS_ACCESS_KEY_ID)".to_string(),
     ] {
         assert!(lines.contains(&expected), "{expected}\nnot in {lines:#?}");
     }
     assert!(
         lines.iter().any(|l| l
-            .starts_with("import failed: cannot get an access token: token endpoint answered 400")
+            .starts_with("import failed: cannot get credentials: token endpoint answered 400")
             && l.contains("invalid_grant")),
         "{lines:#?}"
     );
@@ -3779,11 +3787,7 @@ fn a_protected_exporter_signs_and_encrypts_and_rewrites_what_is_not_its_own() {
 #[test]
 fn requiring_signatures_without_an_age_limit_is_warned_about() {
     let importer = protected_settings(true, false, None, &[("s1", 1)], &[]);
-    let warned = |settings: &Settings| {
-        let mut s = Sim::new(settings);
-        s.tick(0);
-        s.events().contains(&Event::ReplayUnbounded)
-    };
+    let warned = |settings: &Settings| Sim::new(settings).startup.contains(&Event::ReplayUnbounded);
     assert!(warned(&importer));
     assert_eq!(Event::ReplayUnbounded.level(), crate::event::Level::Warn);
     let mut limited = importer.clone();

@@ -13,6 +13,7 @@
 //! in production only says "403 AuthenticationFailed", never which line of
 //! the string to sign differed.
 
+use super::credentials::Credential;
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{percent_decode, HttpRequest, HttpResponse};
@@ -134,8 +135,24 @@ pub enum AzureCredentials {
     /// every request. The token carries its own signature, so nothing else
     /// is signed.
     Sas(Secret),
-    /// Neither: only works on a container with public access (reads).
+    /// An OAuth bearer token from Microsoft Entra ID (a service principal
+    /// or managed identity), fetched at run time and handed in with each
+    /// request ([`super::credentials`]).
+    Token,
+    /// None of these: only works on a container with public access (reads).
     Anonymous,
+}
+
+impl AzureCredentials {
+    /// For the info line that names the source.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AzureCredentials::SharedKey(_) => "the account key (AZURE_STORAGE_KEY)",
+            AzureCredentials::Sas(_) => "the SAS token (AZURE_STORAGE_SAS_TOKEN)",
+            AzureCredentials::Token => "OAuth tokens",
+            AzureCredentials::Anonymous => "none: anonymous requests",
+        }
+    }
 }
 
 impl AzureCredentials {
@@ -513,6 +530,14 @@ impl AzureSettings {
                 }
                 query.push_str(token.expose());
             }
+            AzureCredentials::Token => {
+                if let Some(Credential::Bearer(token)) = via.credential {
+                    headers.push((
+                        "authorization".to_string(),
+                        format!("Bearer {}", token.expose()),
+                    ));
+                }
+            }
             AzureCredentials::Anonymous => {}
         }
         let path = if query.is_empty() {
@@ -835,6 +860,7 @@ mod tests {
     const VIA: Via<'static> = Via {
         cluster: "object_storage",
         timeout: Duration::from_secs(5),
+        credential: None,
     };
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

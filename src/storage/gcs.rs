@@ -13,7 +13,6 @@
 //! public bucket or an emulator accepts.
 
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
-use super::gcp_auth::ServiceAccount;
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
@@ -23,9 +22,7 @@ use serde_json::Value;
 /// The public JSON API endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 
-/// Where and as whom to reach GCS.
-///
-/// `Debug` masks the service account's key.
+/// Where to reach GCS (as whom: [`super::credentials`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcsSettings {
     /// The API endpoint's scheme: kept, not yet acted on (TLS is the
@@ -36,8 +33,6 @@ pub struct GcsSettings {
     /// Prefix of every API path, without a trailing `/`; empty for Google.
     /// An emulator or gateway may serve the API under a sub-path.
     pub base_path: String,
-    /// `None`: anonymous requests (public bucket, emulator).
-    pub service_account: Option<ServiceAccount>,
     /// `storage.kms_key_name`: the Cloud KMS key every upload is encrypted
     /// with (CMEK); `None`: the bucket's default key, else Google's.
     pub kms_key_name: Option<KmsKeyName>,
@@ -106,10 +101,7 @@ impl GcsSettings {
     /// The scheme is kept but not yet acted on: requests carry
     /// `host[:port]` only, and TLS is the transport socket of the Envoy
     /// cluster.
-    pub fn new(
-        endpoint: Option<&str>,
-        service_account: Option<ServiceAccount>,
-    ) -> Result<Self, EndpointError> {
+    pub fn new(endpoint: Option<&str>) -> Result<Self, EndpointError> {
         let endpoint = Endpoint::parse(endpoint.unwrap_or(DEFAULT_ENDPOINT))?;
         // A base URL is prefixed to paths that have their own query.
         if endpoint.has_query() {
@@ -119,7 +111,6 @@ impl GcsSettings {
             scheme: endpoint.scheme,
             authority: endpoint.authority,
             base_path: endpoint.base_path,
-            service_account,
             kms_key_name: None,
         })
     }
@@ -350,12 +341,13 @@ mod tests {
     use std::time::Duration;
 
     fn google() -> GcsSettings {
-        GcsSettings::new(None, None).unwrap()
+        GcsSettings::new(None).unwrap()
     }
 
     const VIA: Via<'static> = Via {
         cluster: "gcs",
         timeout: Duration::from_secs(5),
+        credential: None,
     };
 
     fn get_k(settings: &GcsSettings, key: &str, token: Option<&Secret>) -> HttpRequest {
@@ -400,12 +392,12 @@ mod tests {
             (g.scheme, g.authority.as_str(), g.base_path.as_str()),
             (UrlScheme::Https, "storage.googleapis.com", "")
         );
-        let e = GcsSettings::new(Some("http://127.0.0.1:9023"), None).unwrap();
+        let e = GcsSettings::new(Some("http://127.0.0.1:9023")).unwrap();
         assert_eq!(
             (e.scheme, e.authority.as_str(), e.base_path.as_str()),
             (UrlScheme::Http, "127.0.0.1:9023", "")
         );
-        let e = GcsSettings::new(Some(" https://gw.example:8443/gcs/api/ "), None).unwrap();
+        let e = GcsSettings::new(Some(" https://gw.example:8443/gcs/api/ ")).unwrap();
         assert_eq!(
             (e.scheme, e.authority.as_str(), e.base_path.as_str()),
             (UrlScheme::Https, "gw.example:8443", "/gcs/api")
@@ -421,7 +413,7 @@ mod tests {
             ("http://host/a b", EndpointError::PathCharacters),
             ("http://host/a#b", EndpointError::Fragment),
         ] {
-            assert_eq!(GcsSettings::new(Some(bad), None), Err(error), "{bad}");
+            assert_eq!(GcsSettings::new(Some(bad)), Err(error), "{bad}");
         }
         assert_eq!(
             EndpointError::NoScheme.to_string(),
@@ -431,8 +423,8 @@ mod tests {
 
     #[test]
     fn the_scheme_does_not_change_the_request() {
-        let plain = GcsSettings::new(Some("http://gw.example/base"), None).unwrap();
-        let tls = GcsSettings::new(Some("https://gw.example/base"), None).unwrap();
+        let plain = GcsSettings::new(Some("http://gw.example/base")).unwrap();
+        let tls = GcsSettings::new(Some("https://gw.example/base")).unwrap();
         assert_eq!(get_k(&plain, "k", None), get_k(&tls, "k", None));
         assert_eq!(get_k(&tls, "k", None).authority, "gw.example");
     }
@@ -453,7 +445,7 @@ mod tests {
         assert_eq!(r.body, None);
         assert!(!format!("{r:?}").contains("sekrit"));
         // Anonymous without a token; the base path of an override endpoint.
-        let emulator = GcsSettings::new(Some("http://127.0.0.1:9023/base/"), None).unwrap();
+        let emulator = GcsSettings::new(Some("http://127.0.0.1:9023/base/")).unwrap();
         let r = get_k(&emulator, "k", None);
         assert_eq!(r.authority, "127.0.0.1:9023");
         assert_eq!(r.path, "/base/storage/v1/b/bkt/o/k?alt=media");

@@ -6,16 +6,18 @@
 //! ([`Object`], [`StorageError`]); which cloud answers is the backend's
 //! business. Each backend module has the same inner shape: request
 //! building (with its credentials) and response classification.
-//! Backends whose credentials must be fetched first (an OAuth token) say
-//! so through [`ObjectStore::credential_request`].
+//! Credentials fetched at run time (OAuth tokens, temporary AWS
+//! credentials) come from one [`credentials::CredentialCache`], driven
+//! through [`ObjectStore::credential_request`].
 //!
 //! Dependencies inside this module run one way, so that no two modules
 //! depend on each other: `endpoint` and `location` are leaves,
-//! `gcp_auth` uses only `endpoint`, `model` (the shared data) uses
-//! `gcp_auth`'s error, the backends (`s3`, `gcs`, `azure`) use `model`
-//! and `endpoint` (and `gcs` uses `gcp_auth`), and this file uses them all.
+//! `gcp_auth` uses only `endpoint`, `credentials` uses `gcp_auth`,
+//! `model` (the shared data) uses `credentials`, the backends (`s3`,
+//! `gcs`, `azure`) use `model` and `endpoint`, and this file uses them all.
 
 pub mod azure;
+pub mod credentials;
 pub mod endpoint;
 pub mod gcp_auth;
 pub mod gcs;
@@ -31,6 +33,7 @@ pub use s3::{S3Addressing, S3Settings};
 
 use crate::clock::Now;
 use crate::http::{HttpRequest, HttpResponse};
+use credentials::{Credential, CredentialCache, Provider};
 use std::time::Duration;
 
 /// Everything needed to reach the store.
@@ -43,18 +46,34 @@ pub struct StorageSettings {
     /// A stored object larger than this is refused.
     pub max_object_bytes: u64,
     pub backend: Backend,
+    /// Credentials fetched at run time; `None`: the backend's static ones
+    /// (or none at all).
+    pub credentials: Option<Provider>,
+    /// Who signs S3 requests.
+    pub signing: Signing,
+}
+
+/// Who authorizes storage requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signing {
+    /// The filter, with the credentials it has (`storage.signing`
+    /// `"filter"`, the default).
+    #[default]
+    Filter,
+    /// Envoy's `aws_request_signing` upstream filter on the storage
+    /// cluster, with Envoy's own AWS credential chain (IRSA web identity,
+    /// EKS Pod Identity token files a wasm VM cannot read): the filter
+    /// sends unsigned requests.
+    Envoy,
+    /// Nobody: anonymous requests (a public bucket).
+    None,
 }
 
 /// The cloud behind the location, with its own settings.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backend {
     S3(S3Settings),
-    Gcs {
-        /// Boxed: it holds the parsed RSA key, far larger than the others.
-        gcs: Box<gcs::GcsSettings>,
-        /// The proxy cluster that reaches the service account's `token_uri`.
-        token_cluster: String,
-    },
+    Gcs(gcs::GcsSettings),
     Azure(azure::AzureSettings),
 }
 
@@ -63,19 +82,44 @@ pub enum Backend {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectStore {
     settings: StorageSettings,
-    /// GCS with a service account: the access token and its renewal.
-    tokens: Option<gcp_auth::TokenCache>,
+    /// Fetched credentials and their renewal.
+    credentials: Option<CredentialCache>,
 }
 
 impl ObjectStore {
     pub fn new(settings: StorageSettings) -> Self {
-        let tokens = match &settings.backend {
-            Backend::Gcs { gcs, token_cluster } => gcs.service_account.clone().map(|account| {
-                gcp_auth::TokenCache::new(account, token_cluster.clone(), settings.timeout)
-            }),
-            _ => None,
-        };
-        ObjectStore { settings, tokens }
+        let credentials = settings
+            .credentials
+            .clone()
+            .map(|p| CredentialCache::new(p, settings.timeout));
+        ObjectStore {
+            settings,
+            credentials,
+        }
+    }
+
+    /// Where the credentials come from, in words, for the one info line
+    /// that names the source.
+    pub fn credential_source(&self) -> String {
+        if let Some(c) = &self.credentials {
+            return c.provider().describe();
+        }
+        let cluster = &self.settings.cluster;
+        match (&self.settings.signing, &self.settings.backend) {
+            (Signing::Envoy, _) => format!(
+                "Envoy: requests go out unsigned and the aws_request_signing filter of cluster {cluster} signs them"
+            ),
+            (Signing::None, _) => "none: anonymous requests (storage.signing \"none\")".to_string(),
+            (Signing::Filter, Backend::S3(s3)) => match &s3.credentials {
+                Some(c) if c.session_token.is_some() => {
+                    "static keys (AWS_ACCESS_KEY_ID, with AWS_SESSION_TOKEN)".to_string()
+                }
+                Some(_) => "static keys (AWS_ACCESS_KEY_ID)".to_string(),
+                None => "none: anonymous requests (AWS_EC2_METADATA_DISABLED, no keys)".to_string(),
+            },
+            (Signing::Filter, Backend::Azure(az)) => az.credentials.describe().to_string(),
+            (Signing::Filter, Backend::Gcs(_)) => "none: anonymous requests".to_string(),
+        }
     }
 
     /// `<prefix>/<version>/<name>`: the full object key.
@@ -91,62 +135,99 @@ impl ObjectStore {
     /// A credential request to send now (fetching or renewing an access
     /// token), if the backend needs one.
     pub fn credential_request(&mut self, now: Now) -> Result<Option<HttpRequest>, StorageError> {
-        match self.tokens.as_mut() {
-            Some(tokens) => tokens.next_request(now).map_err(StorageError::Token),
+        match self.credentials.as_mut() {
+            Some(c) => c.next_request(now).map_err(StorageError::Credentials),
             None => Ok(None),
         }
     }
 
-    /// The answer to [`ObjectStore::credential_request`].
+    /// The answer to [`ObjectStore::credential_request`]: when new
+    /// credentials came of it, their expiry.
     pub fn on_credential_response(
         &mut self,
         response: HttpResponse,
         now: Now,
-    ) -> Result<(), StorageError> {
-        match self.tokens.as_mut() {
-            Some(tokens) => tokens
-                .on_response(response, now)
-                .map_err(StorageError::Token),
-            None => Ok(()),
+    ) -> Result<Option<crate::time::Timestamp>, StorageError> {
+        let Some(c) = self.credentials.as_mut() else {
+            return Ok(None);
+        };
+        let before = c.expires_at();
+        c.on_response(response, now)
+            .map_err(StorageError::Credentials)?;
+        Ok(c.expires_at().filter(|e| Some(*e) != before))
+    }
+
+    /// A storage answer that says the fetched credentials are no good
+    /// (401; S3's `ExpiredToken` / `InvalidToken` on 400 or 403): forget
+    /// them so new ones are fetched. Static keys are never dropped.
+    pub fn check_credentials_refused(&mut self, response: &HttpResponse) {
+        let refused = match response.status {
+            401 => true,
+            400 | 403 => {
+                let body = String::from_utf8_lossy(&response.body);
+                ["ExpiredToken", "InvalidToken", "TokenRefreshRequired"]
+                    .iter()
+                    .any(|code| body.contains(&format!("<Code>{code}</Code>")))
+            }
+            _ => false,
+        };
+        if refused {
+            self.invalidate_credentials();
         }
     }
 
-    /// The store answered 401: drop the access token so a new one is
-    /// fetched (no effect on signed backends, whose keys do not expire).
+    /// The store answered 401 (or AWS's 400/403 for an expired token):
+    /// drop the fetched credentials so new ones are fetched (no effect on
+    /// static keys, which do not expire).
     pub fn invalidate_credentials(&mut self) {
-        if let Some(tokens) = self.tokens.as_mut() {
-            tokens.invalidate();
+        if let Some(c) = self.credentials.as_mut() {
+            c.invalidate();
         }
     }
 
-    /// Whether requests can be built now (no access token to wait for).
+    /// Whether requests can be built now (no credentials to wait for).
     pub fn credentials_ready(&self, now: Now) -> bool {
-        self.tokens
+        self.credentials
             .as_ref()
-            .is_none_or(|t| t.token(now.mono).is_some())
+            .is_none_or(|c| c.credential(now.mono).is_some())
     }
 
-    /// The bearer token for GCS requests: `Ok(None)` for anonymous ones.
-    fn bearer(&self, now: Now) -> Result<Option<&crate::secret::Secret>, StorageError> {
-        match &self.tokens {
+    /// The fetched credential to authorize with: `Ok(None)` where the
+    /// backend's static ones (or none) apply.
+    fn credential(&self, now: Now) -> Result<Option<&Credential>, StorageError> {
+        match &self.credentials {
             None => Ok(None),
-            Some(t) => t
-                .token(now.mono)
+            Some(c) => c
+                .credential(now.mono)
                 .map(Some)
                 .ok_or(StorageError::CredentialsPending),
         }
     }
 
+    /// The cluster, timeout and credential of a request made now.
+    fn via(&self, now: Now) -> Result<Via<'_>, StorageError> {
+        Ok(Via {
+            cluster: &self.settings.cluster,
+            timeout: self.settings.timeout,
+            credential: self.credential(now)?,
+        })
+    }
+
+    /// The bearer token for GCS requests: `Ok(None)` for anonymous ones.
+    fn bearer(&self, now: Now) -> Result<Option<&crate::secret::Secret>, StorageError> {
+        Ok(match self.credential(now)? {
+            Some(Credential::Bearer(token)) => Some(token),
+            _ => None,
+        })
+    }
+
     /// A GET of `key`; `now.wall` signs it, `now.mono` judges the token.
     pub fn get(&self, key: &str, now: Now) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
-        let via = Via {
-            cluster: &s.cluster,
-            timeout: s.timeout,
-        };
+        let via = self.via(now)?;
         match &s.backend {
             Backend::S3(s3) => s3::get(s3, via, &s.location.bucket, key, now.wall),
-            Backend::Gcs { gcs, .. } => Ok(gcs::get(
+            Backend::Gcs(gcs) => Ok(gcs::get(
                 gcs,
                 via,
                 &s.location.bucket,
@@ -169,15 +250,12 @@ impl ObjectStore {
         now: Now,
     ) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
-        let via = Via {
-            cluster: &s.cluster,
-            timeout: s.timeout,
-        };
+        let via = self.via(now)?;
         match &s.backend {
             Backend::S3(s3) => {
                 s3::put(s3, via, &s.location.bucket, key, body, JSON, mode, now.wall)
             }
-            Backend::Gcs { gcs, .. } => {
+            Backend::Gcs(gcs) => {
                 let token = self.bearer(now)?;
                 Ok(gcs::put(
                     gcs,
@@ -198,14 +276,11 @@ impl ObjectStore {
     /// `page` on (see [`ListPage`]).
     pub fn list_versions(&self, page: Option<&str>, now: Now) -> Result<HttpRequest, StorageError> {
         let s = &self.settings;
-        let via = Via {
-            cluster: &s.cluster,
-            timeout: s.timeout,
-        };
+        let via = self.via(now)?;
         let prefix = s.location.key("");
         match &s.backend {
             Backend::S3(s3) => s3::list(s3, via, &s.location.bucket, &prefix, page, now.wall),
-            Backend::Gcs { gcs, .. } => Ok(gcs::list(
+            Backend::Gcs(gcs) => Ok(gcs::list(
                 gcs,
                 via,
                 &s.location.bucket,
@@ -226,7 +301,7 @@ impl ObjectStore {
         self.transport(&response)?;
         let page = match &self.settings.backend {
             Backend::S3(_) => s3::list_result(response),
-            Backend::Gcs { .. } => gcs::list_result(response),
+            Backend::Gcs(_) => gcs::list_result(response),
             Backend::Azure(_) => azure::list_result(response),
         }?;
         let prefix = self.settings.location.key("");
@@ -264,7 +339,7 @@ impl ObjectStore {
         self.transport(&response)?;
         match &self.settings.backend {
             Backend::S3(_) => s3::read_result(response),
-            Backend::Gcs { .. } => gcs::read_result(response),
+            Backend::Gcs(_) => gcs::read_result(response),
             Backend::Azure(_) => azure::read_result(response),
         }
     }
@@ -275,7 +350,7 @@ impl ObjectStore {
         self.transport(response)?;
         match &self.settings.backend {
             Backend::S3(_) => s3::write_result(response),
-            Backend::Gcs { .. } => gcs::write_result(response),
+            Backend::Gcs(_) => gcs::write_result(response),
             Backend::Azure(_) => azure::write_result(response),
         }
     }

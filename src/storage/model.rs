@@ -4,7 +4,7 @@
 //! Kept apart from `mod.rs` so that backends depend on it and not on
 //! the [`super::ObjectStore`] that dispatches to them.
 
-use super::gcp_auth;
+use super::credentials;
 use crate::http::{HttpResponse, TransportError};
 use crate::sigv4::SigningError;
 use crate::time::Timestamp;
@@ -77,11 +77,11 @@ pub enum StorageError {
     },
     /// The request could not be signed.
     Signing(SigningError),
-    /// The backend's credentials are not available yet (an access token
-    /// is being fetched): try again later.
+    /// The backend's credentials are not available yet (they are being
+    /// fetched): try again later.
     CredentialsPending,
-    /// No access token could be had (GCS: the token endpoint refused).
-    Token(gcp_auth::TokenError),
+    /// No credentials could be had (the source refused or did not answer).
+    Credentials(credentials::CredentialError),
     /// A read came back without an ETag (or generation), so no write can
     /// be made conditional on it.
     MissingEtag,
@@ -113,8 +113,8 @@ impl fmt::Display for StorageError {
                 Ok(())
             }
             StorageError::Signing(e) => write!(f, "cannot sign the request: {e}"),
-            StorageError::CredentialsPending => f.write_str("no access token yet"),
-            StorageError::Token(e) => write!(f, "cannot get an access token: {e}"),
+            StorageError::CredentialsPending => f.write_str("no credentials yet"),
+            StorageError::Credentials(e) => write!(f, "cannot get credentials: {e}"),
             StorageError::Transport(e) => e.fmt(f),
             StorageError::Unreadable { what, detail } => {
                 write!(f, "the store's {what} does not parse (starts with: {detail})")
@@ -133,4 +133,7 @@ impl std::error::Error for StorageError {}
 pub struct Via<'a> {
     pub cluster: &'a str,
     pub timeout: Duration,
+    /// Fetched credentials to authorize with, overriding the backend's
+    /// static ones ([`super::credentials`]).
+    pub credential: Option<&'a credentials::Credential>,
 }

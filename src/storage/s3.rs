@@ -1,6 +1,7 @@
 //! Amazon S3 and S3-compatible stores: request building (addressing and
 //! SigV4 with S3's rules) and error classification.
 
+use super::credentials::Credential;
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
@@ -480,7 +481,12 @@ fn request(
         }
     };
     let mut headers = extra_headers.to_vec();
-    if let Some(credentials) = &s3.credentials {
+    // Fetched (temporary) credentials win over static ones.
+    let credentials = match via.credential {
+        Some(Credential::Aws(fetched)) => Some(fetched),
+        _ => s3.credentials.as_ref(),
+    };
+    if let Some(credentials) = credentials {
         let mut to_sign = headers.clone();
         to_sign.push(("host".to_string(), authority.clone()));
         let payload = body.as_deref().unwrap_or_default();
@@ -549,6 +555,8 @@ mod tests {
                 credentials,
                 put_options: S3PutOptions::default(),
             }),
+            credentials: None,
+            signing: crate::storage::Signing::Filter,
         })
     }
 
@@ -564,6 +572,8 @@ mod tests {
                 credentials: Some(creds()),
                 put_options: options,
             }),
+            credentials: None,
+            signing: crate::storage::Signing::Filter,
         })
     }
 
@@ -762,6 +772,7 @@ mod tests {
             Via {
                 cluster: "c",
                 timeout: Duration::from_secs(1),
+                credential: None,
             },
             "bkt",
             "k",

@@ -12,12 +12,13 @@ use crate::sigv4::Credentials;
 use crate::storage::azure::{
     AzureConfigError, AzureCredentials, AzureEndpoint, AzureSettings, EncryptionScope,
 };
-use crate::storage::gcp_auth::ServiceAccount;
 use crate::storage::gcs::{GcsSettings, KmsKeyName};
 use crate::storage::s3::{
     EncryptionContext, KmsKeyId, KmsOptions, S3PutOptions, ServerSideEncryption, StorageClass,
 };
-use crate::storage::{Backend, S3Addressing, S3Settings, Scheme, StorageLocation, StorageSettings};
+use crate::storage::{
+    Backend, S3Addressing, S3Settings, Scheme, Signing, StorageLocation, StorageSettings,
+};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
@@ -133,6 +134,9 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// The environment variables the filter reads (Envoy passes them only when
 /// listed in `vm_config.environment_variables.host_env_keys`).
+mod sources;
+pub use sources::{vars as credential_vars, CredentialClusters};
+
 pub mod env {
     pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
@@ -239,6 +243,17 @@ impl Settings {
             endpoint: st.non_empty("endpoint")?,
             region: st.non_empty("region")?,
             token_cluster: st.non_empty("token_cluster")?,
+            signing: match st.non_empty("signing")?.as_deref() {
+                None | Some("filter") => Signing::Filter,
+                Some("envoy") => Signing::Envoy,
+                Some("none") => Signing::None,
+                Some(other) => {
+                    return err(
+                        "storage.signing",
+                        format!("must be \"filter\", \"envoy\" or \"none\", got \"{other}\""),
+                    )
+                }
+            },
             timeout: st.millis("timeout_ms", 5000)?,
             max_object_bytes: st.bytes("max_object_bytes", DEFAULT_MAX_BODY_BYTES)?,
             kms_key_name: st.non_empty("kms_key_name")?,
@@ -246,6 +261,19 @@ impl Settings {
             s3_put,
         };
         st.finish()?;
+        let mut cr = root.object("credentials")?;
+        let defaults = CredentialClusters::default();
+        let mut cluster = |key: &str, default: String| -> Result<String, SettingsError> {
+            Ok(cr.non_empty(key)?.unwrap_or(default))
+        };
+        let clusters = CredentialClusters {
+            aws_imds: cluster("aws_imds_cluster", defaults.aws_imds)?,
+            aws_container: cluster("aws_container_cluster", defaults.aws_container)?,
+            gcp_metadata: cluster("gcp_metadata_cluster", defaults.gcp_metadata)?,
+            azure_login: cluster("azure_login_cluster", defaults.azure_login)?,
+            azure_imds: cluster("azure_imds_cluster", defaults.azure_imds)?,
+        };
+        cr.finish()?;
 
         let mut im = root.object("import")?;
         let defaults = ImportPolicy::default();
@@ -305,7 +333,7 @@ impl Settings {
                 )
             }
             None => None,
-            Some(url) => Some(storage_settings(&url, fields, &env)?),
+            Some(url) => Some(storage_settings(&url, fields, &clusters, &env)?),
         };
 
         Ok(Settings {
@@ -429,6 +457,8 @@ struct StorageFields {
     endpoint: Option<String>,
     region: Option<String>,
     token_cluster: Option<String>,
+    /// `storage.signing`.
+    signing: Signing,
     timeout: Duration,
     max_object_bytes: u64,
     /// `storage.kms_key_name` (GCS), checked against the backend later.
@@ -446,6 +476,7 @@ struct StorageFields {
 fn storage_settings(
     url: &str,
     fields: StorageFields,
+    clusters: &CredentialClusters,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<StorageSettings, SettingsError> {
     let location = StorageLocation::parse(url).map_err(|reason| SettingsError {
@@ -463,14 +494,20 @@ fn storage_settings(
     if location.scheme != Scheme::Azure && fields.encryption_scope.is_some() {
         only_for("storage.encryption_scope", "azure://")?;
     }
-    let backend = match location.scheme {
+    let signing = fields.signing;
+    let (backend, credentials) = match location.scheme {
         Scheme::S3 => {
             if fields.token_cluster.is_some() {
                 only_for("storage.token_cluster", "gcs://")?;
             }
             let mut s3 = s3_settings(fields.endpoint, fields.region, env)?;
             s3.put_options = fields.s3_put.unwrap_or_default();
-            Backend::S3(s3)
+            if signing != Signing::Filter {
+                // Static keys the filter can see are not used.
+                s3.credentials = None;
+            }
+            let provider = sources::aws(signing, s3.credentials.is_some(), clusters, env)?;
+            (Backend::S3(s3), provider)
         }
         Scheme::Azure => {
             if fields.token_cluster.is_some() {
@@ -488,9 +525,12 @@ fn storage_settings(
                     })
                 })
                 .transpose()?;
-            Backend::Azure(
-                azure_settings(&location, fields.endpoint, env)?.with_encryption_scope(scope),
-            )
+            let mut az =
+                azure_settings(&location, fields.endpoint, env)?.with_encryption_scope(scope);
+            let (static_credentials, provider) =
+                sources::azure(signing, az.credentials.clone(), clusters, env)?;
+            az.credentials = static_credentials;
+            (Backend::Azure(az), provider)
         }
         Scheme::Gcs => {
             if fields.region.is_some() {
@@ -505,25 +545,17 @@ fn storage_settings(
                     })
                 })
                 .transpose()?;
-            let service_account = match env(env::GCP_SERVICE_ACCOUNT) {
-                Some(json) => Some(ServiceAccount::parse(&json).map_err(|e| SettingsError {
-                    field: env::GCP_SERVICE_ACCOUNT.into(),
-                    reason: e.to_string(),
-                })?),
-                None => None,
-            };
-            let gcs = GcsSettings::new(fields.endpoint.as_deref(), service_account)
+            let gcs = GcsSettings::new(fields.endpoint.as_deref())
                 .map_err(|e| SettingsError {
                     field: "storage.endpoint".into(),
                     reason: e.to_string(),
                 })?
                 .with_kms_key_name(kms_key_name);
-            Backend::Gcs {
-                gcs: Box::new(gcs),
-                token_cluster: fields
-                    .token_cluster
-                    .unwrap_or_else(|| DEFAULT_TOKEN_CLUSTER.to_string()),
-            }
+            let token_cluster = fields
+                .token_cluster
+                .unwrap_or_else(|| DEFAULT_TOKEN_CLUSTER.to_string());
+            let provider = sources::gcp(signing, token_cluster, clusters, env)?;
+            (Backend::Gcs(gcs), provider)
         }
     };
     Ok(StorageSettings {
@@ -532,6 +564,8 @@ fn storage_settings(
         timeout: fields.timeout,
         max_object_bytes: fields.max_object_bytes,
         backend,
+        credentials,
+        signing,
     })
 }
 
@@ -957,6 +991,7 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::credentials::{GcpMetadata, Provider};
     use crate::storage::UrlScheme;
     use std::collections::HashMap;
 
@@ -983,21 +1018,36 @@ mod tests {
         let json = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gs://bkt/gw"}"#;
         let s = parse_with(json, &[]).unwrap();
         let st = s.storage.unwrap();
-        let Backend::Gcs { gcs, token_cluster } = &st.backend else {
+        let Backend::Gcs(gcs) = &st.backend else {
             panic!("not GCS")
         };
         assert_eq!(gcs.authority, "storage.googleapis.com");
-        assert!(gcs.service_account.is_none());
-        assert_eq!(token_cluster, "gcp_oauth");
+        // No service account: the metadata server.
+        assert_eq!(
+            st.credentials,
+            Some(Provider::GcpMetadata(GcpMetadata {
+                cluster: "gcp_metadata".into(),
+                authority: "metadata.google.internal".into()
+            }))
+        );
         let json = r#"{"cluster_fallback_config_import":true,"cluster_fallback_config_storage":"gcs://bkt",
             "storage":{"endpoint":"http://127.0.0.1:9023","token_cluster":"oauth"}}"#;
         let st = parse_with(json, &[]).unwrap().storage.unwrap();
-        let Backend::Gcs { gcs, token_cluster } = &st.backend else {
+        let Backend::Gcs(gcs) = &st.backend else {
             panic!("not GCS")
         };
-        assert_eq!(
-            (gcs.authority.as_str(), token_cluster.as_str()),
-            ("127.0.0.1:9023", "oauth")
+        assert_eq!(gcs.authority.as_str(), "127.0.0.1:9023");
+        let account = crate::storage::gcp_auth::tests::account_json(
+            crate::storage::gcp_auth::tests::TEST_KEY_PKCS8,
+        );
+        let st = parse_with(json, &[("GCP_SERVICE_ACCOUNT", &account)])
+            .unwrap()
+            .storage
+            .unwrap();
+        assert!(
+            matches!(&st.credentials, Some(Provider::GcpServiceAccount { cluster, .. }) if cluster == "oauth"),
+            "{:?}",
+            st.credentials
         );
         // A broken service account names the variable and never echoes it.
         let e = parse_with(json, &[("GCP_SERVICE_ACCOUNT", r#"{"type":"service_account","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}"#)])
@@ -1688,12 +1738,12 @@ mod tests {
             .unwrap()
             .storage
             .unwrap();
-        let Backend::Gcs { gcs: g, .. } = &st.backend else {
+        let Backend::Gcs(g) = &st.backend else {
             panic!("not GCS")
         };
         assert_eq!(g.kms_key_name.as_ref().map(|k| k.as_str()), Some(KEY));
         let st = parse_with(&gcs("{}"), &[]).unwrap().storage.unwrap();
-        let Backend::Gcs { gcs: g, .. } = &st.backend else {
+        let Backend::Gcs(g) = &st.backend else {
             panic!("not GCS")
         };
         assert_eq!(g.kms_key_name, None);
