@@ -159,6 +159,14 @@ pub struct HostRefusal {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     // ---- process ----
+    /// What the storage endpoint's scheme says about the connection, once
+    /// per driver.
+    StorageTransport {
+        endpoint: String,
+        cluster: String,
+        tls: bool,
+        loopback: bool,
+    },
     /// Where storage credentials come from, once per driver.
     CredentialSource {
         source: String,
@@ -352,6 +360,11 @@ impl Event {
         use Event::*;
         match self {
             Configured { .. }
+            | StorageTransport {
+                tls: false,
+                loopback: true,
+                ..
+            }
             | CredentialsObtained { .. }
             | ClockChosen(_)
             | Published { .. }
@@ -365,6 +378,7 @@ impl Event {
             CpUnavailable { again: true, .. } => Level::Debug,
             DriverTaken { .. }
             | CredentialSource { .. }
+            | StorageTransport { tls: true, .. }
             | DriverLost { .. }
             | CpFetched { .. }
             | CpBack
@@ -389,6 +403,11 @@ impl Event {
             | LeaseUnparseable
             | ImportVersionSkipped { .. }
             | ReplayUnbounded
+            | StorageTransport {
+                tls: false,
+                loopback: false,
+                ..
+            }
             | ElectionFailed { .. }
             | CredentialsFailed { .. } => Level::Warn,
             LeaseTermsExhausted { .. }
@@ -417,6 +436,24 @@ impl fmt::Display for Event {
                 )
             }
             CredentialSource { source } => write!(f, "storage credentials: {source}"),
+            StorageTransport {
+                endpoint,
+                cluster,
+                tls: true,
+                ..
+            } => write!(
+                f,
+                "storage endpoint {endpoint} through cluster {cluster}: TLS and certificate validation are that cluster's transport socket (the filter cannot see it; README: TLS to storage)"
+            ),
+            StorageTransport {
+                endpoint,
+                cluster,
+                tls: false,
+                ..
+            } => write!(
+                f,
+                "storage endpoint {endpoint} is http://: snapshots, signatures and tokens travel in clear text unless cluster {cluster} adds TLS; use https:// and a TLS cluster"
+            ),
             CredentialsObtained { expires_at } => write!(
                 f,
                 "storage credentials obtained, valid until {}",

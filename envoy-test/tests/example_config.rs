@@ -62,8 +62,26 @@ fn example_plugin_json_is_complete() {
     ] {
         assert!(json.get(k).is_some(), "example plugin JSON lacks {k}");
     }
-    assert_eq!(json["storage"]["endpoint"], "http://127.0.0.1:9000");
+    // AWS, virtual-hosted: no endpoint, TLS from the cluster.
+    assert_eq!(json["storage"].get("endpoint"), None);
     assert_eq!(json["storage"]["cluster"], "object_storage");
+    // The storage cluster validates the store's certificate.
+    let storage = &text[text
+        .find("- name: object_storage")
+        .expect("storage cluster")..];
+    let storage = &storage[..storage.find("\n  - name:").unwrap_or(storage.len())];
+    for needle in [
+        "envoy.transport_sockets.tls",
+        "sni: my-bucket.s3.us-east-1.amazonaws.com",
+        "trusted_ca:",
+        "match_typed_subject_alt_names:",
+        "port_value: 443",
+    ] {
+        assert!(storage.contains(needle), "object_storage lacks {needle}");
+    }
+    for cluster in ["- name: aws_imds", "- name: aws_container_credentials"] {
+        assert!(text.contains(cluster), "example lacks {cluster}");
+    }
     assert_eq!(json["control_plane"]["cluster"], "control_plane");
     for k in envoy_test::envoy::HOST_ENV_KEYS {
         assert!(
@@ -74,7 +92,6 @@ fn example_plugin_json_is_complete() {
     for port in [
         "port_value: 10000",
         "port_value: 9901",
-        "port_value: 9000",
         "port_value: 8080",
         "port_value: 8081",
     ] {

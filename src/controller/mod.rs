@@ -223,6 +223,7 @@ impl Controller {
             events: Vec::new(),
         };
         if let Some(store) = &c.store {
+            c.events.push(store.transport_notice());
             c.events.push(Event::CredentialSource {
                 source: store.credential_source(),
             });

@@ -230,8 +230,8 @@ impl AzureCredentials {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AzureEndpoint {
     /// The scheme the endpoint was written with (`https` for Azure's own):
-    /// kept, not yet acted on (TLS is the transport socket of the Envoy
-    /// cluster).
+    /// announced, not enforced ([`crate::storage::ObjectStore::transport_notice`];
+    /// TLS is the transport socket of the Envoy cluster).
     pub scheme: UrlScheme,
     /// `host[:port]`: the `:authority` of every request.
     pub authority: String,
@@ -267,9 +267,8 @@ impl AzureEndpoint {
     /// Parses an override, `http(s)://host[:port][/base]` (see
     /// [`Endpoint::parse`]), refusing as well a query and a path that
     /// Shared Key cannot sign as sent; `field` names the setting it came
-    /// from in errors. The scheme is kept but not yet acted on: requests
-    /// carry `host[:port]` only, and TLS is the transport socket of the
-    /// Envoy cluster.
+    /// from in errors. Requests carry `host[:port]` only; the scheme says
+    /// whether the Envoy cluster is expected to use TLS.
     pub fn parse(url: &str, account: &str, field: &str) -> Result<Self, AzureConfigError> {
         let err = |reason| AzureConfigError::InvalidEndpoint {
             field: field.to_string(),

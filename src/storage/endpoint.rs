@@ -5,9 +5,12 @@
 //! A leaf module: it depends on nothing else in the crate, so every backend
 //! (and `gcp_auth`) can use it without depending on each other.
 //!
-//! The scheme is kept ([`UrlScheme`]) but not yet acted on: requests carry
-//! only the authority (`:authority` = `host[:port]`) and TLS is the
-//! transport socket of the Envoy cluster that carries them.
+//! Requests carry only the authority (`:authority` = `host[:port]`); TLS is
+//! the transport socket of the Envoy cluster that carries them, which the
+//! filter cannot see. The scheme ([`UrlScheme`]) says what that cluster is
+//! expected to do: the store announces it once (an `http://` endpoint off
+//! this host as a warning) and points at the cluster's TLS statistics when
+//! an `https://` connection fails.
 
 use std::fmt;
 

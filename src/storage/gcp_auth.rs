@@ -232,9 +232,9 @@ impl ServiceAccount {
         &self.token_uri
     }
 
-    /// The scheme of [`Self::token_uri`]: kept, not yet acted on (the token
-    /// request carries `host[:port]` only; TLS is the transport socket of
-    /// the Envoy cluster that reaches the endpoint).
+    /// The scheme of [`Self::token_uri`] (the token request carries
+    /// `host[:port]` only; TLS is the transport socket of the Envoy cluster
+    /// that reaches the endpoint).
     pub fn token_scheme(&self) -> UrlScheme {
         self.token_scheme
     }

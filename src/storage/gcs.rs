@@ -25,8 +25,8 @@ pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// Where to reach GCS (as whom: [`super::credentials`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcsSettings {
-    /// The API endpoint's scheme: kept, not yet acted on (TLS is the
-    /// transport socket of the Envoy cluster).
+    /// The API endpoint's scheme: whether the Envoy cluster is expected to
+    /// use TLS (announced once, not enforced: TLS is its transport socket).
     pub scheme: UrlScheme,
     /// `host[:port]` of the API endpoint (`storage.googleapis.com`).
     pub authority: String,
@@ -98,9 +98,8 @@ impl std::error::Error for KmsKeyNameError {}
 impl GcsSettings {
     /// Settings for `endpoint` (`http(s)://host[:port][/base]`, see
     /// [`Endpoint::parse`]), or for [`DEFAULT_ENDPOINT`] when there is none.
-    /// The scheme is kept but not yet acted on: requests carry
-    /// `host[:port]` only, and TLS is the transport socket of the Envoy
-    /// cluster.
+    /// Requests carry `host[:port]` only; the scheme says whether the
+    /// Envoy cluster is expected to use TLS.
     pub fn new(endpoint: Option<&str>) -> Result<Self, EndpointError> {
         let endpoint = Endpoint::parse(endpoint.unwrap_or(DEFAULT_ENDPOINT))?;
         // A base URL is prefixed to paths that have their own query.

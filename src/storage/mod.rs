@@ -32,7 +32,7 @@ pub use model::{ListPage, Object, PutMode, StorageError, Via};
 pub use s3::{S3Addressing, S3Settings};
 
 use crate::clock::Now;
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse, TransportError};
 use credentials::{Credential, CredentialCache, Provider};
 use std::time::Duration;
 
@@ -95,6 +95,45 @@ impl ObjectStore {
         ObjectStore {
             settings,
             credentials,
+        }
+    }
+
+    /// The scheme and `host[:port]` the object API is addressed with.
+    pub fn endpoint(&self) -> (UrlScheme, String) {
+        match &self.settings.backend {
+            Backend::S3(s3) => match &s3.addressing {
+                S3Addressing::VirtualHosted => (
+                    UrlScheme::Https,
+                    format!(
+                        "{}.s3.{}.amazonaws.com",
+                        self.settings.location.bucket, s3.region
+                    ),
+                ),
+                S3Addressing::PathStyle {
+                    scheme, authority, ..
+                } => (*scheme, authority.clone()),
+            },
+            Backend::Gcs(g) => (g.scheme, g.authority.clone()),
+            Backend::Azure(az) => (az.endpoint.scheme, az.endpoint.authority.clone()),
+        }
+    }
+
+    /// What the endpoint's scheme says about the connection, once per
+    /// driver. The filter cannot see the cluster's transport socket: an
+    /// `http://` endpoint off this host is called out as clear text, an
+    /// `https://` one is said to rely on the cluster's TLS.
+    pub fn transport_notice(&self) -> crate::event::Event {
+        let (scheme, authority) = self.endpoint();
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority.as_str(), |(h, _)| h);
+        let loopback = matches!(host, "localhost" | "[::1]") || host.starts_with("127.");
+        crate::event::Event::StorageTransport {
+            endpoint: format!("{}://{authority}", scheme.as_str()),
+            cluster: self.settings.cluster.clone(),
+            tls: scheme == UrlScheme::Https,
+            loopback,
         }
     }
 
@@ -329,6 +368,15 @@ impl ObjectStore {
     /// `storage.max_object_bytes`), before the backend reads the answer.
     fn transport(&self, response: &HttpResponse) -> Result<(), StorageError> {
         match response.transport_error(self.settings.max_object_bytes) {
+            // Envoy's answer does not say that a TLS handshake failed (a
+            // certificate that does not verify reads "remote connection
+            // failure"): say where to look.
+            Some(TransportError::Unreachable(why)) if self.endpoint().0 == UrlScheme::Https => {
+                let c = &self.settings.cluster;
+                Err(StorageError::Transport(TransportError::Unreachable(format!(
+                    "{why} (if the TLS handshake failed, e.g. a certificate that does not verify, Envoy counts it in cluster.{c}.ssl.fail_verify_error or ssl.fail_verify_san)"
+                ))))
+            }
             Some(e) => Err(StorageError::Transport(e)),
             None => Ok(()),
         }

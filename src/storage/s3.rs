@@ -19,8 +19,8 @@ pub enum S3Addressing {
     /// An explicit endpoint (MinIO, s3s, GCS interoperability, ...):
     /// `<authority><base_path>/<bucket>/<key>`.
     PathStyle {
-        /// As written in the endpoint; kept, not yet acted on (TLS is the
-        /// transport socket of the Envoy cluster).
+        /// As written in the endpoint: whether the Envoy cluster is
+        /// expected to use TLS (announced once, not enforced).
         scheme: UrlScheme,
         /// `host[:port]`: the `:authority` (and signed `host`).
         authority: String,
@@ -30,9 +30,9 @@ pub enum S3Addressing {
 }
 
 impl S3Addressing {
-    /// Parses `http(s)://host[:port][/base]` ([`Endpoint::parse`]). The
-    /// scheme is kept but not yet acted on: requests carry `host[:port]`
-    /// only, and TLS is the transport socket of the Envoy cluster.
+    /// Parses `http(s)://host[:port][/base]` ([`Endpoint::parse`]).
+    /// Requests carry `host[:port]` only; the scheme says whether the
+    /// Envoy cluster is expected to use TLS.
     pub fn parse_endpoint(endpoint: &str) -> Result<Self, EndpointError> {
         Endpoint::parse(endpoint).map(S3Addressing::from)
     }
@@ -972,6 +972,36 @@ mod tests {
         assert_eq!(plain, tls);
     }
 
+    /// The scheme cannot be checked against the cluster: it is said once,
+    /// as a warning when it is clear text off this host.
+    #[test]
+    fn the_endpoints_scheme_is_announced() {
+        use crate::event::{Event, Level};
+        let notice = |addressing| store(addressing, None).transport_notice();
+        let aws = notice(S3Addressing::VirtualHosted);
+        assert_eq!(
+            aws,
+            Event::StorageTransport {
+                endpoint: "https://bkt.s3.us-east-1.amazonaws.com".into(),
+                cluster: "object_storage".into(),
+                tls: true,
+                loopback: false
+            }
+        );
+        assert_eq!(aws.level(), Level::Info);
+        assert!(aws
+            .to_string()
+            .contains("TLS and certificate validation are that cluster's transport socket"));
+        let local = notice(S3Addressing::parse_endpoint("http://127.0.0.1:9000").unwrap());
+        assert_eq!(local.level(), Level::Debug);
+        let remote = notice(S3Addressing::parse_endpoint("http://minio.internal:9000").unwrap());
+        assert_eq!(remote.level(), Level::Warn);
+        assert_eq!(
+            remote.to_string(),
+            "storage endpoint http://minio.internal:9000 is http://: snapshots, signatures and tokens travel in clear text unless cluster object_storage adds TLS; use https:// and a TLS cluster"
+        );
+    }
+
     #[test]
     fn classifies_errors() {
         let resp = |status, body: &str| HttpResponse {
@@ -1002,9 +1032,21 @@ mod tests {
         let e = s
             .read_result(resp(503, "upstream connect error or disconnect"))
             .unwrap_err();
-        // Envoy's own 503: named as such, not as the store's answer.
+        // Envoy's own 503: named as such, not as the store's answer; over
+        // https, with where to see a failed TLS handshake.
         assert_eq!(
             e.to_string(),
+            "the proxy got no answer from the upstream: upstream connect error or disconnect (if the TLS handshake failed, e.g. a certificate that does not verify, Envoy counts it in cluster.object_storage.ssl.fail_verify_error or ssl.fail_verify_san)"
+        );
+        let plain = store(
+            S3Addressing::parse_endpoint("http://127.0.0.1:9000").unwrap(),
+            None,
+        );
+        assert_eq!(
+            plain
+                .read_result(resp(503, "upstream connect error or disconnect"))
+                .unwrap_err()
+                .to_string(),
             "the proxy got no answer from the upstream: upstream connect error or disconnect"
         );
         let e = s
