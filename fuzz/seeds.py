@@ -282,8 +282,30 @@ tok = {
     "envoy-503": s3["envoy-503"],
     "no-answer": http(0, [], "the token request timed out"),
 }
+# The first byte picks the source and step (see the target): 0 a service
+# account's token endpoint, 1 the GCP metadata server, 2 Azure IMDS, 3
+# container credentials, 4-6 the IMDSv2 token, role and credentials steps.
 for name, data in tok.items():
-    put("token_response", name, data)
+    for pick in (0, 1, 2):
+        put("token_response", "%d-%s" % (pick, name), bytes([pick]) + data.encode())
+aws_creds = {
+    "AccessKeyId": "ASIAFUZZEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/fuzz-secret",
+    "Token": "IQoJb3JpZ2luX2VjEFUZZ-session-token", "Expiration": "2030-01-01T00:00:00Z",
+}
+aws = {
+    "3-container-ok": http(200, ["Content-Type: application/json"], json.dumps(aws_creds)),
+    "3-container-denied": http(401, [], json.dumps({"Code": "AccessDenied", "Message": "bad token"})),
+    "3-container-expired": http(200, [], json.dumps(dict(aws_creds, Expiration="1970-01-01T00:00:00Z"))),
+    "4-imds-token": http(200, [], "AQAEAFUZZ-imds-session-token=="),
+    "4-imds-token-403": http(403, [], ""),
+    "5-imds-role": http(200, [], "fleet-role\n"),
+    "5-imds-no-role": http(404, [], "Not Found"),
+    "6-imds-creds": http(200, [], json.dumps(dict(aws_creds, Code="Success", Type="AWS-HMAC",
+                                                 LastUpdated="2029-12-31T18:00:00Z"))),
+    "6-imds-failed": http(200, [], json.dumps({"Code": "AssumeRoleUnauthorizedAccess", "Message": "denied"})),
+}
+for name, data in aws.items():
+    put("token_response", name, bytes([int(name[0])]) + data.encode())
 
 # --- service accounts -------------------------------------------------------------------
 put("service_account", "pkcs8", SA)
