@@ -104,7 +104,22 @@ impl Azurite {
         cert: &Path,
         key: &Path,
     ) -> Result<Azurite, String> {
-        let args: Vec<String> = vec![
+        Azurite::start_https_oauth_debug(bin, log, port, cert, key, None)
+    }
+
+    /// [`Azurite::start_https_oauth`], and with `debug_log` Azurite's
+    /// `--debug <file>`: every request's method, URL and headers
+    /// (`RequestHeaders:{...}`, Bearer tokens included) are written there,
+    /// for tests that check what a client sent.
+    pub fn start_https_oauth_debug(
+        bin: &Path,
+        log: &Path,
+        port: u16,
+        cert: &Path,
+        key: &Path,
+        debug_log: Option<&Path>,
+    ) -> Result<Azurite, String> {
+        let mut args: Vec<String> = vec![
             "--blobHost".into(),
             "127.0.0.1".into(),
             "--blobPort".into(),
@@ -119,6 +134,9 @@ impl Azurite {
             "--oauth".into(),
             "basic".into(),
         ];
+        if let Some(d) = debug_log {
+            args.extend(["--debug".to_string(), d.display().to_string()]);
+        }
         let mut proc =
             Proc::spawn("azurite-https", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
         proc.wait_listening(port, Duration::from_secs(20))?;
@@ -159,6 +177,115 @@ impl Azurite {
             ],
             body,
         )
+    }
+}
+
+/// Blob requests to one container of an HTTPS Azurite (started by
+/// [`Azurite::start_https_oauth`]) with a harness Bearer JWT that Azurite
+/// `--oauth basic` accepts ([`crate::identity::azure_access_token`], valid
+/// for an hour), the server verified against a test CA for `localhost`:
+/// for the harness's own setup and assertions in OAuth scenarios
+/// (creating the container, reading what the filter wrote).
+pub struct BearerBlobClient {
+    port: u16,
+    ca_pem: std::path::PathBuf,
+    container: String,
+    token: String,
+}
+
+impl Azurite {
+    /// A [`BearerBlobClient`] for `container`, trusting `ca_pem`.
+    pub fn bearer_client(&self, ca_pem: &Path, container: &str) -> BearerBlobClient {
+        BearerBlobClient {
+            port: self.port,
+            ca_pem: ca_pem.to_path_buf(),
+            container: container.into(),
+            token: crate::identity::azure_access_token(
+                crate::identity::AZURE_TENANT,
+                "https://storage.azure.com",
+                "envoy-test-harness",
+                Duration::from_secs(3600),
+            ),
+        }
+    }
+}
+
+impl BearerBlobClient {
+    fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let auth = format!("Bearer {}", self.token);
+        let date = now().http_date();
+        let host = format!("127.0.0.1:{}", self.port);
+        let mut headers = vec![
+            ("host", host.as_str()),
+            ("authorization", auth.as_str()),
+            ("x-ms-version", OAUTH_API_VERSION),
+            ("x-ms-date", date.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        crate::tls::https_request(
+            self.port,
+            "localhost",
+            &self.ca_pem,
+            method,
+            path_and_query,
+            &headers,
+            body,
+        )
+        .map_err(|e| format!("{method} {path_and_query} to HTTPS Azurite: {e}"))
+    }
+
+    fn blob_path(&self, blob: &str) -> String {
+        format!("/{ACCOUNT}/{}/{blob}", self.container)
+    }
+
+    /// Create Container: `Err` unless Azurite answers 201.
+    pub fn create_container(&self) -> Result<(), String> {
+        let path = format!("/{ACCOUNT}/{}?restype=container", self.container);
+        let r = self.request("PUT", &path, &[], b"")?;
+        if r.status == 201 {
+            Ok(())
+        } else {
+            Err(format!(
+                "Create Container {}: {}",
+                self.container,
+                r.summary()
+            ))
+        }
+    }
+
+    /// Get Blob: `Ok(None)` on 404.
+    pub fn get(&self, blob: &str) -> Result<Option<Vec<u8>>, String> {
+        let r = self.request("GET", &self.blob_path(blob), &[], b"")?;
+        match r.status {
+            200 => Ok(Some(r.body)),
+            404 => Ok(None),
+            _ => Err(format!("Get Blob {blob}: {}", r.summary())),
+        }
+    }
+
+    /// Put Blob (a block blob, `application/json`, unconditional): `Err`
+    /// unless Azurite answers 201.
+    pub fn put(&self, blob: &str, body: &[u8]) -> Result<(), String> {
+        let r = self.request(
+            "PUT",
+            &self.blob_path(blob),
+            &[
+                ("x-ms-blob-type", "BlockBlob"),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )?;
+        if r.status == 201 {
+            Ok(())
+        } else {
+            Err(format!("Put Blob {blob}: {}", r.summary()))
+        }
     }
 }
 

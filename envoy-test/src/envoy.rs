@@ -10,17 +10,27 @@ use std::time::Duration;
 /// `vm_config.environment_variables.host_env_keys`). Envoy is started with
 /// these REMOVED from the inherited environment, then set from the test, so
 /// a developer's real credentials never leak into a test.
-pub const HOST_ENV_KEYS: [&str; 13] = [
+pub const HOST_ENV_KEYS: [&str; 23] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_CONFIG_STORAGE_ENDPOINT",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "GCP_SERVICE_ACCOUNT",
+    "GCE_METADATA_HOST",
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_ENDPOINT",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_AUTHORITY_HOST",
     "FALLBACK_CONFIG_SIGNING_KEY",
     "FALLBACK_CONFIG_TRUSTED_KEYS",
     "FALLBACK_CONFIG_ENCRYPTION_KEYS",
@@ -44,6 +54,27 @@ pub struct Cluster {
     pub per_connection_buffer_limit_bytes: Option<u32>,
     /// An upstream TLS transport socket; `None`: plain TCP.
     pub tls: Option<UpstreamTls>,
+    /// Envoy's `aws_request_signing` as an upstream HTTP filter of this
+    /// cluster; `None`: no upstream filters.
+    pub aws_signing: Option<AwsSigning>,
+}
+
+/// `envoy.filters.http.aws_request_signing` configured as an upstream HTTP
+/// filter of a cluster (`typed_extension_protocol_options`, HTTP/1.1,
+/// then `upstream_codec`), as in the README's "Envoy signs": service `s3`,
+/// the body hashed (`use_unsigned_payload: false`), `x-envoy*`,
+/// `x-forwarded*` and `x-request-id` not signed. Envoy signs with its
+/// own AWS credential chain, read from ITS process environment (the
+/// `env` given to [`Envoy::start`]).
+#[derive(Clone, Debug)]
+pub struct AwsSigning {
+    /// The SigV4 region.
+    pub region: String,
+    /// `credential_provider: { custom_credential_provider_chain: true,
+    /// environment_credential_provider: {} }`: only the environment keys
+    /// (no credentials file, no IMDS probing). `false`: Envoy's default
+    /// chain.
+    pub environment_only: bool,
 }
 
 /// An upstream TLS transport socket (`envoy.transport_sockets.tls`,
@@ -78,6 +109,14 @@ pub struct EnvoyConfig {
     pub log_level: String,
     /// `--component-log-level`, e.g. `wasm:trace`; `None`: not passed.
     pub component_log_level: Option<String>,
+    /// Variables listed in `host_env_keys` besides [`HOST_ENV_KEYS`] (e.g.
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI`); like those, removed from the
+    /// inherited environment and set only from the test's `env`.
+    pub extra_host_env_keys: Vec<String>,
+    /// Variables of [`HOST_ENV_KEYS`] left out of `host_env_keys`: the
+    /// VM does not see them, though the Envoy process still gets them
+    /// from the test's `env` (e.g. keys for Envoy's own signer only).
+    pub hidden_host_env_keys: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -92,7 +131,60 @@ impl EnvoyConfig {
             runtime: Vec::new(),
             log_level: "info".into(),
             component_log_level: None,
+            extra_host_env_keys: Vec::new(),
+            hidden_host_env_keys: Vec::new(),
         }
+    }
+
+    /// Lists `keys` in `host_env_keys` too (see
+    /// [`EnvoyConfig::extra_host_env_keys`]).
+    pub fn host_env_keys(mut self, keys: &[&str]) -> EnvoyConfig {
+        for k in keys {
+            if !HOST_ENV_KEYS.contains(k) && !self.extra_host_env_keys.iter().any(|e| e == k) {
+                self.extra_host_env_keys.push(k.to_string());
+            }
+        }
+        self
+    }
+
+    /// Leaves `keys` out of `host_env_keys` (see
+    /// [`EnvoyConfig::hidden_host_env_keys`]).
+    pub fn hide_host_env_keys(mut self, keys: &[&str]) -> EnvoyConfig {
+        self.hidden_host_env_keys
+            .extend(keys.iter().map(|k| k.to_string()));
+        self
+    }
+
+    /// The variables the VM sees (`host_env_keys`), in order.
+    pub fn vm_env_keys(&self) -> Vec<String> {
+        HOST_ENV_KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .chain(self.extra_host_env_keys.iter().cloned())
+            .filter(|k| !self.hidden_host_env_keys.contains(k))
+            .collect()
+    }
+
+    /// Puts Envoy's `aws_request_signing` upstream filter on the existing
+    /// cluster `name` (see [`AwsSigning`]); panics when there is no such
+    /// cluster.
+    #[track_caller]
+    pub fn cluster_aws_signing(
+        mut self,
+        name: &str,
+        region: &str,
+        environment_only: bool,
+    ) -> EnvoyConfig {
+        match self.clusters.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.aws_signing = Some(AwsSigning {
+                    region: region.into(),
+                    environment_only,
+                })
+            }
+            None => panic!("no cluster {name} in the Envoy config"),
+        }
+        self
     }
 
     /// Envoy's log levels: `-l level` and `--component-log-level components`.
@@ -109,6 +201,7 @@ impl EnvoyConfig {
             port,
             per_connection_buffer_limit_bytes: None,
             tls: None,
+            aws_signing: None,
         });
         self
     }
@@ -224,7 +317,7 @@ impl EnvoyConfig {
             y.push_str(
                 "                  environment_variables:\n                    host_env_keys:\n",
             );
-            for k in HOST_ENV_KEYS {
+            for k in self.vm_env_keys() {
                 y.push_str(&format!("                    - {k}\n"));
             }
         }
@@ -256,6 +349,15 @@ impl EnvoyConfig {
                         ));
                     }
                 }
+            }
+            if let Some(sig) = &c.aws_signing {
+                y.push_str("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: { http_protocol_options: {} }\n        http_filters:\n        - name: envoy.filters.http.aws_request_signing\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning\n            service_name: s3\n");
+                y.push_str(&format!("            region: {}\n", q(&sig.region)));
+                y.push_str("            use_unsigned_payload: false\n            match_excluded_headers: [{ prefix: x-envoy }, { prefix: x-forwarded }, { exact: x-request-id }]\n");
+                if sig.environment_only {
+                    y.push_str("            credential_provider:\n              custom_credential_provider_chain: true\n              environment_credential_provider: {}\n");
+                }
+                y.push_str("        - name: envoy.filters.http.upstream_codec\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec\n");
             }
         }
         if !self.runtime.is_empty() {
@@ -358,8 +460,12 @@ impl Envoy {
         if let Some(c) = &config.component_log_level {
             args.extend(["--component-log-level".to_string(), c.clone()]);
         }
-        let proc =
-            Proc::spawn(name, bin, &args, env, &HOST_ENV_KEYS, &log).map_err(|e| e.to_string())?;
+        let removed: Vec<&str> = HOST_ENV_KEYS
+            .iter()
+            .copied()
+            .chain(config.extra_host_env_keys.iter().map(String::as_str))
+            .collect();
+        let proc = Proc::spawn(name, bin, &args, env, &removed, &log).map_err(|e| e.to_string())?;
         let mut envoy = Envoy {
             name: name.into(),
             proc,
@@ -677,6 +783,38 @@ mod tests {
         assert!(y.ends_with(
             "layered_runtime:\n  layers:\n  - name: envoy_test_static\n    static_layer:\n      \"http.async_response_buffer_limit\": 67108864\n"
         ), "{y}");
+    }
+
+    #[test]
+    fn yaml_renders_aws_signing_and_host_env_keys() {
+        let cfg = EnvoyConfig::new()
+            .cluster("object_storage", 1)
+            .cluster("aws_imds", 2)
+            .cluster_aws_signing("object_storage", "eu-west-1", true)
+            .host_env_keys(&["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_REGION"])
+            .hide_host_env_keys(&["AWS_SECRET_ACCESS_KEY"])
+            .wasm(Path::new("/x/f.wasm"), "{}");
+        let y = cfg.to_yaml();
+        assert_eq!(y.matches("aws_request_signing").count(), 2, "{y}");
+        assert!(
+            y.contains("port_value: 1 }\n    typed_extension_protocol_options:\n"),
+            "{y}"
+        );
+        assert!(y.contains("region: \"eu-west-1\"\n"), "{y}");
+        assert!(y.contains("environment_credential_provider: {}"), "{y}");
+        assert!(
+            y.contains("upstream_codec.v3.UpstreamCodec\n  - name: \"aws_imds\""),
+            "{y}"
+        );
+        assert!(y.contains("- AWS_CONTAINER_CREDENTIALS_FULL_URI\n"), "{y}");
+        assert_eq!(y.matches("- AWS_REGION\n").count(), 1, "{y}");
+        assert!(!y.contains("- AWS_SECRET_ACCESS_KEY"), "{y}");
+        assert!(y.contains("- AWS_ACCESS_KEY_ID\n"), "{y}");
+        let plain = EnvoyConfig::new().cluster("object_storage", 1).to_yaml();
+        assert!(
+            !plain.contains("typed_extension_protocol_options"),
+            "{plain}"
+        );
     }
 
     #[test]

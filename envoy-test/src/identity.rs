@@ -32,7 +32,7 @@
 //! - `down()` (the port refuses connections, open ones are cut), `up()`
 //!   (back, answering normally), `fail_with(503)` (listening but answering
 //!   that status to everything), `set_delay(d)` (each answer waits `d`);
-//! - a request log ([`LoggedRequest`]: method, target, headers, status),
+//! - a request log ([`LoggedRequest`]: method, target, headers, body, status),
 //!   `requests()`, `request_count()`, `clear_requests()`.
 
 use crate::http::{self, Headers, HttpServer, Reply, Request};
@@ -105,6 +105,9 @@ pub struct LoggedRequest {
     pub path: String,
     /// Names lower-cased.
     pub headers: Headers,
+    /// The request body as received (a form POST's fields: see
+    /// [`LoggedRequest::form`]).
+    pub body: Vec<u8>,
     pub status: u16,
     pub at: SystemTime,
 }
@@ -116,6 +119,19 @@ impl LoggedRequest {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as `application/x-www-form-urlencoded` pairs, decoded.
+    pub fn form(&self) -> Vec<(String, String)> {
+        http::query_pairs(&String::from_utf8_lossy(&self.body))
+    }
+
+    /// The value of the form field `name`, if the body has it.
+    pub fn form_field(&self, name: &str) -> Option<String> {
+        self.form()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -162,6 +178,7 @@ impl Base {
                     method: req.method.clone(),
                     path: req.path.clone(),
                     headers: req.headers.clone(),
+                    body: req.body.clone(),
                     status: reply.status,
                     at: SystemTime::now(),
                 });
@@ -1143,6 +1160,23 @@ fn azure_imds_handle(s: &AzureImdsState, req: &Request, lifetime: Duration) -> R
             "token_type": "Bearer",
         }),
     )
+}
+
+/// moto in auth mode (log in `dir`) with `bucket` and a role `role` that
+/// may use it, whose credentials the AWS fakes hand out.
+pub fn moto_with_role(
+    dir: &crate::workdir::WorkDir,
+    bucket: &str,
+    role: &str,
+) -> Result<(crate::moto::Moto, AwsRoleSource), String> {
+    let moto = crate::moto::Moto::start(
+        &crate::moto::require_moto_server(),
+        &dir.join("moto.log"),
+        crate::ports::free_port(),
+    )?;
+    moto.create_bucket(bucket)?;
+    let source = AwsRoleSource::create(&moto, role, &s3_bucket_policy(bucket))?;
+    Ok((moto, source))
 }
 
 #[cfg(test)]

@@ -88,3 +88,15 @@ pub mod tls;
 pub mod upstream;
 pub mod wait;
 pub mod workdir;
+
+/// The value, or a panic with the harness's error message (test code).
+#[track_caller]
+pub fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The value, or a panic with the I/O error (test code).
+#[track_caller]
+pub fn io<T>(r: std::io::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}

@@ -51,6 +51,13 @@ pub struct PluginConfig {
     pub cp_max_config_bytes: Option<u64>,
     /// `status_path` (e.g. `/.fallback-config/status`); `None`: off.
     pub status_path: Option<String>,
+    /// `storage.signing` (`filter`, `envoy`, `none`); `None`: left out
+    /// (the filter's default, `filter`).
+    pub signing: Option<String>,
+    /// Fields of the `credentials` object (e.g. `aws_imds_cluster` ->
+    /// `imds`), in order; the object is rendered only when this is not
+    /// empty.
+    pub credentials: Vec<(String, String)>,
 }
 
 impl PluginConfig {
@@ -84,7 +91,23 @@ impl PluginConfig {
             max_object_bytes: None,
             cp_max_config_bytes: None,
             status_path: None,
+            signing: None,
+            credentials: Vec::new(),
         }
+    }
+
+    /// Sets `storage.signing`.
+    pub fn with_signing(mut self, signing: &str) -> PluginConfig {
+        self.signing = Some(signing.into());
+        self
+    }
+
+    /// Sets `credentials.<field>` (e.g. `aws_imds_cluster`,
+    /// `aws_container_cluster`) to `cluster`.
+    pub fn with_credentials_cluster(mut self, field: &str, cluster: &str) -> PluginConfig {
+        self.credentials.retain(|(k, _)| k != field);
+        self.credentials.push((field.into(), cluster.into()));
+        self
     }
 
     /// The JSON document.
@@ -123,6 +146,9 @@ impl PluginConfig {
             if let Some(n) = self.max_object_bytes {
                 storage.insert("max_object_bytes".into(), n.into());
             }
+            if let Some(signing) = &self.signing {
+                storage.insert("signing".into(), signing.clone().into());
+            }
         }
         if let (Some(n), Some(cp)) = (self.cp_max_config_bytes, v["control_plane"].as_object_mut())
         {
@@ -148,6 +174,14 @@ impl PluginConfig {
             }
             if let Some(p) = &self.status_path {
                 o.insert("status_path".into(), p.clone().into());
+            }
+            if !self.credentials.is_empty() {
+                let c: serde_json::Map<String, serde_json::Value> = self
+                    .credentials
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect();
+                o.insert("credentials".into(), c.into());
             }
         }
         if self.lease_ttl_ms.is_some() || self.renew_interval_ms.is_some() {
@@ -252,6 +286,32 @@ mod tests {
         );
         assert_eq!(s.storage.unwrap().max_object_bytes, 2048);
         assert_eq!(s.control_plane.max_config_bytes, 4096);
+    }
+
+    /// `storage.signing` and `credentials.*` render where the filter
+    /// reads them, and it accepts them.
+    #[test]
+    fn renders_signing_and_credential_clusters() {
+        let p = PluginConfig::new("s3://b/p", "http://127.0.0.1:9000");
+        assert!(!p.to_json().contains("signing"), "{}", p.to_json());
+        assert!(!p.to_json().contains("credentials"), "{}", p.to_json());
+        let p = p
+            .with_signing("envoy")
+            .with_credentials_cluster("aws_imds_cluster", "imds")
+            .with_credentials_cluster("aws_container_cluster", "ecs")
+            .with_credentials_cluster("aws_imds_cluster", "imds2");
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["storage"]["signing"], "envoy");
+        assert_eq!(
+            v["credentials"],
+            serde_json::json!({"aws_imds_cluster": "imds2", "aws_container_cluster": "ecs"})
+        );
+        let s = fallback_config::settings::Settings::parse(p.to_json().as_bytes(), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}: {}", p.to_json()));
+        assert_eq!(
+            s.storage.map(|st| st.signing),
+            Some(fallback_config::storage::Signing::Envoy)
+        );
     }
 
     #[test]

@@ -11,10 +11,10 @@ use envoy_test::envoy::{self, Envoy, EnvoyConfig};
 use envoy_test::gcs::GcsStack;
 use envoy_test::http::{self, Response};
 use envoy_test::identity::{
-    self, AwsRoleSource, AzureImds, ContainerCredentials, Ec2Imds, EntraTokenEndpoint, GcpMetadata,
-    AZURE_TENANT, IMDS_TOKEN_HEADER, IMDS_TTL_HEADER,
+    self, AzureImds, ContainerCredentials, Ec2Imds, EntraTokenEndpoint, GcpMetadata, AZURE_TENANT,
+    IMDS_TOKEN_HEADER, IMDS_TTL_HEADER,
 };
-use envoy_test::moto::{self, Moto, TemporaryCredentials};
+use envoy_test::moto::{Moto, TemporaryCredentials};
 use envoy_test::ports::free_port;
 use envoy_test::tls::{self, TestPki};
 use envoy_test::workdir::WorkDir;
@@ -25,31 +25,7 @@ use std::time::{Duration, SystemTime};
 
 const BUCKET: &str = "identity-bucket";
 
-#[track_caller]
-fn ok<T>(r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-#[track_caller]
-fn io<T>(r: std::io::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// moto in auth mode with `BUCKET` and a role that may use it.
-fn moto_with_role(dir: &WorkDir, role: &str) -> (Moto, AwsRoleSource) {
-    let moto = ok(Moto::start(
-        &moto::require_moto_server(),
-        &dir.join("moto.log"),
-        free_port(),
-    ));
-    ok(moto.create_bucket(BUCKET));
-    let source = ok(AwsRoleSource::create(
-        &moto,
-        role,
-        &identity::s3_bucket_policy(BUCKET),
-    ));
-    (moto, source)
-}
+use envoy_test::{io, ok};
 
 /// The credentials of an AWS credentials JSON answer.
 fn creds_of(body: &Value) -> TemporaryCredentials {
@@ -125,7 +101,7 @@ fn wrong_session_token_refused(moto: &Moto, c: &TemporaryCredentials) {
 #[test]
 fn imdsv2_flow_gives_credentials_moto_s3_verifies() {
     let dir = WorkDir::new("identity-imds");
-    let (moto, source) = moto_with_role(&dir, "ec2-role");
+    let (moto, source) = ok(identity::moto_with_role(&dir, BUCKET, "ec2-role"));
     let imds = io(Ec2Imds::start(source, "ec2-role"));
     imds.set_lifetime(Duration::from_secs(20));
     let port = imds.port();
@@ -238,7 +214,7 @@ fn imdsv2_flow_gives_credentials_moto_s3_verifies() {
 #[test]
 fn container_credentials_require_the_token_and_moto_s3_verifies_them() {
     let dir = WorkDir::new("identity-container");
-    let (moto, source) = moto_with_role(&dir, "task-role");
+    let (moto, source) = ok(identity::moto_with_role(&dir, BUCKET, "task-role"));
     let path = "/v2/credentials/abc";
     let ecs = io(ContainerCredentials::start(
         source.clone(),

@@ -30,7 +30,7 @@ pub mod oauth_hosts {
 
 use super::gcp_auth::{self, JwtError, ServiceAccount};
 use crate::clock::{Instant, Now};
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse, TransportError};
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
 use crate::time::Timestamp;
@@ -48,6 +48,9 @@ const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// Stop using a credential this long before it expires, so that it does
 /// not expire between leaving the filter and reaching the store.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+/// Credential answers are a few KB: anything larger is refused.
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// First and longest wait after a failed fetch.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -248,6 +251,9 @@ pub enum Failure {
         description: Option<String>,
         detail: Option<String>,
     },
+    /// The proxy answered for the endpoint (it could not be reached, timed
+    /// out) or the answer broke on the way: the endpoint said nothing.
+    Transport(TransportError),
     /// A 200 whose body is not usable.
     Malformed(Malformed),
     /// The service-account assertion could not be signed.
@@ -318,6 +324,7 @@ impl fmt::Display for CredentialError {
                 }
                 Ok(())
             }
+            Failure::Transport(e) => write!(f, "no answer from the {endpoint}: {e}"),
             Failure::Malformed(why) => write!(f, "{endpoint} answered 200 but {why}"),
             Failure::Jwt(e) => e.fmt(f),
         }
@@ -449,6 +456,13 @@ impl CredentialCache {
     /// in use.
     pub fn on_response(&mut self, response: HttpResponse, now: Now) -> Result<(), CredentialError> {
         let (step, began) = self.in_flight.take().unwrap_or((Step::Fetch, now));
+        // Envoy's own answers (no connection, a timeout) are not the
+        // endpoint's; status 0 (no answer at all) is reported as such below.
+        if response.status != 0 {
+            if let Some(e) = response.transport_error(MAX_ANSWER_BYTES) {
+                return Err(self.failed(Failure::Transport(e), now.mono));
+            }
+        }
         match self.provider.on_response(step, &response, now) {
             Ok(Progress::Next(step)) => {
                 self.next_step = Some((step, began));

@@ -197,9 +197,14 @@ fn errors_say_what_the_endpoint_said() {
         )),
         "token endpoint answered 403: PERMISSION_DENIED: denied"
     );
+    // Envoy's own 503: the endpoint was never reached.
     assert_eq!(
         fail(answer(503, "upstream connect error or\n disconnect")),
-        "token endpoint answered 503: upstream connect error or disconnect"
+        "no answer from the token endpoint: the proxy got no answer from the upstream: upstream connect error or disconnect"
+    );
+    assert_eq!(
+        fail(answer(503, "a store's own 503")),
+        "token endpoint answered 503: a store's own 503"
     );
     assert_eq!(
         fail(answer(0, "no answer from the proxy")),
