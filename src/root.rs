@@ -19,11 +19,12 @@ use crate::clock::{Clock, ClockNotice, ClockSource, HostTime, Now};
 use crate::controller::{Controller, Inherited, Output};
 use crate::event::Event;
 use crate::http::HttpResponse;
-use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult};
+use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult, FIRST_TICK, TICK};
 use crate::rng::{NonceSource, Rng};
 use crate::settings::{Settings, SettingsError, DEFAULT_UPSTREAM_HEADER};
 use crate::status::StatusRecord;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// What the shell must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub enum Action {
     /// Dispatch this call; report its end with its token.
     Send(Call),
     Metric(Metric),
+    /// Change the tick period to this (see [`Root::tick_period`]).
+    SetTickPeriod(Duration),
 }
 
 /// Inputs that wait until the lease is confirmed.
@@ -74,6 +77,8 @@ pub struct Root {
     /// The last shared-data call renewed the lease (or granted an import):
     /// an import request may go out right after it, and only then.
     just_validated: bool,
+    /// Whether the first tick came (see [`Root::tick_period`]).
+    ticked: bool,
 }
 
 impl Root {
@@ -90,6 +95,7 @@ impl Root {
             next_token: 1,
             rng: Rng::new(u64::from(context_id)),
             just_validated: false,
+            ticked: false,
         }
     }
 
@@ -176,7 +182,21 @@ impl Root {
         self.configured.as_ref().map(|c| c.coordinator.owner())
     }
 
+    /// The tick period to set when the plugin is configured: a short
+    /// first one ([`FIRST_TICK`]), then [`TICK`], asked for by
+    /// [`Action::SetTickPeriod`] on the first tick.
+    pub fn tick_period(&self) -> Duration {
+        match self.ticked {
+            false => FIRST_TICK,
+            true => TICK,
+        }
+    }
+
     pub fn handle_tick(&mut self, time: HostTime) {
+        if !self.ticked {
+            self.ticked = true;
+            self.actions.push_back(Action::SetTickPeriod(TICK));
+        }
         self.read_clock(time);
         let now = self.now;
         let Some(c) = self.configured.as_mut() else {

@@ -362,3 +362,15 @@ fn the_default_node_id_is_stable_per_process() {
     assert_eq!(ids[0][0], ids[0][1]);
     assert_ne!(ids[0][0], ids[1][0]);
 }
+
+/// Start-up: the first CP request goes out on the first tick (the canary
+/// VM never ticks, so nothing can go out at configure time), and the
+/// import follows the CP's failure at once.
+#[test]
+fn the_first_cp_poll_goes_out_on_the_first_tick() {
+    let mut w = calm(vec![spec(true, false)]);
+    let t = run_until(&mut w, 2_000, |w| sent(w, 0, CallKind::CpPoll) > 0);
+    // The first tick (10 ms) plus the simulator's timer jitter (up to 20
+    // ms) and its 10 ms steps: far sooner than one 200 ms tick.
+    assert!(t.is_some_and(|t| t <= 40), "first CP poll at {t:?} ms");
+}

@@ -5,7 +5,6 @@ use super::filter::Filter;
 use super::host::{self, SharedAnswer};
 use crate::action::Token;
 use crate::event::Level;
-use crate::process::TICK;
 use crate::root::{Action, Root};
 use crate::worker::WorkerCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -55,6 +54,11 @@ impl RootShell {
                         self.core.handle_send_failed(call.token, reason);
                     }
                 },
+                Action::SetTickPeriod(period) => {
+                    if let Err(e) = host::set_tick_period(period) {
+                        host::log(Level::Error, &format!("cannot set the tick period: {e:?}"));
+                    }
+                }
                 Action::Metric(metric) => {
                     if let Some(m) = &self.metrics {
                         m.record(metric);
@@ -118,7 +122,7 @@ impl RootContext for RootShell {
         self.pump();
         // Network and shared-data work waits for the first tick: the canary
         // VM Envoy configures and throws away never ticks.
-        if let Err(e) = host::set_tick_period(TICK) {
+        if let Err(e) = host::set_tick_period(self.core.tick_period()) {
             host::log(Level::Error, &format!("cannot set the tick period: {e:?}"));
             return false;
         }

@@ -104,6 +104,9 @@ pub struct SimRoot {
     pub writes: u32,
     /// Calls it sent: (kind, at).
     pub sent: Vec<(CallKind, u64)>,
+    /// The tick period the core asked for (`Root::tick_period`, then
+    /// `Action::SetTickPeriod`), in ms.
+    pub tick_ms: u64,
 }
 
 pub struct Proc {
@@ -384,7 +387,10 @@ impl World {
             stalled_until: 0,
             writes: 0,
             sent: Vec::new(),
+            tick_ms: 0,
         };
+        root.tick_ms = root.core.tick_period().as_millis() as u64;
+        let first_tick_ms = root.tick_ms;
         while let Some(e) = root.core.poll_event() {
             root.events.push(e);
         }
@@ -395,7 +401,7 @@ impl World {
             let at = self.now + 1;
             self.enqueue_at(p, uid, Callback::Done, at);
         } else {
-            let at = self.now + TICK_MS + self.rand_range(0, 20);
+            let at = self.now + first_tick_ms + self.rand_range(0, 20);
             self.schedule(at, Ev::Tick { p, inc, uid });
         }
         uid
@@ -537,7 +543,7 @@ impl World {
                     let now = self.now;
                     self.enqueue_at(p, uid, Callback::Tick, now);
                 }
-                let at = self.now + TICK_MS;
+                let at = self.now + self.procs[p].roots[i].tick_ms;
                 self.schedule(at, Ev::Tick { p, inc, uid });
             }
             Ev::Run { p, inc, uid } => {
@@ -768,6 +774,11 @@ impl World {
                 }
             }
             Action::Metric(_) => {}
+            Action::SetTickPeriod(period) => {
+                if let Some(i) = self.root_index(p, uid) {
+                    self.procs[p].roots[i].tick_ms = period.as_millis() as u64;
+                }
+            }
         }
         let chaos = self.now < self.chaos.until_ms;
         let stall = chaos && self.rand() < self.chaos.stall;
