@@ -24,6 +24,15 @@ GCS_EMULATOR_BIN := $(GCS_EMULATOR_VENV)/bin/gcp-storage-emulator
 MOTO_VERSION := 5.2.5
 MOTO_VENV := $(TOOLS)/moto-$(MOTO_VERSION)
 MOTO_SERVER_BIN := $(MOTO_VENV)/bin/moto_server
+# binaryen's wasm-opt (npm, so no root is needed) shrinks the module.
+BINARYEN_VERSION := 132.0.0
+BINARYEN_ROOT := $(TOOLS)/binaryen-$(BINARYEN_VERSION)
+WASM_OPT := $(BINARYEN_ROOT)/node_modules/.bin/wasm-opt
+# rustc's strip drops the section naming the wasm features it used: name
+# the ones rustc emits for wasm32-wasip1 (all supported by Envoy's V8).
+WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers \
+	--enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 WASM       := wasm/fallback_config.wasm
 WASM_TARGET := wasm32-wasip1
 # Two cores: two scenarios at a time, each with its own Envoy.
@@ -61,6 +70,11 @@ $(AZURITE_BIN):
 	mkdir -p $(AZURITE_ROOT)
 	npm install --silent --no-audit --no-fund --prefix $(AZURITE_ROOT) azurite@$(AZURITE_VERSION)
 
+$(WASM_OPT):
+	@echo "Installing binaryen $(BINARYEN_VERSION) (wasm-opt) from npm"
+	mkdir -p $(BINARYEN_ROOT)
+	npm install --silent --no-audit --no-fund --prefix $(BINARYEN_ROOT) binaryen@$(BINARYEN_VERSION)
+
 $(GCS_EMULATOR_BIN):
 	@echo "Installing gcp-storage-emulator $(GCS_EMULATOR_VERSION) from PyPI into $(GCS_EMULATOR_VENV)"
 	python3 -m venv $(GCS_EMULATOR_VENV)
@@ -71,10 +85,10 @@ $(MOTO_SERVER_BIN):
 	python3 -m venv $(MOTO_VENV)
 	$(MOTO_VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'
 
-wasm: .wasm-target
+wasm: .wasm-target $(WASM_OPT)
 	cargo build --release --target $(WASM_TARGET) --lib -p fallback-config
 	@mkdir -p wasm
-	cp target/$(WASM_TARGET)/release/fallback_config.wasm $(WASM)
+	$(WASM_OPT) $(WASM_OPT_FLAGS) target/$(WASM_TARGET)/release/fallback_config.wasm -o $(WASM)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes ($$(gzip -9c $(WASM) | wc -c) gzipped)"
 
 # fuzz/ is its own workspace (cargo-fuzz): its tests replay the checked-in

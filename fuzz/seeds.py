@@ -45,6 +45,16 @@ CONFIGS = {
             {"name": "v6", "paths": ["/six"], "hosts": ["[::1]"], "upstream": "six"},
         ],
     }, indent=2),
+    "path-match": json.dumps({
+        "revision": "r2",
+        "routes": [
+            {"name": "echo", "paths": ["/echo"], "upstream": "echo_service"},
+            {"name": "seg", "paths": ["/api"], "path_match": "segment", "upstream": "api"},
+            {"name": "exact", "paths": ["/api/v1"], "path_match": "exact", "hosts": ["*.example.org"], "upstream": "v1"},
+            {"name": "dup", "paths": ["/api"], "methods": ["GET"], "upstream": "dup"},
+        ],
+    }),
+    "bad-path-match": '{"revision":"r1","routes":[{"name":"x","paths":["/"],"path_match":"regex","upstream":"u"}]}',
     "empty-routes": '{"revision":"r0","routes":[]}',
     "bad-path": '{"revision":"r1","routes":[{"name":"x","paths":["nope"],"upstream":"u"}]}',
     "unknown-field": '{"revision":"r1","routes":[],"extra":true}',

@@ -265,7 +265,7 @@ pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, E
     let text =
         std::str::from_utf8(export.config).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
     let raw: Box<RawValue> =
-        serde_json::from_str(text).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
+        serde_json::from_slice(text.as_bytes()).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
     let config_bytes = raw.get().as_bytes();
     let sha256 = match protection.encryption {
         None => sha256_hex(config_bytes),

@@ -2,32 +2,130 @@
 //!
 //! A config is parsed and validated once per revision ([`GatewayConfig::parse`])
 //! and then matched against many requests ([`GatewayConfig::route`]); the
-//! request path never parses JSON.
+//! request path never parses JSON, and never looks at every route either:
+//! `parse` builds a route index whose lookup cost depends on the request
+//! (its path and host), not on the number of routes.
+//!
+//! The rules of a match are written once, plainly, in
+//! [`GatewayConfig::route_position_linear`] (and the helpers below it): the
+//! index must choose exactly what that linear scan chooses, which the
+//! property test `tests/route_index.rs` and the fuzz target check.
 
+use crate::route_index::RouteIndex;
 use serde::Deserialize;
 use std::fmt;
+use std::sync::Arc;
 
 /// A validated gateway config.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub revision: String,
+    /// In the order the CP listed them: the first listed wins a tie.
+    /// Read-only after [`GatewayConfig::parse`]: the index was built from
+    /// these, and [`GatewayConfig::route`] answers from the index.
     pub routes: Vec<Route>,
+    /// Immutable once built, so clones share it (and the config stays
+    /// small to move around).
+    index: Arc<RouteIndex>,
 }
 
-/// One route: a request matches when one of `paths` is a prefix of its path
-/// and, when given, its host is one of `hosts` and its method one of
-/// `methods`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The index is a function of the routes: equal routes, equal configs.
+impl PartialEq for GatewayConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision && self.routes == other.routes
+    }
+}
+
+impl Eq for GatewayConfig {}
+
+/// One route: a request matches when one of `paths` matches its path (as
+/// `path_match` says) and, when given, its host is one of `hosts` and its
+/// method one of `methods`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub name: String,
     pub paths: Vec<String>,
-    #[serde(default)]
+    /// How each of `paths` is compared with the request's path.
+    pub path_match: PathMatch,
+    /// Lower-cased; `*.suffix` matches any subdomain of `suffix`.
     pub hosts: Vec<String>,
-    #[serde(default)]
+    /// Upper-cased; compared with the request's method as it is.
     pub methods: Vec<String>,
     pub upstream: String,
+}
+
+/// How a route's path is compared with the request's path (without its
+/// query and fragment). Whatever the kind, a match counts by the length of
+/// the route's path, so the longest match wins across kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// The path starts with it: `/echo` matches `/echo`, `/echo/a` and
+    /// `/echofoo` (as Kong's paths and Envoy's `prefix`).
+    #[default]
+    Prefix,
+    /// The path is it, or continues with `/` after it: `/echo` matches
+    /// `/echo` and `/echo/a`, not `/echofoo`. A path ending in `/` has
+    /// nothing to add, so it matches as `Prefix` does.
+    Segment,
+    /// The path is exactly it.
+    Exact,
+}
+
+impl PathMatch {
+    /// The names the config uses.
+    pub const NAMES: [(&'static str, PathMatch); 3] = [
+        ("prefix", PathMatch::Prefix),
+        ("segment", PathMatch::Segment),
+        ("exact", PathMatch::Exact),
+    ];
+
+    /// `"prefix"`, `"segment"` or `"exact"` (lower case only, as serde
+    /// enum names are).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, kind)| kind)
+    }
+
+    /// Whether `pattern` (a route path) matches `path` (the request path
+    /// without query or fragment).
+    pub fn matches(self, pattern: &str, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix => path.starts_with(pattern),
+            PathMatch::Exact => path == pattern,
+            PathMatch::Segment => {
+                path.starts_with(pattern)
+                    && (pattern.ends_with('/')
+                        || matches!(path.as_bytes().get(pattern.len()), None | Some(b'/')))
+            }
+        }
+    }
+}
+
+/// The JSON as the CP sends it, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    revision: String,
+    routes: Vec<RawRoute>,
+}
+
+/// A route as sent: `path_match` is a string here so that a bad value is
+/// refused by validation, naming `routes[i].path_match`, as every other
+/// bad value is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    path_match: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    upstream: String,
 }
 
 /// Why a gateway config was refused. Names the offending field.
@@ -84,68 +182,47 @@ pub struct RequestInfo<'a> {
 }
 
 impl GatewayConfig {
-    /// Parses and validates the JSON the control plane sent.
+    /// Parses and validates the JSON the control plane sent, and builds
+    /// the route index.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayConfigError> {
-        let mut config: GatewayConfig =
+        let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| GatewayConfigError::Parse {
                 message: e.to_string(),
                 line: e.line(),
                 column: e.column(),
             })?;
-        config.validate()?;
-        // Normalise once so matching is cheap.
-        for route in &mut config.routes {
-            for h in &mut route.hosts {
-                *h = h.to_ascii_lowercase();
-            }
-            for m in &mut route.methods {
-                *m = m.to_ascii_uppercase();
-            }
-        }
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), GatewayConfigError> {
-        let invalid = |field: String, reason| Err(GatewayConfigError::Invalid { field, reason });
-        if self.revision.trim().is_empty() {
-            return invalid("revision".into(), "must not be empty");
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if r.name.trim().is_empty() {
-                return invalid(format!("routes[{i}].name"), "must not be empty");
-            }
-            if r.upstream.trim().is_empty() {
-                return invalid(format!("routes[{i}].upstream"), "must not be empty");
-            }
-            if r.paths.is_empty() {
-                return invalid(format!("routes[{i}].paths"), "must list at least one path");
-            }
-            for (j, p) in r.paths.iter().enumerate() {
-                if !p.starts_with('/') {
-                    return invalid(format!("routes[{i}].paths[{j}]"), "must start with '/'");
-                }
-            }
-            for (j, h) in r.hosts.iter().enumerate() {
-                if h.is_empty() {
-                    return invalid(format!("routes[{i}].hosts[{j}]"), "must not be empty");
-                }
-            }
-            for (j, m) in r.methods.iter().enumerate() {
-                if m.is_empty() {
-                    return invalid(format!("routes[{i}].methods[{j}]"), "must not be empty");
-                }
-            }
-        }
-        Ok(())
+        let routes = validate(&raw)?;
+        let index = Arc::new(RouteIndex::build(&routes));
+        Ok(GatewayConfig {
+            revision: raw.revision,
+            routes,
+            index,
+        })
     }
 
     /// The route for a request: among routes whose host and method match,
-    /// the one with the longest matching path prefix (first listed wins a tie).
+    /// the one with the longest matching path (first listed wins a tie).
+    /// Answered by the index; [`GatewayConfig::route_position_linear`] is
+    /// the same rule as a scan.
     pub fn route(&self, req: RequestInfo<'_>) -> Option<&Route> {
-        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        self.route_position(req).and_then(|i| self.routes.get(i))
+    }
+
+    /// The position in [`GatewayConfig::routes`] of the route for a
+    /// request, from the index.
+    pub fn route_position(&self, req: RequestInfo<'_>) -> Option<usize> {
+        self.index.find(req)
+    }
+
+    /// The reference matcher: the position of the route for a request by
+    /// looking at every route in order. Its cost grows with the config;
+    /// it exists to define the rule the index must follow (tests and the
+    /// fuzz target compare the two).
+    pub fn route_position_linear(&self, req: RequestInfo<'_>) -> Option<usize> {
+        let path = request_path(req.path);
         let host = strip_port(req.host);
-        let mut best: Option<(&Route, usize)> = None;
-        for route in &self.routes {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, route) in self.routes.iter().enumerate() {
             if !route.methods.is_empty() && !route.methods.iter().any(|m| m == req.method) {
                 continue;
             }
@@ -155,22 +232,88 @@ impl GatewayConfig {
             let Some(len) = route
                 .paths
                 .iter()
-                .filter(|p| path.starts_with(p.as_str()))
+                .filter(|p| route.path_match.matches(p, path))
                 .map(|p| p.len())
                 .max()
             else {
                 continue;
             };
+            // Strictly longer only: the first listed keeps a tie.
             if best.is_none_or(|(_, l)| len > l) {
-                best = Some((route, len));
+                best = Some((i, len));
             }
         }
-        best.map(|(r, _)| r)
+        best.map(|(i, _)| i)
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
+/// Checks every field and returns the routes normalised for matching
+/// (hosts lower-cased, methods upper-cased, `path_match` resolved).
+fn validate(raw: &RawConfig) -> Result<Vec<Route>, GatewayConfigError> {
+    let invalid = |field: String, reason| Err(GatewayConfigError::Invalid { field, reason });
+    if raw.revision.trim().is_empty() {
+        return invalid("revision".into(), "must not be empty");
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        if r.name.trim().is_empty() {
+            return invalid(format!("routes[{i}].name"), "must not be empty");
+        }
+        if r.upstream.trim().is_empty() {
+            return invalid(format!("routes[{i}].upstream"), "must not be empty");
+        }
+        if r.paths.is_empty() {
+            return invalid(format!("routes[{i}].paths"), "must list at least one path");
+        }
+        for (j, p) in r.paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return invalid(format!("routes[{i}].paths[{j}]"), "must start with '/'");
+            }
+        }
+        for (j, h) in r.hosts.iter().enumerate() {
+            if h.is_empty() {
+                return invalid(format!("routes[{i}].hosts[{j}]"), "must not be empty");
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if m.is_empty() {
+                return invalid(format!("routes[{i}].methods[{j}]"), "must not be empty");
+            }
+        }
+        let path_match = match r.path_match.as_deref() {
+            None => PathMatch::default(),
+            Some(name) => match PathMatch::from_name(name) {
+                Some(kind) => kind,
+                None => {
+                    return invalid(
+                        format!("routes[{i}].path_match"),
+                        "must be \"prefix\", \"segment\" or \"exact\"",
+                    )
+                }
+            },
+        };
+        // Normalised once so matching is cheap.
+        routes.push(Route {
+            name: r.name.clone(),
+            paths: r.paths.clone(),
+            path_match,
+            hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            upstream: r.upstream.clone(),
+        });
+    }
+    Ok(routes)
+}
+
+/// The part of `:path` routes match on: without the query (`?`) or the
+/// fragment (`#`).
+pub(crate) fn request_path(path: &str) -> &str {
+    path.find(['?', '#']).map_or(path, |cut| &path[..cut])
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`. Anything
+/// after the last `:` goes, so a config host with a port never matches.
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);
     }
@@ -179,7 +322,9 @@ fn strip_port(host: &str) -> &str {
 
 /// Exact match (case-insensitive), or a leading `*.` wildcard matching any
 /// subdomain: `*.example.com` matches `a.example.com`, not `example.com`.
-fn host_matches(pattern: &str, host: &str) -> bool {
+/// (Byte-wise: it matches any host ending in `.example.com`, so also
+/// `a.b.example.com` and `.example.com`.)
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => host.len().checked_sub(suffix.len() + 1).is_some_and(|cut| {
             host.as_bytes().get(cut) == Some(&b'.')
@@ -270,6 +415,67 @@ mod tests {
         );
         assert!(e(r#"{"revision":"r","routes":[],"extra":1}"#).contains("extra"));
         assert!(e(r#"{"routes":[]}"#).contains("revision"));
+    }
+
+    #[test]
+    fn path_match_is_checked() {
+        let route = |kind: &str| {
+            format!(
+                r#"{{"revision":"r","routes":[{{"name":"a","paths":["/"],"upstream":"u"}},
+                {{"name":"b","paths":["/b"],"path_match":{kind},"upstream":"u"}}]}}"#
+            )
+        };
+        let kind = |json: &str| {
+            GatewayConfig::parse(route(json).as_bytes()).map(|c| c.routes[1].path_match)
+        };
+        assert_eq!(kind(r#""prefix""#), Ok(PathMatch::Prefix));
+        assert_eq!(kind(r#""segment""#), Ok(PathMatch::Segment));
+        assert_eq!(kind(r#""exact""#), Ok(PathMatch::Exact));
+        assert_eq!(kind("null"), Ok(PathMatch::Prefix));
+        let c = GatewayConfig::parse(CONFIG.as_bytes()).unwrap();
+        assert!(c.routes.iter().all(|r| r.path_match == PathMatch::Prefix));
+        for bad in [r#""Exact""#, r#""regex""#, r#""""#] {
+            let e = GatewayConfig::parse(route(bad).as_bytes()).unwrap_err();
+            assert_eq!(
+                e,
+                GatewayConfigError::Invalid {
+                    field: "routes[1].path_match".into(),
+                    reason: "must be \"prefix\", \"segment\" or \"exact\""
+                },
+                "{bad}"
+            );
+            assert!(!e.redacted().contains("regex"));
+        }
+        // Not a string: serde's error, as for any field of the wrong type.
+        assert!(matches!(
+            GatewayConfig::parse(route("1").as_bytes()),
+            Err(GatewayConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn configs_compare_by_revision_and_routes() {
+        let a = GatewayConfig::parse(CONFIG.as_bytes()).unwrap();
+        assert_eq!(a, a.clone());
+        let b = GatewayConfig::parse(
+            br#"{"revision":"r1","routes":[{"name":"root","paths":["/"],"upstream":"default"}]}"#,
+        )
+        .unwrap();
+        assert_ne!(a, b);
+        assert!(format!("{a:?}").contains("RouteIndex"));
+    }
+
+    #[test]
+    fn path_match_kinds() {
+        use PathMatch::*;
+        assert!(Prefix.matches("/echo", "/echofoo"));
+        assert!(!Segment.matches("/echo", "/echofoo"));
+        assert!(Segment.matches("/echo", "/echo/foo"));
+        assert!(Segment.matches("/echo", "/echo"));
+        assert!(Segment.matches("/echo/", "/echo/foo"));
+        assert!(!Segment.matches("/echo/", "/echo"));
+        assert!(Exact.matches("/echo", "/echo"));
+        assert!(!Exact.matches("/echo", "/echo/"));
     }
 
     #[test]

@@ -298,7 +298,7 @@ pub mod envelope {
 /// not parse.
 pub mod gateway {
     use super::input;
-    use fallback_config::gateway::{GatewayConfig, RequestInfo};
+    use fallback_config::gateway::{GatewayConfig, PathMatch, RequestInfo, Route};
     use std::sync::OnceLock;
 
     const FIXED: &str = r#"{"revision":"r1","routes":[
@@ -306,7 +306,9 @@ pub mod gateway {
         {"name":"echo","paths":["/echo"],"upstream":"echo_service"},
         {"name":"deep","paths":["/echo/deep","/other"],"upstream":"deep"},
         {"name":"posts","paths":["/echo"],"methods":["post"],"hosts":["API.example.com","*.wild.io"],"upstream":"writer"},
-        {"name":"v6","paths":["/v6"],"hosts":["[::1]"],"upstream":"six"}
+        {"name":"v6","paths":["/v6"],"hosts":["[::1]"],"upstream":"six"},
+        {"name":"seg","paths":["/seg","/dir/"],"path_match":"segment","upstream":"seg"},
+        {"name":"exact","paths":["/echo/deep/x"],"path_match":"exact","upstream":"exact"}
     ]}"#;
 
     fn fixed() -> &'static GatewayConfig {
@@ -343,20 +345,36 @@ pub mod gateway {
         }
     }
 
-    /// The chosen route matches the method and path, and no route that
+    /// The index chooses exactly what the linear reference chooses; the
+    /// chosen route matches the method and path, and no route that
     /// matches every host has a longer matching path.
     fn check_route(config: &GatewayConfig, req: RequestInfo<'_>) {
+        let position = config.route_position(req);
+        assert_eq!(
+            position,
+            config.route_position_linear(req),
+            "index and linear scan disagree on {req:?}"
+        );
+        assert_eq!(
+            config.route(req).map(|r| r as *const Route),
+            position.map(|i| &config.routes[i] as *const Route)
+        );
         let path = req.path.split(['?', '#']).next().unwrap_or("");
-        let longest = |r: &fallback_config::gateway::Route| {
+        let longest = |r: &Route| {
             r.paths
                 .iter()
-                .filter(|p| path.starts_with(p.as_str()))
+                .filter(|p| match r.path_match {
+                    PathMatch::Prefix => path.starts_with(p.as_str()),
+                    PathMatch::Exact => path == p.as_str(),
+                    PathMatch::Segment => path.strip_prefix(p.as_str()).is_some_and(|rest| {
+                        p.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+                    }),
+                })
                 .map(|p| p.len())
                 .max()
         };
-        let method_ok = |r: &fallback_config::gateway::Route| {
-            r.methods.is_empty() || r.methods.iter().any(|m| m == req.method)
-        };
+        let method_ok =
+            |r: &Route| r.methods.is_empty() || r.methods.iter().any(|m| m == req.method);
         let any_host_best = config
             .routes
             .iter()

@@ -699,7 +699,7 @@ fn s3_put_options(root: &mut Fields) -> Result<Option<S3PutOptions>, SettingsErr
         None => return Ok(None),
         Some(Value::Object(m)) => m,
         Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+        Some(Value::String(text)) => match serde_json::from_slice::<Value>(text.as_bytes()) {
             Ok(Value::Object(m)) => m,
             Ok(other) => {
                 return err(

@@ -176,7 +176,7 @@ impl ServiceAccount {
         // Parse to a `Value` rather than a typed struct: serde's type errors
         // quote the offending value, and here every value may be secret.
         let value: Value =
-            serde_json::from_str(json).map_err(|e| ServiceAccountError::NotJson {
+            serde_json::from_slice(json.as_bytes()).map_err(|e| ServiceAccountError::NotJson {
                 line: e.line(),
                 column: e.column(),
             })?;
