@@ -1,12 +1,20 @@
 //! The request path: a per-worker cache of the parsed config and the
 //! routing verdict for one request.
 //!
-//! Per request the shell reads what [`WorkerCache::poll_read`] asks for:
-//! the small generation counter, and the full record only when the counter
-//! changed since the last look. Generations are unique in the process
-//! ([`crate::process`]), so a generation names one record: each is copied
-//! and parsed once per worker, and one that fails to load is remembered,
-//! warned about once, and never copied again.
+//! On every tick of its root the shell reads what
+//! [`WorkerCache::poll_read`] asks for ([`WorkerCache::begin_tick`]): the
+//! small generation counter, and the full record only when the counter
+//! changed since the last look. So a new config is copied and parsed
+//! outside any request, and a request does no shared-data read at all
+//! once a config is loaded; a new generation reaches a worker within one
+//! tick. Before the first config, requests still look ([`WorkerCache::begin`]):
+//! they would be answered 503 anyway, and a worker must not wait for its
+//! tick to serve the first config.
+//!
+//! Generations are unique in the process ([`crate::process`]), so a
+//! generation names one record: each is copied and parsed once per worker,
+//! and one that fails to load is remembered, warned about once, and never
+//! copied again.
 
 use crate::event::Event;
 use crate::gateway::{GatewayConfig, RequestInfo};
@@ -87,11 +95,23 @@ impl WorkerCache {
         }
     }
 
-    /// A request for `path` starts: the next [`Self::poll_read`] asks for
-    /// the counter (and, for the status path, then for the status).
+    /// A request for `path` starts. With a config loaded there is nothing
+    /// to read (the tick keeps it fresh), except the status for the status
+    /// path; without one, the counter (and the record if it moved).
     pub fn begin(&mut self, path: &str) {
         let path = path.split(['?', '#']).next().unwrap_or("");
         self.for_status = self.status_path.as_deref() == Some(path);
+        self.status = None;
+        self.look = match (self.config.is_some(), self.for_status) {
+            (true, false) => Look::Idle,
+            (true, true) => Look::Status,
+            (false, _) => Look::Counter,
+        };
+    }
+
+    /// The root ticked: look for a new generation, outside any request.
+    pub fn begin_tick(&mut self) {
+        self.for_status = false;
         self.status = None;
         self.look = Look::Counter;
     }
@@ -240,11 +260,25 @@ mod tests {
         /// One request through the cache, as the shell runs it.
         fn request(&mut self, c: &mut WorkerCache) -> Option<Event> {
             c.begin("/echo/1");
+            self.reads_for(c)
+        }
+
+        /// One tick of the worker's root, as the shell runs it.
+        fn tick(&mut self, c: &mut WorkerCache) -> Option<Event> {
+            c.begin_tick();
+            self.reads_for(c)
+        }
+
+        fn reads_for(&mut self, c: &mut WorkerCache) -> Option<Event> {
             while let Some(key) = c.poll_read() {
                 *self.reads.entry(key).or_default() += 1;
                 c.handle_read(self.map.get(key).map(Vec::as_slice));
             }
             c.take_event()
+        }
+
+        fn total_reads(&self) -> u32 {
+            self.reads.values().sum()
         }
     }
 
@@ -284,13 +318,14 @@ mod tests {
         s.publish(1, CFG);
         s.request(&mut c);
         s.publish(2, "{");
-        let warned = s.request(&mut c);
+        let warned = s.tick(&mut c);
         assert!(
             matches!(warned, Some(Event::RecordUnusable { generation: 2, .. })),
             "{warned:?}"
         );
         for _ in 0..100 {
-            assert_eq!(s.request(&mut c), None, "one warning per generation");
+            assert_eq!(s.tick(&mut c), None, "one warning per generation");
+            assert_eq!(s.request(&mut c), None);
         }
         assert_eq!(s.reads[CONFIG_KEY], 2, "no per-request copy");
         assert_eq!(
@@ -300,9 +335,9 @@ mod tests {
             }
         );
         assert_eq!(c.generation(), Some(1));
-        // The next generation loads.
+        // The next generation loads, at the next tick.
         s.publish(3, CFG);
-        assert_eq!(s.request(&mut c), None);
+        assert_eq!(s.tick(&mut c), None);
         assert_eq!(c.generation(), Some(3));
     }
 
@@ -318,8 +353,39 @@ mod tests {
         s.request(&mut c);
         let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
         s.publish(2, v2);
-        s.request(&mut c);
+        s.tick(&mut c);
         assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
+    }
+
+    /// Once a config is loaded a request reads no shared data at all: a
+    /// new generation is copied and parsed at the root's tick, outside any
+    /// request. Before the first config, requests do look (they would be
+    /// answered 503 anyway), so the first config serves at once.
+    #[test]
+    fn requests_read_nothing_once_a_config_is_loaded() {
+        let mut s = Shared::default();
+        let mut c = WorkerCache::with_status_path(Some("/status".into()));
+        s.publish(1, CFG);
+        s.request(&mut c);
+        assert_eq!(c.generation(), Some(1), "the first config, from a request");
+        let before = s.total_reads();
+        let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
+        s.publish(2, v2);
+        for _ in 0..50 {
+            s.request(&mut c);
+        }
+        assert_eq!(s.total_reads(), before, "no shared-data read per request");
+        assert_eq!(c.generation(), Some(1), "until the tick");
+        s.tick(&mut c);
+        assert_eq!(c.generation(), Some(2));
+        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
+        // The status path still reads the driver's status, and only that.
+        s.map.insert(STATUS_KEY, b"{}".to_vec());
+        let before = s.reads.get(STATUS_KEY).copied().unwrap_or(0);
+        c.begin("/status");
+        assert_eq!(c.poll_read(), Some(STATUS_KEY));
+        s.reads_for(&mut c);
+        assert_eq!(s.reads[STATUS_KEY], before + 1);
     }
 
     #[test]

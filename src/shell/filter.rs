@@ -14,21 +14,19 @@ pub struct Filter {
     pub upstream_header: Rc<str>,
 }
 
-impl Filter {
-    /// Reads what the worker cache asks for (the generation counter, and
-    /// the record only when the counter changed).
-    fn refresh(&self, path: &str) {
-        let Ok(mut cache) = self.cache.try_borrow_mut() else {
-            return;
-        };
-        cache.begin(path);
-        while let Some(key) = cache.poll_read() {
-            let value = host::shared_get(key);
-            cache.handle_read(value.bytes.as_deref());
-        }
-        if let Some(event) = cache.take_event() {
-            host::log_event(&event);
-        }
+/// Reads what the worker cache asks for, after `begin` (a request or a
+/// tick) said what to look at.
+pub fn refresh(cache: &RefCell<WorkerCache>, begin: impl FnOnce(&mut WorkerCache)) {
+    let Ok(mut cache) = cache.try_borrow_mut() else {
+        return;
+    };
+    begin(&mut cache);
+    while let Some(key) = cache.poll_read() {
+        let value = host::shared_get(key);
+        cache.handle_read(value.bytes.as_deref());
+    }
+    if let Some(event) = cache.take_event() {
+        host::log_event(&event);
     }
 }
 
@@ -37,7 +35,7 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let path = host::request_header(":path");
-        self.refresh(&path);
+        refresh(&self.cache, |c| c.begin(&path));
         let method = host::request_header(":method");
         let host_header = host::request_header(":authority");
         let Ok(cache) = self.cache.try_borrow() else {

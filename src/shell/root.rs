@@ -1,7 +1,7 @@
 //! The root context: translates host callbacks into calls on the core's
 //! [`crate::root::Root`] and its actions into hostcalls.
 
-use super::filter::Filter;
+use super::filter::{self, Filter};
 use super::host::{self, SharedAnswer};
 use crate::action::Token;
 use crate::event::Level;
@@ -132,6 +132,8 @@ impl RootContext for RootShell {
     fn on_tick(&mut self) {
         self.core.handle_tick(host::time());
         self.pump();
+        // This worker's config, refreshed here rather than in a request.
+        filter::refresh(&self.cache, WorkerCache::begin_tick);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -262,7 +262,9 @@ impl Checker {
                     return Err(format!("{id}: thread {thread} has no root"));
                 };
                 let root = &mut proc.roots[i];
-                root.worker.begin("/e1");
+                // The next tick's look (requests no longer read once a
+                // config is loaded).
+                root.worker.begin_tick();
                 while let Some(key) = root.worker.poll_read() {
                     root.worker.handle_read(proc.shared.bytes(key));
                 }

@@ -630,7 +630,8 @@ impl World {
             return;
         };
         let time = self.host_time(p);
-        let root = &mut self.procs[p].roots[i];
+        let proc = &mut self.procs[p];
+        let root = &mut proc.roots[i];
         if !root.alive || root.busy {
             return;
         }
@@ -643,7 +644,15 @@ impl World {
             Callback::Done => "on_done".to_string(),
         };
         match cb {
-            Callback::Tick => root.core.handle_tick(time),
+            Callback::Tick => {
+                root.core.handle_tick(time);
+                // As the shell does after each tick: the worker looks for
+                // a new generation outside any request.
+                root.worker.begin_tick();
+                while let Some(key) = root.worker.poll_read() {
+                    root.worker.handle_read(proc.shared.bytes(key));
+                }
+            }
             Callback::Response(token, response) => {
                 root.core.handle_http_response(token, response, time)
             }
