@@ -1,15 +1,15 @@
 //! The request path: a per-worker cache of the parsed config and the
 //! routing verdict for one request.
 //!
-//! On every tick of its root the shell reads what
-//! [`WorkerCache::poll_read`] asks for ([`WorkerCache::begin_tick`]): the
-//! small generation counter, and the full record only when the counter
-//! changed since the last look. So a new config is copied and parsed
-//! outside any request, and a request does no shared-data read at all
-//! once a config is loaded; a new generation reaches a worker within one
-//! tick. Before the first config, requests still look ([`WorkerCache::begin`]):
-//! they would be answered 503 anyway, and a worker must not wait for its
-//! tick to serve the first config.
+//! On every tick of its root, and per request, the shell reads what
+//! [`WorkerCache::poll_read`] asks for ([`WorkerCache::begin_tick`],
+//! [`WorkerCache::begin`]): the small generation counter, and the full
+//! record only when the counter changed since the last look. The tick
+//! usually sees a new generation first, so the record is copied and parsed
+//! outside any request; a request still reads the counter, so that every
+//! worker serves a new revision from the first request after it is
+//! published (a request seeing a revision, and the next one on another
+//! worker the older one, would be a change clients feel).
 //!
 //! Generations are unique in the process ([`crate::process`]), so a
 //! generation names one record: each is copied and parsed once per worker,
@@ -95,18 +95,13 @@ impl WorkerCache {
         }
     }
 
-    /// A request for `path` starts. With a config loaded there is nothing
-    /// to read (the tick keeps it fresh), except the status for the status
-    /// path; without one, the counter (and the record if it moved).
+    /// A request for `path` starts: the next [`Self::poll_read`] asks for
+    /// the counter (and, for the status path, then for the status).
     pub fn begin(&mut self, path: &str) {
         let path = path.split(['?', '#']).next().unwrap_or("");
         self.for_status = self.status_path.as_deref() == Some(path);
         self.status = None;
-        self.look = match (self.config.is_some(), self.for_status) {
-            (true, false) => Look::Idle,
-            (true, true) => Look::Status,
-            (false, _) => Look::Counter,
-        };
+        self.look = Look::Counter;
     }
 
     /// The root ticked: look for a new generation, outside any request.
@@ -357,35 +352,25 @@ mod tests {
         assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
     }
 
-    /// Once a config is loaded a request reads no shared data at all: a
-    /// new generation is copied and parsed at the root's tick, outside any
-    /// request. Before the first config, requests do look (they would be
-    /// answered 503 anyway), so the first config serves at once.
+    /// A new generation is copied and parsed at the root's tick, outside
+    /// any request; a request after that reads the counter only.
     #[test]
-    fn requests_read_nothing_once_a_config_is_loaded() {
+    fn the_tick_loads_a_new_generation_outside_requests() {
         let mut s = Shared::default();
-        let mut c = WorkerCache::with_status_path(Some("/status".into()));
+        let mut c = WorkerCache::default();
         s.publish(1, CFG);
-        s.request(&mut c);
-        assert_eq!(c.generation(), Some(1), "the first config, from a request");
-        let before = s.total_reads();
+        s.tick(&mut c);
+        assert_eq!(c.generation(), Some(1));
         let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
         s.publish(2, v2);
-        for _ in 0..50 {
+        s.tick(&mut c);
+        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
+        let records = s.reads[CONFIG_KEY];
+        for _ in 0..20 {
             s.request(&mut c);
         }
-        assert_eq!(s.total_reads(), before, "no shared-data read per request");
-        assert_eq!(c.generation(), Some(1), "until the tick");
-        s.tick(&mut c);
-        assert_eq!(c.generation(), Some(2));
-        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
-        // The status path still reads the driver's status, and only that.
-        s.map.insert(STATUS_KEY, b"{}".to_vec());
-        let before = s.reads.get(STATUS_KEY).copied().unwrap_or(0);
-        c.begin("/status");
-        assert_eq!(c.poll_read(), Some(STATUS_KEY));
-        s.reads_for(&mut c);
-        assert_eq!(s.reads[STATUS_KEY], before + 1);
+        assert_eq!(s.reads[CONFIG_KEY], records, "requests copy no record");
+        assert_eq!(s.reads[GENERATION_KEY], 2 + 20, "the counter, per look");
     }
 
     #[test]

@@ -292,18 +292,7 @@ impl Moto {
         for (k, v) in params {
             form.push_str(&format!("&{k}={}", sigv4::uri_encode(v, true)));
         }
-        let r = self.signed(
-            &self.admin,
-            "iam",
-            "POST",
-            "/",
-            "",
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )],
-            form.as_bytes(),
-        )?;
+        let r = query_api(self.port, &self.admin.credentials(), "iam", &form)?;
         if r.status == 200 {
             Ok(r.text())
         } else {
@@ -406,6 +395,28 @@ impl Moto {
 /// Signs with `credentials` for `service` (S3's rules for `s3`, the
 /// standard ones otherwise) at the current time and sends to moto on `port`.
 #[allow(clippy::too_many_arguments)]
+/// An AWS query-API action (IAM, STS): a form POST to `/`, signed.
+fn query_api(
+    port: u16,
+    credentials: &Credentials,
+    service: &str,
+    form: &str,
+) -> Result<Response, String> {
+    signed_request(
+        port,
+        credentials,
+        service,
+        "POST",
+        "/",
+        "",
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )],
+        form.as_bytes(),
+    )
+}
+
 fn signed_request(
     port: u16,
     credentials: &Credentials,
@@ -509,19 +520,7 @@ impl Sts {
             sigv4::uri_encode(role_arn, true),
             sigv4::uri_encode(session_name, true)
         );
-        let r = signed_request(
-            self.port,
-            &self.admin.credentials(),
-            "sts",
-            "POST",
-            "/",
-            "",
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )],
-            form.as_bytes(),
-        )?;
+        let r = query_api(self.port, &self.admin.credentials(), "sts", &form)?;
         if r.status != 200 {
             return Err(format!("STS AssumeRole {role_arn}: {}", r.summary()));
         }
