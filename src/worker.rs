@@ -272,9 +272,6 @@ mod tests {
             c.take_event()
         }
 
-        fn total_reads(&self) -> u32 {
-            self.reads.values().sum()
-        }
     }
 
     #[test]
