@@ -271,7 +271,6 @@ mod tests {
             }
             c.take_event()
         }
-
     }
 
     #[test]

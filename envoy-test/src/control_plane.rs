@@ -20,6 +20,8 @@ pub struct Route {
     pub hosts: Vec<String>,
     pub methods: Vec<String>,
     pub upstream: String,
+    /// `prefix` (absent), `segment` or `exact`.
+    pub path_match: Option<String>,
 }
 
 impl Route {
@@ -31,7 +33,14 @@ impl Route {
             hosts: Vec::new(),
             methods: Vec::new(),
             upstream: upstream.into(),
+            path_match: None,
         }
+    }
+
+    /// Matches its paths as `kind` (`prefix`, `segment`, `exact`).
+    pub fn path_match(mut self, kind: &str) -> Route {
+        self.path_match = Some(kind.into());
+        self
     }
 
     /// Restricts to these hosts.
@@ -62,6 +71,9 @@ pub fn gateway_config(revision: &str, routes: &[Route]) -> String {
             }
             if !r.methods.is_empty() {
                 o.insert("methods".into(), r.methods.clone().into());
+            }
+            if let Some(kind) = &r.path_match {
+                o.insert("path_match".into(), kind.clone().into());
             }
             o.insert("upstream".into(), r.upstream.clone().into());
             serde_json::Value::Object(o)

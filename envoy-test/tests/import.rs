@@ -483,6 +483,58 @@ fn routes_by_longest_prefix_host_and_method() {
     expect_healthy(&mut envoy);
 }
 
+/// `path_match` in real Envoy, and the paths the filter sees normalised
+/// by the connection manager first (as `wasm/envoy.yaml` does): a `..`
+/// or a doubled or escaped slash cannot take a request past a route's
+/// prefix to another upstream.
+#[test]
+fn path_match_kinds_on_normalised_paths() {
+    let stack = Stack::new("path-match", true);
+    stack.cp.set_config(&gateway_config(
+        "paths-1",
+        &[
+            Route::new("echo", &["/echo"], ECHO),
+            Route::new("api", &["/api"], OTHER).path_match("segment"),
+            Route::new("health", &["/healthz"], OTHER).path_match("exact"),
+        ],
+    ));
+    let mut envoy = stack.start_envoy("paths", &stack.plugin());
+    ok(envoy.wait_log("CP fetched revision paths-1", TIMEOUT));
+    ok(wait_status(&envoy, "/echo", 200, TIMEOUT));
+    // prefix: /echo also matches /echofoo (as Kong's and Envoy's prefix).
+    expect_proxied(&envoy, "GET", "/echofoo", &[], ECHO);
+    // segment: /api and below, not /apix.
+    expect_proxied(&envoy, "GET", "/api", &[], OTHER);
+    expect_proxied(&envoy, "GET", "/api/users?x=1", &[], OTHER);
+    expect_local_reply(&envoy, "GET", "/apix", &[], 404, NO_ROUTE);
+    // exact: the path alone, a query allowed.
+    expect_proxied(&envoy, "GET", "/healthz?probe=1", &[], OTHER);
+    expect_local_reply(&envoy, "GET", "/healthz/x", &[], 404, NO_ROUTE);
+    // Normalised before the filter matches: the upstream gets the clean path.
+    for (sent, upstream, seen) in [
+        ("/echo/../api/x", OTHER, "/api/x"),
+        ("/api/./../echo/y", ECHO, "/echo/y"),
+        ("//echo//z", ECHO, "/echo/z"),
+    ] {
+        let r = ok(envoy.request("GET", sent, &[]).map_err(|e| e.to_string()));
+        assert_eq!(
+            (r.status, r.text()),
+            (200, format!("{upstream} {seen}")),
+            "GET {sent}"
+        );
+    }
+    // An escaped slash is unescaped and redirected, never matched raw.
+    let r = ok(envoy
+        .request("GET", "/echo%2F..%2Fapi", &[])
+        .map_err(|e| e.to_string()));
+    assert!(
+        (300..400).contains(&r.status),
+        "GET /echo%2F..%2Fapi: {}",
+        r.summary()
+    );
+    expect_healthy(&mut envoy);
+}
+
 /// A CP that accepts connections but never answers counts as unavailable
 /// (after the CP timeout): the importer imports, then switches to the CP
 /// once it answers again.
