@@ -392,9 +392,6 @@ impl Moto {
     }
 }
 
-/// Signs with `credentials` for `service` (S3's rules for `s3`, the
-/// standard ones otherwise) at the current time and sends to moto on `port`.
-#[allow(clippy::too_many_arguments)]
 /// An AWS query-API action (IAM, STS): a form POST to `/`, signed.
 fn query_api(
     port: u16,
@@ -417,6 +414,9 @@ fn query_api(
     )
 }
 
+/// Signs with `credentials` for `service` (S3's rules for `s3`, the
+/// standard ones otherwise) at the current time and sends to moto on `port`.
+#[allow(clippy::too_many_arguments)]
 fn signed_request(
     port: u16,
     credentials: &Credentials,
