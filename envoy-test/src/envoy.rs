@@ -117,6 +117,10 @@ pub struct EnvoyConfig {
     /// VM does not see them, though the Envoy process still gets them
     /// from the test's `env` (e.g. keys for Envoy's own signer only).
     pub hidden_host_env_keys: Vec<String>,
+    /// The connection manager normalises paths as `wasm/envoy.yaml` does
+    /// (off by default: harness tests route raw object API paths, with
+    /// `%2F`, through the listener).
+    pub normalize_paths: bool,
 }
 
 impl EnvoyConfig {
@@ -133,7 +137,15 @@ impl EnvoyConfig {
             component_log_level: None,
             extra_host_env_keys: Vec::new(),
             hidden_host_env_keys: Vec::new(),
+            normalize_paths: false,
         }
+    }
+
+    /// Normalises request paths before the filter sees them
+    /// ([`EnvoyConfig::normalize_paths`]).
+    pub fn normalized_paths(mut self) -> EnvoyConfig {
+        self.normalize_paths = true;
+        self
     }
 
     /// Lists `keys` in `host_env_keys` too (see
@@ -299,7 +311,13 @@ impl EnvoyConfig {
             self.listener_port
         ));
         y.push_str(
-            "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: ingress\n          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n          route_config:\n            name: local\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n",
+            "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: ingress\n",
+        );
+        if self.normalize_paths {
+            y.push_str("          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT\n");
+        }
+        y.push_str(
+            "          route_config:\n            name: local\n            virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: { prefix: \"/\" }\n",
         );
         y.push_str(&format!(
             "                route: {{ cluster_header: {}, timeout: 5s }}\n",

@@ -498,7 +498,8 @@ fn path_match_kinds_on_normalised_paths() {
             Route::new("health", &["/healthz"], OTHER).path_match("exact"),
         ],
     ));
-    let mut envoy = stack.start_envoy("paths", &stack.plugin());
+    let cfg = stack.envoy_config(&stack.plugin()).normalized_paths();
+    let mut envoy = stack.start_envoy_config("paths", cfg, &stack.store_env());
     ok(envoy.wait_log("CP fetched revision paths-1", TIMEOUT));
     ok(wait_status(&envoy, "/echo", 200, TIMEOUT));
     // prefix: /echo also matches /echofoo (as Kong's and Envoy's prefix).
