@@ -91,6 +91,22 @@ pub const OAUTH_API_VERSION: &str = "2021-08-06";
 /// So a token it accepts only proves the shape, issuer, audience and
 /// lifetime: the fakes in [`crate::identity`] sign their JWTs (RS256) anyway
 /// and enforce the client secret / identity themselves.
+/// Azurite's flags common to every start: 127.0.0.1:`port`, data in
+/// memory only, any API version, no telemetry.
+fn base_args(port: u16) -> Vec<String> {
+    [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        &port.to_string(),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Azurite {
     /// Starts `bin` on 127.0.0.1:`port` over HTTPS with `cert` / `key`
     /// (PEM files, e.g. [`crate::tls::TestPki`]'s server certificate) and
@@ -119,21 +135,15 @@ impl Azurite {
         key: &Path,
         debug_log: Option<&Path>,
     ) -> Result<Azurite, String> {
-        let mut args: Vec<String> = vec![
-            "--blobHost".into(),
-            "127.0.0.1".into(),
-            "--blobPort".into(),
-            port.to_string(),
-            "--inMemoryPersistence".into(),
-            "--skipApiVersionCheck".into(),
-            "--disableTelemetry".into(),
+        let mut args = base_args(port);
+        args.extend([
             "--cert".into(),
             cert.display().to_string(),
             "--key".into(),
             key.display().to_string(),
             "--oauth".into(),
             "basic".into(),
-        ];
+        ]);
         if let Some(d) = debug_log {
             args.extend(["--debug".to_string(), d.display().to_string()]);
         }
@@ -294,15 +304,7 @@ impl Azurite {
     /// only, output to `log`; waits (up to 20 s) until it accepts
     /// connections.
     pub fn start(bin: &Path, log: &Path, port: u16) -> Result<Azurite, String> {
-        let args: Vec<String> = vec![
-            "--blobHost".into(),
-            "127.0.0.1".into(),
-            "--blobPort".into(),
-            port.to_string(),
-            "--inMemoryPersistence".into(),
-            "--skipApiVersionCheck".into(),
-            "--disableTelemetry".into(),
-        ];
+        let args = base_args(port);
         let mut proc =
             Proc::spawn("azurite", bin, &args, &[], &[], log).map_err(|e| e.to_string())?;
         proc.wait_listening(port, Duration::from_secs(20))?;
