@@ -27,6 +27,8 @@ pub struct GatewayConfig {
     /// Immutable once built, so clones share it (and the config stays
     /// small to move around).
     index: Arc<RouteIndex>,
+    /// What [`GatewayConfig::reads`] answers, from the routes.
+    reads: Reads,
 }
 
 /// The index is a function of the routes: equal routes, equal configs.
@@ -181,6 +183,14 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
 }
 
+/// The request attributes a config routes by, besides the path (see
+/// [`GatewayConfig::reads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reads {
+    pub host: bool,
+    pub method: bool,
+}
+
 impl GatewayConfig {
     /// Parses and validates the JSON the control plane sent, and builds
     /// the route index.
@@ -193,10 +203,15 @@ impl GatewayConfig {
             })?;
         let routes = validate(&raw)?;
         let index = Arc::new(RouteIndex::build(&routes));
+        let reads = Reads {
+            host: routes.iter().any(|r| !r.hosts.is_empty()),
+            method: routes.iter().any(|r| !r.methods.is_empty()),
+        };
         Ok(GatewayConfig {
             revision: raw.revision,
             routes,
             index,
+            reads,
         })
     }
 
@@ -206,6 +221,14 @@ impl GatewayConfig {
     /// the same rule as a scan.
     pub fn route(&self, req: RequestInfo<'_>) -> Option<&Route> {
         self.route_position(req).and_then(|i| self.routes.get(i))
+    }
+
+    /// Which request attributes routing looks at: a config whose routes
+    /// name no host (or no method) chooses the same route whatever the
+    /// request's host (or method) is, so it need not be read.
+    /// Worked out once, by [`GatewayConfig::parse`].
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// The position in [`GatewayConfig::routes`] of the route for a

@@ -51,6 +51,7 @@ pub mod process;
 pub mod published;
 mod radix;
 pub mod rng;
+pub mod role;
 pub mod root;
 mod route_index;
 pub mod secret;

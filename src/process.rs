@@ -66,6 +66,11 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// would delay every start, and an import with the CP down, by 200 ms.
 pub const FIRST_TICK: Duration = Duration::from_millis(10);
 
+/// The tick of a root that never drives ([`crate::role::Role::Worker`]):
+/// its ticks only look for a new config (one small shared-data read), so
+/// they can come often, and a new config reaches every worker this soon.
+pub const WORKER_TICK: Duration = Duration::from_millis(50);
+
 /// A driver that stops renewing (its thread stuck, its root gone) is
 /// taken over after its record stayed unchanged this long.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);

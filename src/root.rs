@@ -19,10 +19,14 @@ use crate::clock::{Clock, ClockNotice, ClockSource, HostTime, Now};
 use crate::controller::{Controller, Inherited, Output};
 use crate::event::Event;
 use crate::http::HttpResponse;
-use crate::process::{Coordinator, Outcome, SharedOp, SharedValue, WriteResult, FIRST_TICK, TICK};
+use crate::process::{
+    Coordinator, Outcome, SharedOp, SharedValue, WriteResult, FIRST_TICK, TICK, WORKER_TICK,
+};
 use crate::rng::{NonceSource, Rng};
+use crate::role::Role;
 use crate::settings::{Settings, SettingsError, DEFAULT_UPSTREAM_HEADER};
 use crate::status::StatusRecord;
+use crate::worker::WorkerCache;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -165,6 +169,22 @@ impl Root {
             .and_then(|c| c.settings.status_path.as_deref())
     }
 
+    /// This root's part in the process (plugin JSON `role`).
+    pub fn role(&self) -> Role {
+        self.configured
+            .as_ref()
+            .map_or(Role::default(), |c| c.settings.role)
+    }
+
+    /// The request path's cache for this root's thread, as configured: one
+    /// that never loads a config when this root serves no requests.
+    pub fn worker_cache(&self) -> WorkerCache {
+        match self.role().serves() {
+            true => WorkerCache::with_status_path(self.status_path().map(str::to_string)),
+            false => WorkerCache::idle(),
+        }
+    }
+
     /// Whether this root drives its process.
     pub fn is_driver(&self) -> bool {
         self.configured
@@ -183,25 +203,40 @@ impl Root {
     }
 
     /// The tick period to set when the plugin is configured: a short
-    /// first one ([`FIRST_TICK`]), then [`TICK`], asked for by
+    /// first one ([`FIRST_TICK`]), then the steady one, asked for by
     /// [`Action::SetTickPeriod`] on the first tick.
     pub fn tick_period(&self) -> Duration {
         match self.ticked {
             false => FIRST_TICK,
+            true => self.steady_tick(),
+        }
+    }
+
+    /// [`TICK`], or [`WORKER_TICK`] for a root that never drives (its
+    /// ticks only look for a new config).
+    fn steady_tick(&self) -> Duration {
+        match self.role().drives() {
             true => TICK,
+            false => WORKER_TICK,
         }
     }
 
     pub fn handle_tick(&mut self, time: HostTime) {
         if !self.ticked {
             self.ticked = true;
-            self.actions.push_back(Action::SetTickPeriod(TICK));
+            self.actions
+                .push_back(Action::SetTickPeriod(self.steady_tick()));
         }
         self.read_clock(time);
         let now = self.now;
         let Some(c) = self.configured.as_mut() else {
             return;
         };
+        // A worker-only root never reads or takes the driver record: it
+        // serves what the driver (a bootstrap service) publishes.
+        if !c.settings.role.drives() {
+            return;
+        }
         self.deferred.push_back(Deferred::Tick);
         c.coordinator.tick(now);
         self.pump();

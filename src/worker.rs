@@ -1,15 +1,18 @@
 //! The request path: a per-worker cache of the parsed config and the
 //! routing verdict for one request.
 //!
-//! On every tick of its root, and per request, the shell reads what
-//! [`WorkerCache::poll_read`] asks for ([`WorkerCache::begin_tick`],
-//! [`WorkerCache::begin`]): the small generation counter, and the full
-//! record only when the counter changed since the last look. The tick
-//! usually sees a new generation first, so the record is copied and parsed
-//! outside any request; a request still reads the counter, so that every
-//! worker serves a new revision from the first request after it is
-//! published (a request seeing a revision, and the next one on another
-//! worker the older one, would be a change clients feel).
+//! A request does no shared-data read (only a request for the status path
+//! reads the driver's status): on every tick of its root
+//! ([`WorkerCache::begin_tick`]) the shell reads what
+//! [`WorkerCache::poll_read`] asks for, the small generation counter, and
+//! the full record only when the counter changed since the last look. So
+//! a new record is copied and loaded outside any request, and every
+//! worker serves it within one tick ([`crate::process::TICK`]) of its
+//! publication.
+//!
+//! A request reads only the headers the config routes by
+//! ([`WorkerCache::decide`] asks for `:method` and `:authority` only when
+//! some route names methods or hosts).
 //!
 //! Generations are unique in the process ([`crate::process`]), so a
 //! generation names one record: each is copied and parsed once per worker,
@@ -67,8 +70,10 @@ enum Look {
 }
 
 /// One worker's view of the published config.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerCache {
+    /// This root routes requests ([`WorkerCache::idle`]: it does not).
+    serves: bool,
     config: Option<GatewayConfig>,
     /// The generation of `config`.
     loaded: Option<u64>,
@@ -86,6 +91,23 @@ pub struct WorkerCache {
     status: Option<Vec<u8>>,
 }
 
+impl Default for WorkerCache {
+    fn default() -> Self {
+        WorkerCache {
+            serves: true,
+            config: None,
+            loaded: None,
+            seen: None,
+            failed: None,
+            look: Look::Idle,
+            event: None,
+            status_path: None,
+            for_status: false,
+            status: None,
+        }
+    }
+}
+
 impl WorkerCache {
     /// A worker answering `status_path` itself (`None`: off).
     pub fn with_status_path(status_path: Option<String>) -> Self {
@@ -95,20 +117,35 @@ impl WorkerCache {
         }
     }
 
-    /// A request for `path` starts: the next [`Self::poll_read`] asks for
-    /// the counter (and, for the status path, then for the status).
+    /// A cache that never looks at shared data, for a root that serves no
+    /// requests (its ticks would copy and parse every config for nothing).
+    pub fn idle() -> Self {
+        WorkerCache {
+            serves: false,
+            ..WorkerCache::default()
+        }
+    }
+
+    /// A request for `path` starts: nothing to read, except the driver's
+    /// status for the status path.
     pub fn begin(&mut self, path: &str) {
         let path = path.split(['?', '#']).next().unwrap_or("");
         self.for_status = self.status_path.as_deref() == Some(path);
         self.status = None;
-        self.look = Look::Counter;
+        self.look = match self.for_status {
+            true => Look::Status,
+            false => Look::Idle,
+        };
     }
 
     /// The root ticked: look for a new generation, outside any request.
     pub fn begin_tick(&mut self) {
         self.for_status = false;
         self.status = None;
-        self.look = Look::Counter;
+        self.look = match self.serves {
+            true => Look::Counter,
+            false => Look::Idle,
+        };
     }
 
     /// The shared-data key to read next, if any.
@@ -187,9 +224,15 @@ impl WorkerCache {
         self.loaded
     }
 
-    /// The verdict for the request begun last. `wall` is asked only for
+    /// The verdict for the request for `path` begun last. `header` is
+    /// asked only for the headers the config routes by, `wall` only for
     /// the status path (the config's age).
-    pub fn decide(&self, req: RequestInfo<'_>, wall: &dyn Fn() -> Timestamp) -> Verdict<'_> {
+    pub fn decide(
+        &self,
+        path: &str,
+        header: &dyn Fn(RequestHeader) -> String,
+        wall: &dyn Fn() -> Timestamp,
+    ) -> Verdict<'_> {
         if self.for_status {
             let (status, body) =
                 status::answer(self.status.as_deref(), self.config.is_some(), wall());
@@ -200,12 +243,44 @@ impl WorkerCache {
         }
         match &self.config {
             None => Verdict::reply(503, NO_CONFIG_BODY),
-            Some(config) => match config.route(req) {
-                Some(route) => Verdict::Forward {
-                    upstream: &route.upstream,
-                },
-                None => Verdict::reply(404, NO_ROUTE_BODY),
+            Some(config) => {
+                let reads = config.reads();
+                let read = |wanted: bool, h| if wanted { header(h) } else { String::new() };
+                let method = read(reads.method, RequestHeader::Method);
+                let host = read(reads.host, RequestHeader::Authority);
+                let req = RequestInfo {
+                    method: &method,
+                    host: &host,
+                    path,
+                };
+                Self::verdict(config, req)
+            }
+        }
+    }
+
+    fn verdict<'a>(config: &'a GatewayConfig, req: RequestInfo<'_>) -> Verdict<'a> {
+        match config.route(req) {
+            Some(route) => Verdict::Forward {
+                upstream: &route.upstream,
             },
+            None => Verdict::reply(404, NO_ROUTE_BODY),
+        }
+    }
+}
+
+/// A request header [`WorkerCache::decide`] may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestHeader {
+    Method,
+    Authority,
+}
+
+impl RequestHeader {
+    /// Its pseudo-header name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestHeader::Method => ":method",
+            RequestHeader::Authority => ":authority",
         }
     }
 }
@@ -230,11 +305,23 @@ mod tests {
         Timestamp::from_secs(1_800_000_000)
     }
 
-    const REQ: RequestInfo<'static> = RequestInfo {
-        method: "GET",
-        host: "h",
-        path: "/echo/1",
-    };
+    const PATH: &str = "/echo/1";
+
+    /// The verdict for [`PATH`], counting the headers asked for.
+    fn decide<'a>(c: &'a WorkerCache, path: &str, asked: &std::cell::Cell<u32>) -> Verdict<'a> {
+        let header = |h: RequestHeader| {
+            asked.set(asked.get() + 1);
+            match h {
+                RequestHeader::Method => "GET".to_string(),
+                RequestHeader::Authority => "h".to_string(),
+            }
+        };
+        c.decide(path, &header, &wall)
+    }
+
+    fn verdict<'a>(c: &'a WorkerCache) -> Verdict<'a> {
+        decide(c, PATH, &std::cell::Cell::new(0))
+    }
     const CFG: &str =
         r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"upstream":"echo_service"}]}"#;
 
@@ -278,24 +365,33 @@ mod tests {
         let mut s = Shared::default();
         let mut c = WorkerCache::default();
         assert_eq!(s.request(&mut c), None);
-        assert_eq!(c.decide(REQ, &wall), Verdict::reply(503, NO_CONFIG_BODY));
+        assert_eq!(verdict(&c), Verdict::reply(503, NO_CONFIG_BODY));
         s.publish(1, CFG);
         assert_eq!(s.request(&mut c), None);
         assert_eq!(
-            c.decide(REQ, &wall),
+            verdict(&c),
+            Verdict::reply(503, NO_CONFIG_BODY),
+            "a request does not look: the next tick does"
+        );
+        assert_eq!(s.tick(&mut c), None);
+        assert_eq!(
+            verdict(&c),
             Verdict::Forward {
                 upstream: "echo_service"
             }
         );
         for _ in 0..10 {
             s.request(&mut c);
+            s.tick(&mut c);
         }
         assert_eq!(s.reads[CONFIG_KEY], 1, "the record is copied once");
-        let other = RequestInfo {
-            path: "/nope",
-            ..REQ
-        };
-        assert_eq!(c.decide(other, &wall), Verdict::reply(404, NO_ROUTE_BODY));
+        assert_eq!(s.reads[GENERATION_KEY], 11, "the counter, once per tick");
+        let asked = std::cell::Cell::new(0);
+        assert_eq!(
+            decide(&c, "/nope", &asked),
+            Verdict::reply(404, NO_ROUTE_BODY)
+        );
+        assert_eq!(asked.get(), 0, "no route names a host or a method");
         let v: serde_json::Value = serde_json::from_str(NO_ROUTE_BODY).unwrap();
         assert_eq!(v["message"], "no Route matched with those values");
     }
@@ -307,7 +403,7 @@ mod tests {
         let mut s = Shared::default();
         let mut c = WorkerCache::default();
         s.publish(1, CFG);
-        s.request(&mut c);
+        s.tick(&mut c);
         s.publish(2, "{");
         let warned = s.tick(&mut c);
         assert!(
@@ -320,7 +416,7 @@ mod tests {
         }
         assert_eq!(s.reads[CONFIG_KEY], 2, "no per-request copy");
         assert_eq!(
-            c.decide(REQ, &wall),
+            verdict(&c),
             Verdict::Forward {
                 upstream: "echo_service"
             }
@@ -341,15 +437,15 @@ mod tests {
         let mut s = Shared::default();
         let mut c = WorkerCache::default();
         s.publish(1, CFG);
-        s.request(&mut c);
+        s.tick(&mut c);
         let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
         s.publish(2, v2);
         s.tick(&mut c);
-        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
+        assert_eq!(verdict(&c), Verdict::Forward { upstream: "v2" });
     }
 
     /// A new generation is copied and parsed at the root's tick, outside
-    /// any request; a request after that reads the counter only.
+    /// any request; requests read no shared data at all.
     #[test]
     fn the_tick_loads_a_new_generation_outside_requests() {
         let mut s = Shared::default();
@@ -360,13 +456,13 @@ mod tests {
         let v2 = r#"{"revision":"r2","routes":[{"name":"e","paths":["/echo"],"upstream":"v2"}]}"#;
         s.publish(2, v2);
         s.tick(&mut c);
-        assert_eq!(c.decide(REQ, &wall), Verdict::Forward { upstream: "v2" });
+        assert_eq!(verdict(&c), Verdict::Forward { upstream: "v2" });
         let records = s.reads[CONFIG_KEY];
         for _ in 0..20 {
             s.request(&mut c);
         }
         assert_eq!(s.reads[CONFIG_KEY], records, "requests copy no record");
-        assert_eq!(s.reads[GENERATION_KEY], 2 + 20, "the counter, per look");
+        assert_eq!(s.reads[GENERATION_KEY], 2, "requests read no counter");
     }
 
     #[test]
@@ -374,7 +470,7 @@ mod tests {
         let mut s = Shared::default();
         let mut c = WorkerCache::default();
         s.map.insert(GENERATION_KEY, encode_generation(4));
-        let e = s.request(&mut c);
+        let e = s.tick(&mut c);
         assert!(matches!(
             e,
             Some(Event::RecordUnusable {
@@ -382,6 +478,52 @@ mod tests {
                 error: LoadError::Missing
             })
         ));
-        assert_eq!(s.request(&mut c), None);
+        assert_eq!(s.tick(&mut c), None);
+    }
+
+    /// `:method` and `:authority` are read only when some route names
+    /// methods or hosts.
+    #[test]
+    fn headers_are_read_only_when_routes_need_them() {
+        let cases = [
+            (CFG, 0),
+            (
+                r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"methods":["GET"],"upstream":"m"}]}"#,
+                1,
+            ),
+            (
+                r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"hosts":["h"],"upstream":"m"}]}"#,
+                1,
+            ),
+            (
+                r#"{"revision":"r","routes":[{"name":"e","paths":["/echo"],"hosts":["h"],"methods":["GET"],"upstream":"m"}]}"#,
+                2,
+            ),
+        ];
+        for (generation, (config, reads)) in (1..).zip(cases) {
+            let mut s = Shared::default();
+            let mut c = WorkerCache::default();
+            s.publish(generation, config);
+            s.tick(&mut c);
+            s.request(&mut c);
+            let asked = std::cell::Cell::new(0);
+            assert!(matches!(decide(&c, PATH, &asked), Verdict::Forward { .. }));
+            assert_eq!(asked.get(), reads, "{config}");
+        }
+    }
+
+    /// A request for the status path reads the driver's status, and
+    /// only that.
+    #[test]
+    fn the_status_path_reads_the_status_only() {
+        let mut s = Shared::default();
+        let mut c = WorkerCache::with_status_path(Some("/_status".into()));
+        s.publish(1, CFG);
+        s.tick(&mut c);
+        c.begin("/_status?x=1");
+        s.reads_for(&mut c);
+        assert_eq!(s.reads.get(STATUS_KEY), Some(&1));
+        assert_eq!(s.reads[GENERATION_KEY], 1, "the tick's read only");
+        assert!(matches!(verdict(&c), Verdict::Reply { .. }));
     }
 }

@@ -10,9 +10,10 @@ mod sim;
 
 use fallback_config::action::CallKind;
 use fallback_config::event::{DriverLoss, Event};
+use fallback_config::process::WORKER_TICK;
 use fallback_config::published::{self, CONFIG_KEY};
 use sim::checks::Checker;
-use sim::world::{Chaos, NodeSpec, SimRoot, World, TICK_MS};
+use sim::world::{Chaos, NodeSpec, SimRoot, World, SERVICE_THREAD, TICK_MS};
 
 fn calm(specs: Vec<NodeSpec>) -> World {
     World::new(
@@ -34,6 +35,7 @@ fn spec(import: bool, export: bool) -> NodeSpec {
         gcs: false,
         storage_timeout_ms: 1_000,
         protected: false,
+        service: false,
     }
 }
 
@@ -107,6 +109,57 @@ fn several_roots_and_the_canary_make_one_driver_and_one_poll_per_interval() {
     }
     let canary = roots.iter().find(|r| r.canary).unwrap();
     assert_eq!(canary.writes, 0, "the canary wrote shared data");
+    Checker::converged(&mut w).unwrap();
+}
+
+/// A bootstrap service (`role: driver`) drives alone: the filter's roots
+/// (`role: worker`) never read or take the driver record, not even while
+/// the service's thread is stuck past the lease TTL; they serve what it
+/// publishes, and a new revision reaches every worker after the service
+/// runs again.
+#[test]
+fn a_bootstrap_service_drives_and_workers_never_do() {
+    let mut w = calm(vec![NodeSpec {
+        service: true,
+        ..spec(true, true)
+    }]);
+    w.run_until(3_000);
+    let roots = &w.procs[0].roots;
+    let service = roots.iter().find(|r| r.thread == SERVICE_THREAD).unwrap();
+    assert!(service.core.is_driver(), "the service drives");
+    let service = service.uid;
+    Checker::converged(&mut w).unwrap();
+    w.cp.revision = 2;
+    w.stall_root(0, service, w.now + 6_000);
+    w.run_until(w.now + 5_000);
+    let workers = || {
+        w.procs[0]
+            .roots
+            .iter()
+            .filter(|r| r.thread != SERVICE_THREAD)
+    };
+    for r in workers().filter(|r| !r.canary) {
+        assert_eq!(r.tick_ms, WORKER_TICK.as_millis() as u64, "a worker's tick");
+    }
+    for r in workers() {
+        assert!(!r.core.is_driver(), "worker {} drives", r.context_id);
+        assert_eq!(r.writes, 0, "worker {} wrote shared data", r.context_id);
+        assert!(r.sent.is_empty(), "worker {} sent calls", r.context_id);
+    }
+    assert_eq!(takeovers(&w, 0).len(), 1, "the service's takeover only");
+    let service_root = root(&w, 0, service);
+    assert_eq!(
+        service_root.worker.generation(),
+        None,
+        "the service routes nothing"
+    );
+    w.run_until(w.now + 4_000);
+    let generation = published_generation(&w, 0);
+    assert_eq!(
+        generation,
+        Some(2),
+        "the service published r2 after its stall"
+    );
     Checker::converged(&mut w).unwrap();
 }
 

@@ -46,6 +46,8 @@ fn specs(seed: u64) -> Vec<NodeSpec> {
                 // still be out when another root takes over.
                 storage_timeout_ms: if bits & 8 == 8 { 5_000 } else { 1_000 },
                 protected,
+                // A bootstrap service drives, the filter's roots only serve.
+                service: bits & 16 == 16,
             }
         })
         .collect();

@@ -100,6 +100,10 @@ pub struct EnvoyConfig {
     pub clusters: Vec<Cluster>,
     /// `None`: no wasm filter (router only), to test the harness alone.
     pub wasm: Option<WasmFilter>,
+    /// The same module as a singleton bootstrap service on the main
+    /// thread (`envoy.bootstrap.wasm`), with the filter's `vm_id` so that
+    /// the two share shared data; this is its plugin JSON.
+    pub service: Option<String>,
     /// Entries of a static runtime layer (`layered_runtime`), e.g.
     /// `http.async_response_buffer_limit` (the most body bytes Envoy keeps
     /// for a `dispatch_http_call` answer; default 32 MiB). Empty: no
@@ -132,6 +136,7 @@ impl EnvoyConfig {
             cluster_header: "x-fallback-upstream".into(),
             clusters: Vec::new(),
             wasm: None,
+            service: None,
             runtime: Vec::new(),
             log_level: "info".into(),
             component_log_level: None,
@@ -295,6 +300,30 @@ impl EnvoyConfig {
         self
     }
 
+    /// Runs the module as a bootstrap service too
+    /// ([`EnvoyConfig::service`]), with this plugin JSON.
+    pub fn service(mut self, plugin_json: &str) -> EnvoyConfig {
+        self.service = Some(plugin_json.into());
+        self
+    }
+
+    /// The `vm_config` of the module at `path`, indented by `pad`.
+    fn vm_config(&self, path: &Path, pad: &str) -> String {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut y = format!("{pad}vm_config:\n{pad}  vm_id: fallback_config\n{pad}  runtime: envoy.wasm.runtime.v8\n{pad}  code:\n{pad}    local:\n");
+        y.push_str(&format!(
+            "{pad}      filename: {}\n",
+            q(&path.display().to_string())
+        ));
+        y.push_str(&format!(
+            "{pad}  environment_variables:\n{pad}    host_env_keys:\n"
+        ));
+        for k in self.vm_env_keys() {
+            y.push_str(&format!("{pad}    - {k}\n"));
+        }
+        y
+    }
+
     /// The bootstrap YAML.
     pub fn to_yaml(&self) -> String {
         // JSON strings are valid YAML double-quoted scalars.
@@ -327,17 +356,7 @@ impl EnvoyConfig {
         if let Some(w) = &self.wasm {
             y.push_str("          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: fallback_config\n                root_id: fallback_config\n                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n");
             y.push_str(&format!("                  value: {}\n", q(&w.plugin_json)));
-            y.push_str("                vm_config:\n                  vm_id: fallback_config\n                  runtime: envoy.wasm.runtime.v8\n                  code:\n                    local:\n");
-            y.push_str(&format!(
-                "                      filename: {}\n",
-                q(&w.path.display().to_string())
-            ));
-            y.push_str(
-                "                  environment_variables:\n                    host_env_keys:\n",
-            );
-            for k in self.vm_env_keys() {
-                y.push_str(&format!("                    - {k}\n"));
-            }
+            y.push_str(&self.vm_config(&w.path, "                "));
         }
         y.push_str("          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n");
         y.push_str("  clusters:\n");
@@ -377,6 +396,11 @@ impl EnvoyConfig {
                 }
                 y.push_str("        - name: envoy.filters.http.upstream_codec\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec\n");
             }
+        }
+        if let (Some(plugin), Some(w)) = (&self.service, &self.wasm) {
+            y.push_str("bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n      name: fallback_config_service\n      root_id: fallback_config\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n");
+            y.push_str(&format!("        value: {}\n", q(plugin)));
+            y.push_str(&self.vm_config(&w.path, "      "));
         }
         if !self.runtime.is_empty() {
             y.push_str(

@@ -58,6 +58,8 @@ pub struct PluginConfig {
     /// `imds`), in order; the object is rendered only when this is not
     /// empty.
     pub credentials: Vec<(String, String)>,
+    /// `role` (`any`, `worker`, `driver`); `None`: left out.
+    pub role: Option<String>,
 }
 
 impl PluginConfig {
@@ -93,7 +95,14 @@ impl PluginConfig {
             status_path: None,
             signing: None,
             credentials: Vec::new(),
+            role: None,
         }
+    }
+
+    /// Sets `role`.
+    pub fn with_role(mut self, role: &str) -> PluginConfig {
+        self.role = Some(role.into());
+        self
     }
 
     /// Sets `storage.signing`.
@@ -174,6 +183,9 @@ impl PluginConfig {
             }
             if let Some(p) = &self.status_path {
                 o.insert("status_path".into(), p.clone().into());
+            }
+            if let Some(r) = &self.role {
+                o.insert("role".into(), r.clone().into());
             }
             if !self.credentials.is_empty() {
                 let c: serde_json::Map<String, serde_json::Value> = self

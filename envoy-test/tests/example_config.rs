@@ -62,6 +62,14 @@ fn example_plugin_json_is_complete() {
     ] {
         assert!(json.get(k).is_some(), "example plugin JSON lacks {k}");
     }
+    // The driver is the main thread's bootstrap service, the filter only
+    // serves (README: "Driver on the main thread").
+    assert_eq!(json["role"], "driver");
+    assert!(text.find("bootstrap_extensions:") < text.find("value: |"));
+    assert!(
+        text.contains(r#"value: '{"role": "worker", "upstream_header": "x-fallback-upstream"}'"#),
+        "the filter's plugin JSON is a worker's"
+    );
     // AWS, virtual-hosted: no endpoint, TLS from the cluster.
     assert_eq!(json["storage"].get("endpoint"), None);
     assert_eq!(json["storage"]["cluster"], "object_storage");

@@ -7,6 +7,7 @@
 //! disables import or export.
 
 use crate::keys::{self, KeyError, SnapshotKeys};
+use crate::role::Role;
 use crate::secret::Secret;
 use crate::sigv4::Credentials;
 use crate::storage::azure::{
@@ -42,6 +43,8 @@ pub struct Settings {
     pub status_path: Option<String>,
     /// Signing, trust and encryption of snapshots (`snapshot` + keys).
     pub snapshot: SnapshotKeys,
+    /// Whether this root may drive, serve, or both (see [`Role`]).
+    pub role: Role,
 }
 
 /// How an importer retries and what it accepts (the `import` object).
@@ -194,6 +197,13 @@ impl Settings {
             .string("upstream_header")?
             .unwrap_or_else(|| DEFAULT_UPSTREAM_HEADER.to_string());
         validate_header_name("upstream_header", &upstream_header)?;
+        let role = match root.string("role")? {
+            None => Role::default(),
+            Some(name) => match Role::from_name(&name) {
+                Some(role) => role,
+                None => return err("role", "must be \"any\", \"worker\" or \"driver\""),
+            },
+        };
 
         let mut cp = root.object("control_plane")?;
         let cluster = cp
@@ -348,6 +358,7 @@ impl Settings {
             import_policy,
             status_path,
             snapshot,
+            role,
         })
     }
 }

@@ -2,8 +2,7 @@
 
 use super::host;
 use crate::event::Level;
-use crate::gateway::RequestInfo;
-use crate::worker::{Verdict, WorkerCache, INTERNAL_ERROR_BODY};
+use crate::worker::{RequestHeader, Verdict, WorkerCache, INTERNAL_ERROR_BODY};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -36,20 +35,12 @@ impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let path = host::request_header(":path");
         refresh(&self.cache, |c| c.begin(&path));
-        let method = host::request_header(":method");
-        let host_header = host::request_header(":authority");
         let Ok(cache) = self.cache.try_borrow() else {
             return Action::Continue;
         };
+        let header = |h: RequestHeader| host::request_header(h.name());
         let wall = || host::time().wall;
-        let verdict = cache.decide(
-            RequestInfo {
-                method: &method,
-                host: &host_header,
-                path: &path,
-            },
-            &wall,
-        );
+        let verdict = cache.decide(&path, &header, &wall);
         match verdict {
             Verdict::Forward { upstream } => {
                 if let Err(e) = host::set_request_header(&self.upstream_header, upstream) {

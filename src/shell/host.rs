@@ -188,12 +188,17 @@ pub fn call_response(body_size: usize) -> HttpResponse {
     }
 }
 
-/// A request header as text (lossy: the text hostcall panics on non-UTF-8).
+/// A request header as text: the host's copy itself when it is UTF-8
+/// (as it nearly always is), else a lossy one (the text hostcall panics on
+/// non-UTF-8).
 pub fn request_header(name: &str) -> String {
     hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .map(|v| {
+            String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        })
         .unwrap_or_default()
 }
 

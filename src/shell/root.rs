@@ -115,9 +115,7 @@ impl RootContext for RootShell {
             return false;
         }
         self.upstream_header = Rc::from(self.core.upstream_header());
-        self.cache.replace(WorkerCache::with_status_path(
-            self.core.status_path().map(str::to_string),
-        ));
+        self.cache.replace(self.core.worker_cache());
         self.metrics = Some(host::Metrics::define());
         self.pump();
         // Network and shared-data work waits for the first tick: the canary

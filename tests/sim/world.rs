@@ -42,10 +42,23 @@ pub struct NodeSpec {
     /// [`super::host::snapshot_env`]); a fleet is protected or not as a
     /// whole.
     pub protected: bool,
+    /// A bootstrap service drives (plugin `role` `driver`, on its own
+    /// thread, [`SERVICE_THREAD`]); the filter's roots are `worker`s.
+    pub service: bool,
 }
 
+/// The thread of a process's bootstrap service (the main thread): no
+/// request reaches it.
+pub const SERVICE_THREAD: usize = THREADS;
+
 impl NodeSpec {
-    pub fn plugin(&self) -> String {
+    /// The plugin JSON of a root on `thread`.
+    pub fn plugin(&self, thread: usize) -> String {
+        let role = match (self.service, thread == SERVICE_THREAD) {
+            (false, _) => "any",
+            (true, true) => "driver",
+            (true, false) => "worker",
+        };
         let node = self
             .node_id
             .as_ref()
@@ -61,7 +74,8 @@ impl NodeSpec {
             "storage":{{"endpoint":"{endpoint}","timeout_ms":{}}},
             "control_plane":{{"timeout_ms":1000,"poll_interval_ms":500}},
             "import":{{"retry_initial_ms":200,"retry_max_ms":2000}},
-            "election":{{"lease_ttl_ms":3000,"renew_interval_ms":1000}}}}"#,
+            "election":{{"lease_ttl_ms":3000,"renew_interval_ms":1000}},
+            "role":"{role}"}}"#,
             self.import, self.export, self.storage_timeout_ms
         )
     }
@@ -336,6 +350,9 @@ impl World {
         for thread in 0..THREADS {
             self.add_root(p, thread, false);
         }
+        if self.procs[p].spec.service {
+            self.add_root(p, SERVICE_THREAD, false);
+        }
         let inc = self.procs[p].incarnation;
         for thread in 0..THREADS {
             let at = now + self.rand_range(50, 400);
@@ -359,7 +376,7 @@ impl World {
         let context_id = proc.next_context;
         proc.next_context += 1;
         let mut core = Root::new(context_id);
-        let plugin = proc.spec.plugin();
+        let plugin = proc.spec.plugin(thread);
         let protected = proc.spec.protected;
         let env = |k: &str| match k {
             "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
@@ -371,6 +388,7 @@ impl World {
         if let Err(e) = core.configure(plugin.as_bytes(), &env, None, random, Some(entropy), time) {
             panic!("configure: {e}");
         }
+        let worker = core.worker_cache();
         let mut root = SimRoot {
             uid,
             context_id,
@@ -381,7 +399,7 @@ impl World {
             busy: false,
             queue: VecDeque::new(),
             calls: HashMap::new(),
-            worker: WorkerCache::default(),
+            worker,
             events: Vec::new(),
             dying: false,
             stalled_until: 0,
@@ -956,12 +974,13 @@ impl World {
     }
 
     /// ECDS: every thread gets a new root context; the old ones get
-    /// `on_done`. Shared data stays.
+    /// `on_done`. Shared data stays. A bootstrap service is not the
+    /// filter's: it stays.
     pub fn reconfigure(&mut self, p: usize) {
         let old: Vec<u32> = self.procs[p]
             .roots
             .iter()
-            .filter(|r| r.alive && !r.canary && !r.dying)
+            .filter(|r| r.alive && !r.canary && !r.dying && r.thread != SERVICE_THREAD)
             .map(|r| r.uid)
             .collect();
         self.add_root(p, 0, true);
