@@ -41,7 +41,7 @@ TEST_THREADS ?= 2
 export ENVOY_BIN S3S_FS_BIN AZURITE_BIN GCS_EMULATOR_BIN MOTO_SERVER_BIN
 export FALLBACK_CONFIG_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help setup wasm test unit e2e run lint fmt clean mutants fuzz
+.PHONY: help setup wasm test unit e2e run lint fmt clean mutants fuzz bench
 
 help:
 	@echo "make run    - local demo: export to a local S3 server, CP outage, import on a new Envoy"
@@ -49,6 +49,7 @@ help:
 	@echo "make wasm   - build $(WASM)"
 	@echo "make lint   - rustfmt check and clippy (host and wasm)"
 	@echo "make mutants - show that the simulator catches each bug in tests/mutations"
+	@echo "make bench  - Envoy CPU/request, throughput, latency, config churn, cold import (bench/README.md)"
 
 setup: $(ENVOY_BIN) $(S3S_FS_BIN) $(AZURITE_BIN) $(GCS_EMULATOR_BIN) $(MOTO_SERVER_BIN) .wasm-target
 
@@ -151,3 +152,46 @@ fuzz:
 clean:
 	cargo clean
 	rm -f $(WASM)
+
+# Not part of `make test` (which has no timing thresholds): measures plain
+# Envoy, the no-op filter (bench/noop-filter) and this filter side by side,
+# round after round (bench/README.md: what each figure means, the latest
+# results). Installs wrk and nginx-light from Debian (as root), oha from
+# crates.io, and the tools of `make setup`. ROUNDS=3 by default (about
+# 8 minutes, 13 with a "before" module), BENCH_QUICK=1 for a smoke run.
+# A "before" module: BENCH_WASM_BEFORE=<path of a .wasm>, or
+# BENCH_BEFORE=<commit> (built once with that commit's own `make wasm`
+# from `git archive`, cached under $(TOOLS)/bench-before/).
+OHA_VERSION := 1.16.0
+OHA_ROOT := $(TOOLS)/oha
+OHA_BIN := $(OHA_ROOT)/bin/oha
+BENCH_NOOP_WASM := target/bench/noop_filter.wasm
+# Not written as $(MAKE) in the recipe, which `make -n` would run.
+BENCH_SUBMAKE = $(MAKE) --no-print-directory
+
+$(OHA_BIN):
+	@echo "Installing oha $(OHA_VERSION) (fixed-rate HTTP load generator) from crates.io into $(OHA_ROOT)"
+	cargo install oha --version $(OHA_VERSION) --locked --root $(OHA_ROOT)
+
+bench: setup wasm $(OHA_BIN) $(WASM_OPT)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
+		echo "Installing wrk and nginx-light from Debian"; \
+		apt-get update -qq && apt-get install -y --no-install-recommends wrk nginx-light; }
+	cargo build --release --locked --target $(WASM_TARGET) \
+		--manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop
+	@mkdir -p target/bench
+	$(WASM_OPT) $(WASM_OPT_FLAGS) target/bench-noop/$(WASM_TARGET)/release/bench_noop_filter.wasm \
+		-o $(BENCH_NOOP_WASM)
+	@before="$$BENCH_WASM_BEFORE"; \
+	if [ -n "$(BENCH_BEFORE)" ]; then \
+		rev=$$(git rev-parse --verify --short=12 "$(BENCH_BEFORE)^{commit}") || exit 1; \
+		dir=$(TOOLS)/bench-before/$$rev; before=$$dir/fallback_config.wasm; \
+		if [ ! -f $$before ]; then \
+			echo "Building the \"before\" module of $$rev in $$dir with its own make wasm"; \
+			rm -rf $$dir && mkdir -p $$dir/src && git archive $$rev | tar -x -C $$dir/src && \
+			$(BENCH_SUBMAKE) -C $$dir/src wasm TOOLS=$(TOOLS) && \
+			cp $$dir/src/wasm/fallback_config.wasm $$before && rm -rf $$dir/src || exit 1; \
+		fi; \
+	fi; \
+	BENCH_WASM_BEFORE=$$before BENCH_NOOP_WASM=$(CURDIR)/$(BENCH_NOOP_WASM) OHA_BIN=$(OHA_BIN) \
+		cargo run --quiet -p envoy-test --bin bench
