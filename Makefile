@@ -34,6 +34,12 @@ WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers \
 	--enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 WASM       := wasm/fallback_config.wasm
+# `make wasm` (and so `make test`, CI) fails when the module grows past
+# WASM_MAX_BYTES: today's size plus a little, lowered as the size work of
+# issue 11 lands, down to the goal (350 KB with every backend and the
+# snapshot crypto).
+WASM_MAX_BYTES  := 575000
+WASM_GOAL_BYTES := 350000
 WASM_TARGET := wasm32-wasip1
 # Two cores: two scenarios at a time, each with its own Envoy.
 TEST_THREADS ?= 2
@@ -90,7 +96,9 @@ wasm: .wasm-target $(WASM_OPT)
 	cargo build --release --target $(WASM_TARGET) --lib -p fallback-config
 	@mkdir -p wasm
 	$(WASM_OPT) $(WASM_OPT_FLAGS) target/$(WASM_TARGET)/release/fallback_config.wasm -o $(WASM)
-	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes ($$(gzip -9c $(WASM) | wc -c) gzipped)"
+	@size=$$(stat -c %s $(WASM)); \
+	echo "$(WASM): $$size bytes ($$(gzip -9c $(WASM) | wc -c) gzipped; limit $(WASM_MAX_BYTES), goal $(WASM_GOAL_BYTES))"; \
+	test $$size -le $(WASM_MAX_BYTES) || { echo "$(WASM) grew past $(WASM_MAX_BYTES) bytes"; exit 1; }
 
 # fuzz/ is its own workspace (cargo-fuzz): its tests replay the checked-in
 # corpus and every recorded crash through the harnesses, on stable.

@@ -705,7 +705,7 @@ fn canonicalized_resource(account: &str, path: &str, query: &str) -> String {
             .push(percent_decode(value, false));
     }
     for (name, mut values) in params {
-        values.sort();
+        crate::sigv4::sort_small(&mut values);
         out.push('\n');
         out.push_str(&name);
         out.push(':');

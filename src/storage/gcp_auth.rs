@@ -13,12 +13,11 @@
 //! never appear in an error message.
 
 use super::endpoint::{split_url, EndpointError, UrlScheme};
+use super::rs256::RsaKey;
 use crate::secret::Secret;
 use crate::time::Timestamp;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -56,10 +55,9 @@ pub struct ServiceAccount {
     key: PrivateKey,
 }
 
-/// The account's RSA key. A newtype because `rsa`'s own `Debug` prints the
-/// key's numbers.
+/// The account's RSA key, with a `Debug` that prints none of it.
 #[derive(Clone, PartialEq, Eq)]
-struct PrivateKey(RsaPrivateKey);
+struct PrivateKey(RsaKey);
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -273,12 +271,11 @@ fn optional<'a>(
     }
 }
 
-/// Decodes the key with our own PEM and DER readers rather than `rsa`'s
-/// `pkcs8`/`pkcs1`/`der` stack: that stack is about a third of the wasm
-/// that RSA signing adds, for two fixed structures of which we read five
-/// integers. `rsa` then validates the numbers, so a misread key is refused
-/// here, not signed with.
-fn parse_private_key(pem: &str) -> Result<RsaPrivateKey, KeyError> {
+/// Decodes the key with our own PEM and DER readers rather than a
+/// `pkcs8`/`pkcs1`/`der` stack: two fixed structures of which we read five
+/// integers. [`RsaKey::from_components`] then checks that the numbers form
+/// a key, so a misread key is refused here, not signed with.
+fn parse_private_key(pem: &str) -> Result<RsaKey, KeyError> {
     let pem = pem.replace("\\n", "\n");
     let (label, der) = decode_pem(&pem)?;
     let (format, parsed) = match label {
@@ -305,7 +302,7 @@ const TRUNCATED: &str = "the DER is truncated";
 
 /// PKCS#8 `PrivateKeyInfo` (RFC 5208): `SEQUENCE { version, SEQUENCE {
 /// algorithm OID, parameters }, OCTET STRING <PKCS#1 key>, … }`.
-fn rsa_key_from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey, &'static str> {
+fn rsa_key_from_pkcs8(der: &[u8]) -> Result<RsaKey, &'static str> {
     let mut info = Der(Der(der).expect(DER_SEQUENCE, "expected a PrivateKeyInfo SEQUENCE")?);
     info.expect(DER_INTEGER, "expected the version INTEGER")?;
     let mut algorithm = Der(info.expect(DER_SEQUENCE, "expected the algorithm SEQUENCE")?);
@@ -316,16 +313,16 @@ fn rsa_key_from_pkcs8(der: &[u8]) -> Result<RsaPrivateKey, &'static str> {
 }
 
 /// PKCS#1 `RSAPrivateKey` (RFC 8017 A.1.2): `SEQUENCE { version, n, e, d,
-/// p, q, dP, dQ, qInv }`. `rsa` recomputes the CRT values itself.
-fn rsa_key_from_pkcs1(der: &[u8]) -> Result<RsaPrivateKey, &'static str> {
+/// p, q, dP, dQ, qInv }`. The CRT values are not read: signing does not
+/// use them.
+fn rsa_key_from_pkcs1(der: &[u8]) -> Result<RsaKey, &'static str> {
     let mut key = Der(Der(der).expect(DER_SEQUENCE, "expected an RSAPrivateKey SEQUENCE")?);
     if key.expect(DER_INTEGER, "expected the version INTEGER")? != [0] {
         return Err("multi-prime RSA keys are not supported");
     }
     let (n, e, d) = (key.uint()?, key.uint()?, key.uint()?);
-    let primes = vec![key.uint()?, key.uint()?];
-    RsaPrivateKey::from_components(n, e, d, primes)
-        .map_err(|_| "its numbers do not form a valid RSA key")
+    let (p, q) = (key.uint()?, key.uint()?);
+    RsaKey::from_components(n, e, d, p, q).ok_or("its numbers do not form a valid RSA key")
 }
 
 /// Reads DER elements one after the other. Only what the two key formats
@@ -362,13 +359,13 @@ impl<'a> Der<'a> {
         }
     }
 
-    /// A non-negative INTEGER.
-    fn uint(&mut self) -> Result<BigUint, &'static str> {
+    /// A non-negative INTEGER: its big-endian bytes.
+    fn uint(&mut self) -> Result<&'a [u8], &'static str> {
         let bytes = self.expect(DER_INTEGER, "expected an INTEGER")?;
         if bytes.first().is_none_or(|b| b & 0x80 != 0) {
             return Err("an INTEGER is empty or negative");
         }
-        Ok(BigUint::from_bytes_be(bytes))
+        Ok(bytes)
     }
 }
 
@@ -406,8 +403,6 @@ fn decode_pem(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
 pub enum JwtError {
     /// The RSA operation failed. Cannot happen with a key that
     /// [`ServiceAccount::parse`] accepted, but is reported, not assumed.
-    /// (`rsa`'s reason is not kept: formatting its error type would pull
-    /// its whole ASN.1 error vocabulary into the wasm.)
     Sign,
 }
 
@@ -456,31 +451,18 @@ pub fn jwt_assertion(account: &ServiceAccount, now: Timestamp) -> Result<Secret,
     )))
 }
 
-/// DER `DigestInfo` header for SHA-256 (RFC 8017 §9.2, note 1). Spelled
-/// out instead of `Pkcs1v15Sign::new::<Sha256>()`, which builds it at run
-/// time with `der` and `const-oid` code that would otherwise stay out of
-/// the wasm.
-const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0x04, 0x20,
-];
-
 /// RS256 (RFC 7518 §3.3): RSASSA-PKCS1-v1_5 over SHA-256. Deterministic,
 /// so no randomness source is needed in the filter.
-fn sign_rs256(key: &RsaPrivateKey, input: &[u8]) -> Result<Vec<u8>, JwtError> {
-    let padding = Pkcs1v15Sign {
-        hash_len: Some(32),
-        prefix: Box::new(SHA256_DIGEST_INFO),
-    };
-    key.sign(padding, &Sha256::digest(input))
-        .map_err(|_| JwtError::Sign)
+fn sign_rs256(key: &RsaKey, input: &[u8]) -> Result<Vec<u8>, JwtError> {
+    key.sign_sha256(&Sha256::digest(input).into())
+        .ok_or(JwtError::Sign)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use rsa::pkcs8::DecodePublicKey;
-    use rsa::RsaPublicKey;
+    use rsa::{Pkcs1v15Sign, RsaPublicKey};
 
     // TEST-ONLY throwaway key pair, generated for these tests with
     // `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`
@@ -614,6 +596,12 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         let (label, der) = decode_pem(TEST_PUBLIC_KEY).unwrap();
         assert_eq!(label, "PUBLIC KEY");
         RsaPublicKey::from_public_key_der(&der).unwrap()
+    }
+
+    /// The label and DER of a test PEM.
+    pub(crate) fn decode_test_pem(pem: &str) -> (String, Vec<u8>) {
+        let (label, der) = decode_pem(pem).unwrap();
+        (label.to_string(), der)
     }
 
     fn b64(s: &str) -> Vec<u8> {
@@ -853,16 +841,8 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         let a = account();
         let d = format!("{a:?}");
         assert!(d.contains("PrivateKey(***)") && d.contains(EMAIL), "{d}");
-        // `rsa`'s own Debug would print the modulus and private exponent.
-        assert!(!d.contains("BigUint") && !d.contains("primes"), "{d}");
-    }
-
-    #[test]
-    fn digest_info_is_rsas_own() {
-        assert_eq!(
-            &*Pkcs1v15Sign::new::<Sha256>().prefix,
-            &SHA256_DIGEST_INFO[..]
-        );
+        // No number of the key is printed.
+        assert!(!d.contains("BoxedUint") && !d.contains("modulus"), "{d}");
     }
 
     #[test]
@@ -875,6 +855,23 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
             claims,
             json!({"iss": "test@example.iam.gserviceaccount.com"})
         );
+    }
+
+    #[test]
+    fn larger_keys_sign_verifiable_assertions() {
+        use crate::storage::rs256::tests::{test_rsa_key, TEST_KEY_3072, TEST_KEY_4096};
+        for (bits, pem) in [(3072, TEST_KEY_3072), (4096, TEST_KEY_4096)] {
+            let a = ServiceAccount::parse(&account_json(pem)).unwrap();
+            let jwt = jwt_assertion(&a, Timestamp::from_millis(1_700_000_000_000)).unwrap();
+            let parts: Vec<&str> = jwt.expose().split('.').collect();
+            let signature = b64(parts[2]);
+            assert_eq!(signature.len(), bits / 8);
+            let digest = Sha256::digest(format!("{}.{}", parts[0], parts[1]).as_bytes());
+            test_rsa_key(bits)
+                .to_public_key()
+                .verify(Pkcs1v15Sign::new::<Sha256>(), &digest, &signature)
+                .unwrap();
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod gcp_auth;
 pub mod gcs;
 mod location;
 mod model;
+mod rs256;
 pub mod s3;
 pub mod xml;
 
