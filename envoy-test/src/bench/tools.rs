@@ -463,9 +463,14 @@ mod tests {
     fn own_cpu_time_is_read() {
         let pid = std::process::id();
         let a = cpu::sample(pid).unwrap();
+        // 50 ms of work the optimiser cannot fold away (a loop whose sum
+        // has a closed form costs no CPU at all at opt-level 2).
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_add(i * i);
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i * i));
+            }
         }
         assert!(x > 0);
         let b = cpu::sample(pid).unwrap();

@@ -1299,35 +1299,20 @@ impl<'a> Bench<'a> {
                 show(&ratio, 3),
             ]);
         };
-        for n in ROUTE_COUNTS {
-            row(
-                format!(
-                    "CPU/request at the fixed rate, {} routes ÷ no-op",
-                    pretty_count(n)
-                ),
-                figs.ratio("cpu", &name("before", n), &noop),
-                figs.ratio("cpu", &name("current", n), &noop),
-                3,
-            );
-        }
-        for n in ROUTE_COUNTS {
-            row(
-                format!(
-                    "CPU/request at max throughput, {} routes ÷ no-op",
-                    pretty_count(n)
-                ),
-                figs.ratio("cpu max", &name("before", n), &noop),
-                figs.ratio("cpu max", &name("current", n), &noop),
-                3,
-            );
-        }
-        for n in ROUTE_COUNTS {
-            row(
-                format!("max throughput, {} routes ÷ no-op", pretty_count(n)),
-                figs.ratio("rps", &name("before", n), &noop),
-                figs.ratio("rps", &name("current", n), &noop),
-                3,
-            );
+        let per_route_count = [
+            ("CPU/request at the fixed rate", "cpu"),
+            ("CPU/request at max throughput", "cpu max"),
+            ("max throughput", "rps"),
+        ];
+        for (what, key) in per_route_count {
+            for n in ROUTE_COUNTS {
+                row(
+                    format!("{what}, {} routes ÷ no-op", pretty_count(n)),
+                    figs.ratio(key, &name("before", n), &noop),
+                    figs.ratio(key, &name("current", n), &noop),
+                    3,
+                );
+            }
         }
         row(
             "p99 at the fixed rate, 1,000 routes ÷ no-op".into(),
