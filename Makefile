@@ -166,7 +166,7 @@ clean:
 # round after round (bench/README.md: what each figure means, the latest
 # results). Installs wrk and nginx-light from Debian (as root), oha from
 # crates.io, and the tools of `make setup`. ROUNDS=3 by default (about
-# 8 minutes, 13 with a "before" module), BENCH_QUICK=1 for a smoke run.
+# 6 minutes, 9 with a "before" module), BENCH_QUICK=1 for a smoke run.
 # A "before" module: BENCH_WASM_BEFORE=<path of a .wasm>, or
 # BENCH_BEFORE=<commit> (built once with that commit's own `make wasm`
 # from `git archive`, cached under $(TOOLS)/bench-before/).
