@@ -43,12 +43,10 @@
 
 use crate::gateway::{GatewayConfig, GatewayConfigError};
 use crate::keys::{EncryptionKey, SigningKey, TrustedKey};
+use crate::storage::base64::{self as base64_codec, Padding};
 use crate::time::Timestamp;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -73,29 +71,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    format: u64,
-    version: &'a str,
-    revision: &'a str,
-    exported_at: String,
-    exporter: &'a str,
-    /// The writer's leader term: the fence against stale leaders.
-    term: u64,
-    /// Plain envelopes only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sha256: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encryption: Option<Encryption>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    config: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ciphertext: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signature: Option<SignatureField>,
-}
-
-#[derive(Serialize, Deserialize)]
+/// The encryption parameters of an envelope (`encryption`).
 struct Encryption {
     alg: String,
     key_id: String,
@@ -103,7 +79,7 @@ struct Encryption {
     nonce: String,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The signature of an envelope (`signature`).
 struct SignatureField {
     alg: String,
     key_id: String,
@@ -111,9 +87,9 @@ struct SignatureField {
     value: String,
 }
 
-/// Every field is read; duplicates are refused by serde, so no two
-/// readers can see different values.
-#[derive(Deserialize)]
+/// An envelope as read. Every field is read; a known field given twice
+/// is refused (as serde's derives do), so no two readers can see
+/// different values; unknown fields are ignored.
 struct EnvelopeIn<'a> {
     format: u64,
     version: String,
@@ -121,20 +97,266 @@ struct EnvelopeIn<'a> {
     exported_at: String,
     exporter: String,
     /// Absent in envelopes written before leader election existed.
-    #[serde(default)]
     term: u64,
     /// Required in a plain envelope; an encrypted one written by an
     /// earlier build of format 2 may still carry it, and it is checked.
-    #[serde(default)]
     sha256: Option<String>,
-    #[serde(default)]
     encryption: Option<Encryption>,
-    #[serde(borrow, default)]
+    /// The config's JSON exactly as stored.
     config: Option<&'a RawValue>,
-    #[serde(default)]
     ciphertext: Option<String>,
-    #[serde(default)]
     signature: Option<SignatureField>,
+}
+
+/// The top-level fields of an envelope, in [`EnvelopeIn`]'s order.
+const ENVELOPE_FIELDS: [&str; 11] = [
+    "format",
+    "version",
+    "revision",
+    "exported_at",
+    "exporter",
+    "term",
+    "sha256",
+    "encryption",
+    "config",
+    "ciphertext",
+    "signature",
+];
+
+impl<'a> EnvelopeIn<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<EnvelopeIn<'a>, String> {
+        let [format, version, revision, exported_at, exporter, term, sha256, encryption, config, ciphertext, signature] =
+            json::fields(bytes, &ENVELOPE_FIELDS).map_err(|e| e.to_string())?;
+        let required = |name: &str, raw: Option<&RawValue>| {
+            json::string(name, raw)?.ok_or_else(|| format!("missing field `{name}`"))
+        };
+        Ok(EnvelopeIn {
+            format: json::u64("format", format)?.ok_or("missing field `format`")?,
+            version: required("version", version)?,
+            revision: required("revision", revision)?,
+            exported_at: required("exported_at", exported_at)?,
+            exporter: required("exporter", exporter)?,
+            term: match term {
+                None => 0,
+                Some(raw) => {
+                    json::u64("term", Some(raw))?.ok_or("invalid type: null for `term`")?
+                }
+            },
+            sha256: json::string("sha256", sha256)?,
+            encryption: json::object("encryption", encryption, &["alg", "key_id", "nonce"])?
+                .map(|[alg, key_id, nonce]| -> Result<_, String> {
+                    Ok(Encryption {
+                        alg: required("alg", alg)?,
+                        key_id: required("key_id", key_id)?,
+                        nonce: required("nonce", nonce)?,
+                    })
+                })
+                .transpose()?,
+            config: config.filter(|raw| raw.get() != "null"),
+            ciphertext: json::string("ciphertext", ciphertext)?,
+            signature: json::object("signature", signature, &["alg", "key_id", "value"])?
+                .map(|[alg, key_id, value]| -> Result<_, String> {
+                    Ok(SignatureField {
+                        alg: required("alg", alg)?,
+                        key_id: required("key_id", key_id)?,
+                        value: required("value", value)?,
+                    })
+                })
+                .transpose()?,
+        })
+    }
+}
+
+/// JSON read and written without serde derives, whose code for each
+/// type is a large part of the wasm: objects are split into raw member
+/// values by one visitor, scalars read as [`serde_json::Value`]s, and
+/// objects written by [`json::Object`] in a fixed member order.
+pub(crate) mod json {
+    use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    use serde_json::Value;
+    use std::fmt;
+
+    /// The members `names` of the JSON object `bytes`, as raw JSON, in
+    /// the order of `names` (`None`: absent). A member in `names` given
+    /// twice is refused, as serde's derives refuse a duplicate field;
+    /// others are skipped (but must be valid JSON).
+    pub(crate) fn fields<'a, const N: usize>(
+        bytes: &'a [u8],
+        names: &[&str; N],
+    ) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
+        let mut found = [None; N];
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        (&mut de).deserialize_map(Fields {
+            names,
+            found: &mut found,
+        })?;
+        de.end()?;
+        Ok(found)
+    }
+
+    struct Fields<'n, 'f, 'a> {
+        names: &'n [&'n str],
+        found: &'f mut [Option<&'a RawValue>],
+    }
+
+    impl<'a> Visitor<'a> for Fields<'_, '_, 'a> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(name) = map.next_key::<String>()? {
+                let value = map.next_value::<&'a RawValue>()?;
+                let slot = self
+                    .names
+                    .iter()
+                    .position(|n| *n == name)
+                    .and_then(|i| self.found.get_mut(i));
+                if let Some(slot) = slot {
+                    if slot.is_some() {
+                        return Err(A::Error::custom(format_args!("duplicate field `{name}`")));
+                    }
+                    *slot = Some(value);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn value(name: &str, raw: &RawValue) -> Result<Value, String> {
+        serde_json::from_slice(raw.get().as_bytes()).map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// A string member; `None` when absent or `null`.
+    pub(crate) fn string(name: &str, raw: Option<&RawValue>) -> Result<Option<String>, String> {
+        match raw.map(|raw| value(name, raw)).transpose()? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("invalid type for `{name}`, expected a string")),
+        }
+    }
+
+    /// A non-negative integer member; `None` when absent or `null`.
+    pub(crate) fn u64(name: &str, raw: Option<&RawValue>) -> Result<Option<u64>, String> {
+        match raw.map(|raw| value(name, raw)).transpose()? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+            Some(_) => Err(format!("invalid type for `{name}`, expected u64")),
+        }
+    }
+
+    /// An object member's members `names` (see [`fields`]); `None` when
+    /// absent or `null`.
+    pub(crate) fn object<'a, const N: usize>(
+        name: &str,
+        raw: Option<&'a RawValue>,
+        names: &[&str; N],
+    ) -> Result<Option<[Option<&'a RawValue>; N]>, String> {
+        match raw.filter(|raw| raw.get() != "null") {
+            None => Ok(None),
+            Some(raw) => fields(raw.get().as_bytes(), names)
+                .map(Some)
+                .map_err(|e| format!("`{name}`: {e}")),
+        }
+    }
+
+    /// Writes one JSON object, compact, members in the order written: the
+    /// bytes `serde_json::to_vec` gives for a struct with these fields.
+    pub(crate) struct Object(Vec<u8>);
+
+    impl Object {
+        pub(crate) fn new() -> Object {
+            Object(vec![b'{'])
+        }
+
+        fn name(&mut self, name: &str) {
+            if self.0.len() > 1 {
+                self.0.push(b',');
+            }
+            escape(&mut self.0, name);
+            self.0.push(b':');
+        }
+
+        pub(crate) fn string(&mut self, name: &str, value: &str) -> &mut Object {
+            self.name(name);
+            escape(&mut self.0, value);
+            self
+        }
+
+        /// `null` for `None`.
+        pub(crate) fn opt_string(&mut self, name: &str, value: Option<&str>) -> &mut Object {
+            match value {
+                Some(v) => self.string(name, v),
+                None => self.raw(name, b"null"),
+            }
+        }
+
+        pub(crate) fn u64(&mut self, name: &str, value: u64) -> &mut Object {
+            self.name(name);
+            self.0.extend_from_slice(value.to_string().as_bytes());
+            self
+        }
+
+        /// `null` for `None`.
+        pub(crate) fn opt_u64(&mut self, name: &str, value: Option<u64>) -> &mut Object {
+            match value {
+                Some(v) => self.u64(name, v),
+                None => self.raw(name, b"null"),
+            }
+        }
+
+        pub(crate) fn bool(&mut self, name: &str, value: bool) -> &mut Object {
+            let text: &[u8] = if value { b"true" } else { b"false" };
+            self.raw(name, text)
+        }
+
+        /// A member whose value is already JSON.
+        pub(crate) fn raw(&mut self, name: &str, json: &[u8]) -> &mut Object {
+            self.name(name);
+            self.0.extend_from_slice(json);
+            self
+        }
+
+        pub(crate) fn finish(&mut self) -> Vec<u8> {
+            let mut out = std::mem::take(&mut self.0);
+            out.push(b'}');
+            out
+        }
+    }
+
+    /// A JSON string, escaped as serde_json escapes it: `"`, `\\` and the
+    /// control characters, with the short forms where JSON has them.
+    fn escape(out: &mut Vec<u8>, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.push(b'"');
+        for &b in s.as_bytes() {
+            let short = match b {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                b'\n' => b'n',
+                b'\r' => b'r',
+                b'\t' => b't',
+                0x08 => b'b',
+                0x0c => b'f',
+                0x00..=0x1f => {
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                    continue;
+                }
+                _ => {
+                    out.push(b);
+                    continue;
+                }
+            };
+            out.push(b'\\');
+            out.push(short);
+        }
+        out.push(b'"');
+    }
 }
 
 /// What to export: a config the CP sent, already validated.
@@ -309,27 +531,42 @@ pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, E
         SignatureField {
             alg: SIGNATURE_ALG.to_string(),
             key_id: key.id().to_string(),
-            value: BASE64.encode(key.sign(&message)),
+            value: base64_codec::encode(key.sign(&message)),
         }
     });
-    let out = EnvelopeOut {
-        format: FORMAT,
-        version: export.version,
-        revision: export.revision,
-        exported_at: exported_at.clone(),
-        exporter: export.exporter,
-        term: export.term,
-        sha256: (!sha256.is_empty()).then_some(sha256),
-        encryption: encryption.map(|(id, nonce)| Encryption {
-            alg: ENCRYPTION_ALG.to_string(),
-            key_id: id.to_string(),
-            nonce: BASE64.encode(nonce),
-        }),
-        config: ciphertext.is_none().then_some(&*raw),
-        ciphertext: ciphertext.map(|c| BASE64.encode(c)),
-        signature,
+    // The layout serde_json gave the struct this replaced: this order,
+    // absent members left out.
+    let mut out = json::Object::new();
+    out.u64("format", FORMAT)
+        .string("version", export.version)
+        .string("revision", export.revision)
+        .string("exported_at", &exported_at)
+        .string("exporter", export.exporter)
+        .u64("term", export.term);
+    if !sha256.is_empty() {
+        out.string("sha256", &sha256);
+    }
+    if let Some((id, nonce)) = encryption {
+        let fields = json::Object::new()
+            .string("alg", ENCRYPTION_ALG)
+            .string("key_id", id)
+            .string("nonce", &base64_codec::encode(nonce))
+            .finish();
+        out.raw("encryption", &fields);
+    }
+    match &ciphertext {
+        None => out.raw("config", raw.get().as_bytes()),
+        Some(c) => out.string("ciphertext", &base64_codec::encode(c)),
     };
-    serde_json::to_vec(&out).map_err(|e| EnvelopeError::Parse(e.to_string()))
+    if let Some(signature) = signature {
+        let fields = json::Object::new()
+            .string("alg", &signature.alg)
+            .string("key_id", &signature.key_id)
+            .string("value", &signature.value)
+            .finish();
+        out.raw("signature", &fields);
+    }
+    Ok(out.finish())
 }
 
 /// A verified envelope. `Debug` leaves out the config (it may be the
@@ -482,11 +719,8 @@ impl std::error::Error for EnvelopeError {}
 /// The `term` of a stored envelope, read without verifying anything else.
 /// Only for a node without trusted keys: see [`fence_term`].
 pub fn stored_term(bytes: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Term {
-        term: u64,
-    }
-    serde_json::from_slice::<Term>(bytes).ok().map(|t| t.term)
+    let [term] = json::fields(bytes, &["term"]).ok()?;
+    json::u64("term", term).ok().flatten()
 }
 
 /// The leader term a stored envelope fences a writer with. A node that
@@ -526,8 +760,7 @@ struct Verified<'a> {
 /// about it: with a signature required, an unsigned envelope is reported
 /// as unsigned whatever else is wrong with it.
 fn verified<'a>(bytes: &'a [u8], trust: &Trust<'_>) -> Result<Verified<'a>, EnvelopeError> {
-    let env: EnvelopeIn<'a> =
-        serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
+    let env = EnvelopeIn::parse(bytes).map_err(EnvelopeError::Parse)?;
     match env.format {
         FORMAT => {}
         FORMAT_UNSIGNED if !trust.require_signature => {}
@@ -549,12 +782,9 @@ fn verified<'a>(bytes: &'a [u8], trust: &Trust<'_>) -> Result<Verified<'a>, Enve
         }
         (None, Some(raw), None) => (raw.get().as_bytes().to_vec(), None),
         (Some(enc), None, Some(c)) => {
-            let c = BASE64
-                .decode(c)
-                .map_err(|_| EnvelopeError::Malformed("ciphertext is not base64"))?;
-            let nonce: [u8; NONCE_LEN] = BASE64
-                .decode(&enc.nonce)
-                .ok()
+            let c = base64_codec::decode(c, Padding::Canonical)
+                .ok_or(EnvelopeError::Malformed("ciphertext is not base64"))?;
+            let nonce: [u8; NONCE_LEN] = base64_codec::decode(&enc.nonce, Padding::Canonical)
                 .and_then(|n| n.try_into().ok())
                 .ok_or(EnvelopeError::Malformed(
                     "encryption.nonce is not 24 bytes of base64",
@@ -718,9 +948,7 @@ fn verify_signature(
     let bad = || EnvelopeError::BadSignature {
         key_id: sig.key_id.clone(),
     };
-    let value: [u8; 64] = BASE64
-        .decode(&sig.value)
-        .ok()
+    let value: [u8; 64] = base64_codec::decode(&sig.value, Padding::Canonical)
         .and_then(|v| v.try_into().ok())
         .ok_or_else(bad)?;
     let enc = encryption.map(|(e, nonce)| (e.alg.as_str(), e.key_id.as_str(), &nonce[..]));
@@ -735,6 +963,8 @@ fn verify_signature(
 mod tests {
     use super::*;
     use crate::keys::parse_encryption;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
 
     const CONFIG: &str = r#"{ "revision": "r1",
   "routes": [ { "name": "echo", "paths": ["/echo"], "upstream": "echo_service" } ] }"#;
@@ -794,6 +1024,123 @@ mod tests {
             trusted: &k.trusted,
             decryption: &k.enc,
         }
+    }
+
+    /// The layout `seal` wrote with serde's derive before `json::Object`:
+    /// kept here to show the bytes did not change.
+    #[derive(serde::Serialize)]
+    struct EnvelopeOut<'a> {
+        format: u64,
+        version: &'a str,
+        revision: &'a str,
+        exported_at: String,
+        exporter: &'a str,
+        term: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encryption: Option<serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        config: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ciphertext: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<serde_json::Value>,
+    }
+
+    #[test]
+    fn sealed_bytes_are_what_serde_wrote() {
+        let k = keys();
+        for with_keys in [false, true] {
+            let bytes = if with_keys { protected(&k) } else { sealed() };
+            let v = json(&bytes);
+            let s = |f: &str| v[f].as_str().map(str::to_string);
+            let raw: Box<RawValue> = serde_json::from_str(CONFIG.trim()).unwrap();
+            let expected = EnvelopeOut {
+                format: 2,
+                version: "0.1.0",
+                revision: "r1",
+                exported_at: s("exported_at").unwrap(),
+                exporter: "node-a",
+                term: 4,
+                sha256: s("sha256"),
+                // serde_json's Map keeps names sorted: alg, key_id, nonce / value.
+                encryption: v.get("encryption").cloned(),
+                config: (!with_keys).then_some(&*raw),
+                ciphertext: s("ciphertext"),
+                signature: v.get("signature").cloned(),
+            };
+            assert_eq!(
+                String::from_utf8(bytes).unwrap(),
+                serde_json::to_string(&expected).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let all: String = (0u8..128).map(char::from).chain("é€😀".chars()).collect();
+        for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{7f}\u{1f}"] {
+            let ours = json::Object::new().string("k\"", s).finish();
+            let theirs = serde_json::to_vec(&serde_json::json!({ "k\"": s })).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap()
+            );
+        }
+        let mut o = json::Object::new();
+        o.u64("a", u64::MAX)
+            .opt_u64("b", None)
+            .opt_u64("c", Some(0))
+            .opt_string("d", None)
+            .opt_string("e", Some("x"))
+            .bool("f", true)
+            .bool("g", false)
+            .raw("h", b"[1,{}]");
+        assert_eq!(
+            String::from_utf8(o.finish()).unwrap(),
+            r#"{"a":18446744073709551615,"b":null,"c":0,"d":null,"e":"x","f":true,"g":false,"h":[1,{}]}"#
+        );
+        assert_eq!(json::Object::new().finish(), b"{}");
+    }
+
+    #[test]
+    fn json_fields_are_read_like_serde_fields() {
+        let names = ["a", "b"];
+        let got = |text: &str| {
+            json::fields(text.as_bytes(), &names)
+                .map(|f| f.map(|r| r.map(|r| r.get().to_string())))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            got(r#" {"b": [1, 2] , "z":1, "a":"x", "z":{"q":null}} "#),
+            Ok([Some("\"x\"".into()), Some("[1, 2]".into())])
+        );
+        assert_eq!(got("{}"), Ok([None, None]));
+        // A known name twice is refused; an unknown one is not looked at.
+        assert!(got(r#"{"a":1,"a":1}"#)
+            .unwrap_err()
+            .contains("duplicate field `a`"));
+        for bad in ["[]", "1", "null", "{", r#"{"a":1} x"#, r#"{"z":tru}"#, ""] {
+            assert!(got(bad).is_err(), "{bad}");
+        }
+        let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).unwrap();
+        assert_eq!(
+            json::string("s", Some(&raw(r#""\u00e9""#))),
+            Ok(Some("é".into()))
+        );
+        assert_eq!(json::string("s", Some(&raw("null"))), Ok(None));
+        assert_eq!(json::string("s", None), Ok(None));
+        assert!(json::string("s", Some(&raw("1"))).is_err());
+        assert_eq!(json::u64("n", Some(&raw("7"))), Ok(Some(7)));
+        for bad in ["-1", "1.0", "1e3", "18446744073709551616", "\"1\""] {
+            assert!(json::u64("n", Some(&raw(bad))).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            json::object("o", Some(&raw("null")), &names),
+            Ok(None)
+        ));
+        assert!(json::object("o", Some(&raw("[]")), &names).is_err());
     }
 
     fn json(bytes: &[u8]) -> serde_json::Value {

@@ -13,9 +13,7 @@
 //! [`Zeroizing`] for the encryption keys). Encryption keys are compared in
 //! constant time.
 
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine;
+use crate::storage::base64::{self as base64_codec, Padding};
 use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -28,12 +26,6 @@ pub mod env {
     pub const TRUSTED_KEYS: &str = "FALLBACK_CONFIG_TRUSTED_KEYS";
     pub const ENCRYPTION_KEYS: &str = "FALLBACK_CONFIG_ENCRYPTION_KEYS";
 }
-
-/// Standard base64, with or without padding (operators paste both).
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Longest key id accepted; ids are written into every envelope.
 const MAX_ID_LEN: usize = 64;
@@ -132,7 +124,7 @@ impl SigningKey {
         format!(
             "{}:{}",
             self.id,
-            BASE64.encode(self.key.verifying_key().as_bytes())
+            base64_codec::encode(self.key.verifying_key().as_bytes())
         )
     }
 
@@ -309,10 +301,10 @@ fn entry<const N: usize>(text: &str, n: usize) -> Result<(String, Zeroizing<[u8;
     if !id_ok {
         return Err(KeyError::BadId { entry: n });
     }
+    // Standard base64, with or without padding (operators paste both).
     let decoded = Zeroizing::new(
-        BASE64
-            .decode(b64.trim())
-            .map_err(|_| KeyError::NotBase64 { entry: n })?,
+        base64_codec::decode(b64.trim(), Padding::Optional)
+            .ok_or(KeyError::NotBase64 { entry: n })?,
     );
     let mut bytes = Zeroizing::new([0u8; N]);
     if decoded.len() != N {
@@ -329,6 +321,8 @@ fn entry<const N: usize>(text: &str, n: usize) -> Result<(String, Zeroizing<[u8;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
 
     /// RFC 8032 §7.1, TEST 1.
     const SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";

@@ -6,13 +6,13 @@
 //! it only for a request of exactly `status_path`, and answers it itself,
 //! `200` once it serves a config, `503` before, never routing it upstream.
 
+use crate::envelope::json;
 use crate::published::Source;
 use crate::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Where the process stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     /// Nothing applied yet; the CP has not answered and no import failed.
     Waiting,
@@ -23,8 +23,7 @@ pub enum State {
 }
 
 /// Where the applied config came from, as the status shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigSource {
     ControlPlane,
     Storage,
@@ -39,7 +38,38 @@ impl From<Source> for ConfigSource {
     }
 }
 
+impl State {
+    /// The name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::ImportFailed => "import_failed",
+            State::Serving => "serving",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<State> {
+        [State::Waiting, State::ImportFailed, State::Serving]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
 impl ConfigSource {
+    /// The name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigSource::ControlPlane => "control_plane",
+            ConfigSource::Storage => "storage",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<ConfigSource> {
+        [ConfigSource::ControlPlane, ConfigSource::Storage]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
     /// The `config_source` gauge: 1 control plane, 2 storage (0: none).
     pub fn gauge(self) -> u64 {
         match self {
@@ -49,8 +79,9 @@ impl ConfigSource {
     }
 }
 
-/// What the driver knows, as it writes it to shared data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the driver knows, as it writes it to shared data (a JSON object
+/// with these fields, in this order).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusRecord {
     pub state: State,
     pub source: Option<ConfigSource>,
@@ -84,11 +115,47 @@ impl Default for StatusRecord {
 
 impl StatusRecord {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        json::Object::new()
+            .string("state", self.state.name())
+            .opt_string("source", self.source.map(ConfigSource::name))
+            .opt_string("revision", self.revision.as_deref())
+            .opt_string("version", self.version.as_deref())
+            .opt_string("exported_at", self.exported_at.as_deref())
+            .opt_u64("fresh_at_ms", self.fresh_at_ms)
+            .bool("leader", self.leader)
+            .opt_u64("term", self.term)
+            .finish()
     }
 
+    /// `None` unless `bytes` is an object with `state` and `leader`, and
+    /// every field present has its type (`null` for an absent option;
+    /// other fields are ignored).
     pub fn decode(bytes: &[u8]) -> Option<StatusRecord> {
-        serde_json::from_slice(bytes).ok()
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(bytes) else {
+            return None;
+        };
+        let text = |name: &str| match fields.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => None,
+        };
+        let number = |name: &str| match fields.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => v.as_u64().map(Some),
+        };
+        Some(StatusRecord {
+            state: State::from_name(fields.get("state")?.as_str()?)?,
+            source: match text("source")? {
+                None => None,
+                Some(name) => Some(ConfigSource::from_name(&name)?),
+            },
+            revision: text("revision")?,
+            version: text("version")?,
+            exported_at: text("exported_at")?,
+            fresh_at_ms: number("fresh_at_ms")?,
+            leader: fields.get("leader")?.as_bool()?,
+            term: number("term")?,
+        })
     }
 
     /// The config's age at `now`, in whole seconds.
@@ -96,19 +163,6 @@ impl StatusRecord {
         self.fresh_at_ms
             .map(|t| now.as_millis().saturating_sub(t) / 1000)
     }
-}
-
-/// The answer body's shape.
-#[derive(Serialize)]
-struct Answer<'a> {
-    state: State,
-    source: Option<ConfigSource>,
-    revision: Option<&'a str>,
-    version: Option<&'a str>,
-    exported_at: Option<&'a str>,
-    age_s: Option<u64>,
-    leader: bool,
-    term: Option<u64>,
 }
 
 /// The answer to a request for `status_path`: `200` when this worker
@@ -122,24 +176,79 @@ pub fn answer(record: Option<&[u8]>, serving: bool, now: Timestamp) -> (u32, Str
         (false, State::Serving) => State::Waiting,
         (false, s) => s,
     };
-    let body = Answer {
-        state,
-        source: r.source.filter(|_| serving),
-        revision: r.revision.as_deref().filter(|_| serving),
-        version: r.version.as_deref().filter(|_| serving),
-        exported_at: r.exported_at.as_deref().filter(|_| serving),
-        age_s: r.age_s(now).filter(|_| serving),
-        leader: r.leader,
-        term: r.term,
-    };
+    let body = json::Object::new()
+        .string("state", state.name())
+        .opt_string(
+            "source",
+            r.source.map(ConfigSource::name).filter(|_| serving),
+        )
+        .opt_string("revision", r.revision.as_deref().filter(|_| serving))
+        .opt_string("version", r.version.as_deref().filter(|_| serving))
+        .opt_string("exported_at", r.exported_at.as_deref().filter(|_| serving))
+        .opt_u64("age_s", r.age_s(now).filter(|_| serving))
+        .bool("leader", r.leader)
+        .opt_u64("term", r.term)
+        .finish();
     let code = if serving { 200 } else { 503 };
-    (code, serde_json::to_string(&body).unwrap_or_default())
+    (code, String::from_utf8(body).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn records_round_trip_in_the_layout_serde_wrote() {
+        let full = StatusRecord {
+            state: State::ImportFailed,
+            source: Some(ConfigSource::ControlPlane),
+            revision: Some("r\"1".into()),
+            version: Some("0.0.9".into()),
+            exported_at: Some("2027-01-15T08:00:00Z".into()),
+            fresh_at_ms: Some(1_800_000_000_000),
+            leader: true,
+            term: Some(3),
+        };
+        assert_eq!(
+            String::from_utf8(full.encode()).unwrap(),
+            r#"{"state":"import_failed","source":"control_plane","revision":"r\"1","version":"0.0.9","exported_at":"2027-01-15T08:00:00Z","fresh_at_ms":1800000000000,"leader":true,"term":3}"#
+        );
+        assert_eq!(
+            String::from_utf8(StatusRecord::default().encode()).unwrap(),
+            r#"{"state":"waiting","source":null,"revision":null,"version":null,"exported_at":null,"fresh_at_ms":null,"leader":false,"term":null}"#
+        );
+        for r in [full, StatusRecord::default()] {
+            assert_eq!(StatusRecord::decode(&r.encode()), Some(r));
+        }
+        // Absent options are `None`, unknown fields ignored.
+        assert_eq!(
+            StatusRecord::decode(br#"{"state":"serving","leader":false,"x":[1]}"#),
+            Some(StatusRecord {
+                state: State::Serving,
+                ..StatusRecord::default()
+            })
+        );
+        for bad in [
+            &br#"{"leader":false}"#[..],
+            br#"{"state":"serving"}"#,
+            br#"{"state":"busy","leader":false}"#,
+            br#"{"state":"serving","leader":0}"#,
+            br#"{"state":"serving","leader":false,"term":-1}"#,
+            br#"{"state":"serving","leader":false,"term":"3"}"#,
+            br#"{"state":"serving","leader":false,"source":"cp"}"#,
+            br#"{"state":"serving","leader":false,"revision":7}"#,
+            br#"["serving"]"#,
+            b"",
+        ] {
+            assert_eq!(
+                StatusRecord::decode(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn ready_only_when_serving_with_the_same_shape_before() {

@@ -527,16 +527,9 @@ pub fn wait_status(
         Ok(r) => Err(r.summary()),
         Err(e) => Err(e.to_string()),
     };
-    let started = std::time::Instant::now();
-    let first = crate::wait::try_until(&what, timeout, ask)?;
     // Each worker loads a new config at its own root's next tick: the
     // first worker to answer may be a tick ahead of the others.
-    let settle = 2 * fallback_config::process::TICK;
-    let left = timeout.saturating_sub(started.elapsed()).max(settle);
-    crate::wait::try_until(&format!("{what} on every worker"), left, || {
-        crate::wait::try_holds_for(&what, settle, || ask().map(|_| ()))
-    })?;
-    Ok(first)
+    crate::wait::try_until_settled(&what, timeout, crate::probe::WORKER_LAG, ask)
 }
 
 /// Asserts `GET path` (with `headers`) is proxied to the upstream `name`:

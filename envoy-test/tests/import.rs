@@ -13,6 +13,7 @@ use envoy_test::control_plane::{gateway_config, Route};
 use envoy_test::envelope::{self, VERSION};
 use envoy_test::envoy::Envoy;
 use envoy_test::on_every_store;
+use envoy_test::probe::WORKER_LAG;
 use envoy_test::stack::{
     echo_config, expect_healthy, expect_local_reply, expect_proxied, expect_store_auth_ok,
     wait_status, Stack, ECHO, NO_CONFIG, OTHER, POLL_INTERVAL, RETRY_MAX,
@@ -103,7 +104,7 @@ fn importer_with_cp_down_serves_stored_config_then_cp_config(kind: StoreKind) {
     stack.cp.set_config(&r2);
     stack.cp.up().unwrap();
     ok(envoy.wait_log("CP fetched revision r2", TIMEOUT));
-    wait::until("/v2 -> 200 and /echo -> 404", TIMEOUT, || {
+    wait::until_settled("/v2 -> 200 and /echo -> 404", TIMEOUT, WORKER_LAG, || {
         let a = envoy.get("/v2/x", &[]).map_err(|e| e.to_string())?;
         let b = envoy.get("/echo", &[]).map_err(|e| e.to_string())?;
         if a.status == 200 && b.status == 404 {

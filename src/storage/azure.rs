@@ -13,6 +13,7 @@
 //! in production only says "403 AuthenticationFailed", never which line of
 //! the string to sign differed.
 
+use super::base64::{self as base64_codec, Padding};
 use super::credentials::Credential;
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
@@ -20,8 +21,6 @@ use crate::http::{percent_decode, HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::hmac_sha256;
 use crate::time::Timestamp;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -109,8 +108,8 @@ impl AccountKey {
     /// Surrounding whitespace is ignored: keys pasted into environment
     /// files often carry a newline.
     pub fn from_base64(encoded: &str) -> Result<Self, AzureConfigError> {
-        match BASE64.decode(encoded.trim()) {
-            Ok(bytes) if !bytes.is_empty() => Ok(AccountKey(bytes)),
+        match base64_codec::decode(encoded.trim(), Padding::Canonical) {
+            Some(bytes) if !bytes.is_empty() => Ok(AccountKey(bytes)),
             _ => Err(AzureConfigError::InvalidSharedKey),
         }
     }
@@ -661,7 +660,7 @@ pub fn sign_shared_key(
 ) -> SharedKeySignature {
     let string_to_sign = string_to_sign(account, request);
     let mac = hmac_sha256(key.expose(), string_to_sign.as_bytes());
-    let authorization = Secret::new(format!("SharedKey {account}:{}", BASE64.encode(mac)));
+    let authorization = Secret::new(format!("SharedKey {account}:{}", base64_codec::encode(mac)));
     SharedKeySignature {
         string_to_sign,
         authorization,
@@ -849,6 +848,8 @@ fn is_container_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
     use std::time::Duration;
 
     /// Azurite's well-known development key for `devstoreaccount1`.

@@ -12,12 +12,11 @@
 //! credentials: they are held in types whose `Debug` prints `***` and they
 //! never appear in an error message.
 
+use super::base64::{self as base64_codec, Padding};
 use super::endpoint::{split_url, EndpointError, UrlScheme};
 use super::rs256::RsaKey;
 use crate::secret::Secret;
 use crate::time::Timestamp;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -392,9 +391,7 @@ fn decode_pem(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
         return Err(KeyError::Encrypted);
     }
     let base64: String = body.split_ascii_whitespace().collect();
-    let der = STANDARD
-        .decode(base64)
-        .map_err(|_| KeyError::InvalidBase64)?;
+    let der = base64_codec::decode(base64, Padding::Canonical).ok_or(KeyError::InvalidBase64)?;
     Ok((label, der))
 }
 
@@ -441,13 +438,13 @@ pub fn jwt_assertion(account: &ServiceAccount, now: Timestamp) -> Result<Secret,
     });
     let signing_input = format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
+        base64_codec::encode_url(header.to_string()),
+        base64_codec::encode_url(claims.to_string())
     );
     let signature = sign_rs256(&account.key.0, signing_input.as_bytes())?;
     Ok(Secret::new(format!(
         "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(signature)
+        base64_codec::encode_url(signature)
     )))
 }
 
@@ -461,6 +458,8 @@ fn sign_rs256(key: &RsaKey, input: &[u8]) -> Result<Vec<u8>, JwtError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use rsa::pkcs8::DecodePublicKey;
     use rsa::{Pkcs1v15Sign, RsaPublicKey};
 

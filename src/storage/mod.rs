@@ -17,6 +17,7 @@
 //! `gcs`, `azure`) use `model` and `endpoint`, and this file uses them all.
 
 pub mod azure;
+pub mod base64;
 pub mod credentials;
 pub mod endpoint;
 pub mod gcp_auth;

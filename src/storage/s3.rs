@@ -1,14 +1,13 @@
 //! Amazon S3 and S3-compatible stores: request building (addressing and
 //! SigV4 with S3's rules) and error classification.
 
+use super::base64::{self as base64_codec, Padding};
 use super::credentials::Credential;
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use std::fmt;
 
 /// How the bucket is addressed.
@@ -210,9 +209,8 @@ pub struct EncryptionContext(String);
 
 impl EncryptionContext {
     pub fn parse(value: &str) -> Result<Self, S3OptionError> {
-        let bytes = BASE64
-            .decode(value)
-            .map_err(|_| S3OptionError::ContextNotBase64)?;
+        let bytes = base64_codec::decode(value, Padding::Canonical)
+            .ok_or(S3OptionError::ContextNotBase64)?;
         let pairs = match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(serde_json::Value::Object(pairs)) => pairs,
             _ => return Err(S3OptionError::ContextNotJsonObject),

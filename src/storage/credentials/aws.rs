@@ -8,7 +8,7 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::secret::Secret;
 use crate::sigv4::{uri_encode, Credentials};
 use crate::time::Timestamp;
-use serde::Deserialize;
+use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
 
@@ -149,23 +149,6 @@ impl ImdsSource {
     }
 }
 
-/// The JSON both endpoints answer with (IMDS adds `Code`, `Type`,
-/// `LastUpdated`).
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AwsCredentialsJson {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    access_key_id: Option<String>,
-    #[serde(default)]
-    secret_access_key: Option<String>,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    expiration: Option<String>,
-}
-
 /// Reads temporary credentials; their lifetime is counted from `wall`
 /// (when the answer came) to `Expiration`.
 pub(super) fn parse_credentials(
@@ -175,9 +158,26 @@ pub(super) fn parse_credentials(
     if response.status != 200 {
         return Err(refusal(response));
     }
-    let json: AwsCredentialsJson = serde_json::from_slice(&response.body)
-        .map_err(|_| Failure::Malformed(Malformed::NotJson))?;
-    if let Some(code) = json.code.filter(|c| c != "Success") {
+    // The JSON both endpoints answer with (IMDS adds `Code`, `Type`,
+    // `LastUpdated`): an object whose fields read here are strings or
+    // `null`; other fields are not looked at.
+    let not_json = || Failure::Malformed(Malformed::NotJson);
+    let Ok(Value::Object(mut json)) = serde_json::from_slice::<Value>(&response.body) else {
+        return Err(not_json());
+    };
+    let mut text = |name: &str| match json.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(not_json()),
+    };
+    let (code, access_key_id, secret, token, expiration) = (
+        text("Code")?,
+        text("AccessKeyId")?,
+        text("SecretAccessKey")?,
+        text("Token")?,
+        text("Expiration")?,
+    );
+    if let Some(code) = code.filter(|c| c != "Success") {
         return Err(Failure::Malformed(Malformed::NotSuccess(
             code.chars().take(40).collect(),
         )));
@@ -187,10 +187,10 @@ pub(super) fn parse_credentials(
             .filter(|v| !v.is_empty())
             .ok_or(Failure::Malformed(Malformed::MissingField(name)))
     };
-    let access_key_id = field(json.access_key_id, "AccessKeyId")?;
-    let secret = field(json.secret_access_key, "SecretAccessKey")?;
-    let token = field(json.token, "Token")?;
-    let expiration = field(json.expiration, "Expiration")?;
+    let access_key_id = field(access_key_id, "AccessKeyId")?;
+    let secret = field(secret, "SecretAccessKey")?;
+    let token = field(token, "Token")?;
+    let expiration = field(expiration, "Expiration")?;
     let lifetime = Timestamp::parse_rfc3339(expiration.trim())
         .map(|t| t.since(wall))
         .filter(|d| !d.is_zero())
