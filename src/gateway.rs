@@ -4,14 +4,15 @@
 //! and then matched against many requests ([`GatewayConfig::route`]); the
 //! request path never parses JSON, and never looks at every route either:
 //! `parse` builds a route index whose lookup cost depends on the request
-//! (its path and host), not on the number of routes.
+//! (its path and host), not on the number of routes, compiled into the
+//! [`RouteTable`] that workers load from shared data as it is.
 //!
 //! The rules of a match are written once, plainly, in
 //! [`GatewayConfig::route_position_linear`] (and the helpers below it): the
 //! index must choose exactly what that linear scan chooses, which the
 //! property test `tests/route_index.rs` and the fuzz target check.
 
-use crate::route_index::RouteIndex;
+use crate::route_table::RouteTable;
 use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
@@ -21,14 +22,12 @@ use std::sync::Arc;
 pub struct GatewayConfig {
     pub revision: String,
     /// In the order the CP listed them: the first listed wins a tie.
-    /// Read-only after [`GatewayConfig::parse`]: the index was built from
-    /// these, and [`GatewayConfig::route`] answers from the index.
+    /// Read-only after [`GatewayConfig::parse`]: the table was built from
+    /// these, and [`GatewayConfig::route`] answers from the table.
     pub routes: Vec<Route>,
     /// Immutable once built, so clones share it (and the config stays
     /// small to move around).
-    index: Arc<RouteIndex>,
-    /// What [`GatewayConfig::reads`] answers, from the routes.
-    reads: Reads,
+    table: Arc<RouteTable>,
 }
 
 /// The index is a function of the routes: equal routes, equal configs.
@@ -185,7 +184,7 @@ pub struct RequestInfo<'a> {
 
 /// The request attributes a config routes by, besides the path (see
 /// [`GatewayConfig::reads`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reads {
     pub host: bool,
     pub method: bool,
@@ -203,17 +202,18 @@ impl GatewayConfig {
             })?;
         let revision = raw.revision.clone();
         let routes = validate(raw)?;
-        let index = Arc::new(RouteIndex::build(&routes));
-        let reads = Reads {
-            host: routes.iter().any(|r| !r.hosts.is_empty()),
-            method: routes.iter().any(|r| !r.methods.is_empty()),
-        };
+        let table = Arc::new(crate::route_index::build(&routes));
         Ok(GatewayConfig {
             revision,
             routes,
-            index,
-            reads,
+            table,
         })
+    }
+
+    /// The compiled table, as workers route with it ([`RouteTable::encode`]
+    /// is what the driver publishes).
+    pub fn table(&self) -> &RouteTable {
+        &self.table
     }
 
     /// The route for a request: among routes whose host and method match,
@@ -229,13 +229,13 @@ impl GatewayConfig {
     /// request's host (or method) is, so it need not be read.
     /// Worked out once, by [`GatewayConfig::parse`].
     pub fn reads(&self) -> Reads {
-        self.reads
+        self.table.reads()
     }
 
     /// The position in [`GatewayConfig::routes`] of the route for a
-    /// request, from the index.
+    /// request, from the table.
     pub fn route_position(&self, req: RequestInfo<'_>) -> Option<usize> {
-        self.index.find(req)
+        self.table.find(req)
     }
 
     /// The reference matcher: the position of the route for a request by
@@ -492,7 +492,7 @@ mod tests {
         )
         .unwrap();
         assert_ne!(a, b);
-        assert!(format!("{a:?}").contains("RouteIndex"));
+        assert!(format!("{a:?}").contains("RouteTable"));
     }
 
     #[test]

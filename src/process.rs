@@ -122,7 +122,31 @@ pub struct PublishJob {
     pub source: Source,
     pub revision: String,
     pub sha256: String,
+    /// The config as served (JSON).
     pub config: Vec<u8>,
+    /// Its compiled route table
+    /// ([`RouteTable::encode`](crate::route_table::RouteTable::encode)),
+    /// what workers load.
+    pub routes: Vec<u8>,
+}
+
+impl PublishJob {
+    /// The job for `config` (as served) that parsed into `parsed`.
+    pub fn new(
+        source: Source,
+        revision: String,
+        sha256: String,
+        config: Vec<u8>,
+        parsed: &crate::gateway::GatewayConfig,
+    ) -> Self {
+        PublishJob {
+            source,
+            revision,
+            sha256,
+            config,
+            routes: parsed.table().encode(),
+        }
+    }
 }
 
 /// Why the process refused an import.
@@ -415,8 +439,8 @@ impl Coordinator {
             Step::ReadDriver => self.on_driver_read(op, value),
             Step::ReadInherit { record } => {
                 let published = value.bytes.and_then(|bytes| {
-                    let (meta, config) = published::decode(&bytes).ok()?;
-                    Some((meta, config.to_vec()))
+                    let record = published::decode(&bytes).ok()?;
+                    Some((record.meta, record.config.to_vec()))
                 });
                 if let Role::Driver { floor, .. } = &mut self.role {
                     *floor = published.as_ref().map_or(0, |(m, _)| m.generation);
@@ -765,7 +789,7 @@ impl Coordinator {
         }
         let (bytes, step) = match (key, &self.job) {
             (CONFIG_KEY, Some(job)) => (
-                published::encode(&meta, &job.config),
+                published::encode(&meta, &job.config, &job.routes),
                 Step::WriteConfig { meta, attempt },
             ),
             (CONFIG_KEY, None) => return,
@@ -875,6 +899,7 @@ mod tests {
             revision: revision.into(),
             sha256: format!("sha-{revision}"),
             config: br#"{"revision":"r","routes":[]}"#.to_vec(),
+            routes: b"FCRT".to_vec(),
         }
     }
 

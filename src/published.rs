@@ -6,26 +6,32 @@
 //!   whether the CP answered, the import's state). Only ever written by
 //!   compare-and-swap, see [`crate::process`].
 //! - [`CONFIG_KEY`]: the published config record ([`encode`]): a header
-//!   line with generation, source, digest and revision, then the config.
+//!   line with generation, source, digest, config length and revision,
+//!   then the config as served (for a later driver to export), then the
+//!   compiled [`RouteTable`](crate::route_table::RouteTable) that workers route with.
 //! - [`GENERATION_KEY`]: the generation of that record, a few bytes that
 //!   request handlers read to learn that a new record exists.
 //!
-//! The `v2` keys replace v1's, whose driver lease carried a wall-clock
-//! expiry and whose generations could repeat.
+//! The `v3` keys replace v2's, whose records held the config only (each
+//! worker parsed and indexed it), and v1's, whose driver lease carried a
+//! wall-clock expiry and whose generations could repeat. All keys change
+//! together: a process running two builds side by side (a module update
+//! under the same VM id) then has two independent sets, each with its own
+//! driver, instead of one build reading records of another layout.
 
-use crate::gateway::GatewayConfigError;
+use crate::route_table::RouteTableError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Shared-data key of the driver record.
-pub const DRIVER_KEY: &str = "fallback_config.v2.driver";
+pub const DRIVER_KEY: &str = "fallback_config.v3.driver";
 /// Shared-data key of the published config record.
-pub const CONFIG_KEY: &str = "fallback_config.v2.config";
+pub const CONFIG_KEY: &str = "fallback_config.v3.config";
 /// Shared-data key of the published generation (decimal `u64`).
-pub const GENERATION_KEY: &str = "fallback_config.v2.generation";
+pub const GENERATION_KEY: &str = "fallback_config.v3.generation";
 /// Shared-data key of the driver's status, for readiness probes (JSON,
 /// see [`crate::status`]).
-pub const STATUS_KEY: &str = "fallback_config.v2.status";
+pub const STATUS_KEY: &str = "fallback_config.v3.status";
 
 /// Where a published config came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,20 +77,35 @@ pub struct Meta {
     pub sha256: String,
 }
 
-/// Record layout: `<generation> <source> <sha256> <revision>\n<config>`.
-/// The revision comes last on the line because it is free text (it never
-/// holds a newline: the CP's JSON string would have escaped it).
-pub fn encode(meta: &Meta, config: &[u8]) -> Vec<u8> {
+/// Record layout:
+/// `<generation> <source> <sha256> <config length> <revision>\n<config><routes>`,
+/// `routes` being [`RouteTable::encode`](crate::route_table::RouteTable::encode)'s bytes. The revision comes last
+/// on the line because it is free text (it never holds a newline: the
+/// CP's JSON string would have escaped it).
+pub fn encode(meta: &Meta, config: &[u8], routes: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "{} {} {} {}\n",
+        "{} {} {} {} {}\n",
         meta.generation,
         meta.source.as_str(),
         meta.sha256,
+        config.len(),
         meta.revision.replace('\n', " ")
     )
     .into_bytes();
+    out.reserve(config.len() + routes.len());
     out.extend_from_slice(config);
+    out.extend_from_slice(routes);
     out
+}
+
+/// A record split into its parts ([`decode`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub meta: Meta,
+    /// The config as served.
+    pub config: &'a [u8],
+    /// The compiled route table's bytes.
+    pub routes: &'a [u8],
 }
 
 /// A record that is not of the layout above.
@@ -99,16 +120,16 @@ impl fmt::Display for MalformedRecord {
 
 impl std::error::Error for MalformedRecord {}
 
-/// Splits a record into its meta and the config bytes.
-pub fn decode(record: &[u8]) -> Result<(Meta, &[u8]), MalformedRecord> {
+/// Splits a record into its parts.
+pub fn decode(record: &[u8]) -> Result<Record<'_>, MalformedRecord> {
     let nl = record
         .iter()
         .position(|&b| b == b'\n')
         .ok_or(MalformedRecord)?;
     let (head, rest) = record.split_at(nl);
-    let config = rest.get(1..).ok_or(MalformedRecord)?;
+    let body = rest.get(1..).ok_or(MalformedRecord)?;
     let head = std::str::from_utf8(head).map_err(|_| MalformedRecord)?;
-    let mut parts = head.splitn(4, ' ');
+    let mut parts = head.splitn(5, ' ');
     let generation = parts
         .next()
         .and_then(|g| g.parse().ok())
@@ -118,16 +139,25 @@ pub fn decode(record: &[u8]) -> Result<(Meta, &[u8]), MalformedRecord> {
         .and_then(Source::parse)
         .ok_or(MalformedRecord)?;
     let sha256 = parts.next().ok_or(MalformedRecord)?.to_string();
+    let config_len: usize = parts
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or(MalformedRecord)?;
     let revision = parts.next().ok_or(MalformedRecord)?.to_string();
-    Ok((
-        Meta {
+    if config_len > body.len() {
+        return Err(MalformedRecord);
+    }
+    let (config, routes) = body.split_at(config_len);
+    Ok(Record {
+        meta: Meta {
             generation,
             source,
             revision,
             sha256,
         },
         config,
-    ))
+        routes,
+    })
 }
 
 /// The generation in a record's header, without looking at the config.
@@ -149,7 +179,7 @@ pub fn encode_generation(generation: u64) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoadError {
     Record(MalformedRecord),
-    Config(GatewayConfigError),
+    Routes(RouteTableError),
     /// The counter names a generation but no record is stored.
     Missing,
 }
@@ -158,7 +188,7 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoadError::Record(e) => e.fmt(f),
-            LoadError::Config(e) => e.fmt(f),
+            LoadError::Routes(e) => e.fmt(f),
             LoadError::Missing => f.write_str("no config record is stored"),
         }
     }
@@ -221,10 +251,11 @@ mod tests {
             revision: "rev with spaces".into(),
             sha256: "ab".repeat(32),
         };
-        let rec = encode(&meta, b"{\"a\":\n1}");
-        let (m, c) = decode(&rec).unwrap();
-        assert_eq!(m, meta);
-        assert_eq!(c, b"{\"a\":\n1}");
+        let rec = encode(&meta, b"{\"a\":\n1}", b"routes");
+        let r = decode(&rec).unwrap();
+        assert_eq!(r.meta, meta);
+        assert_eq!(r.config, b"{\"a\":\n1}");
+        assert_eq!(r.routes, b"routes");
         assert_eq!(record_generation(&rec), Some(7));
         assert_eq!(record_generation(b"x y"), None);
         assert_eq!(decode_generation(&encode_generation(42)), Some(42));
@@ -234,9 +265,13 @@ mod tests {
     #[test]
     fn malformed() {
         assert_eq!(decode(b"no newline"), Err(MalformedRecord));
-        assert_eq!(decode(b"1 cp abc\n{}"), Err(MalformedRecord));
-        assert_eq!(decode(b"x cp abc r\n{}"), Err(MalformedRecord));
-        assert_eq!(decode(b"1 other abc r\n{}"), Err(MalformedRecord));
+        assert_eq!(decode(b"1 cp abc 2\n{}"), Err(MalformedRecord));
+        assert_eq!(decode(b"x cp abc 2 r\n{}"), Err(MalformedRecord));
+        assert_eq!(decode(b"1 other abc 2 r\n{}"), Err(MalformedRecord));
+        assert_eq!(decode(b"1 cp abc x r\n{}"), Err(MalformedRecord));
+        // The config cannot be longer than what follows the line.
+        assert_eq!(decode(b"1 cp abc 3 r\n{}"), Err(MalformedRecord));
+        assert!(decode(b"1 cp abc 2 r\n{}").is_ok());
     }
 
     #[test]

@@ -1,161 +1,205 @@
-//! A byte radix tree (a trie whose edges carry runs of bytes), the
-//! building block of [`crate::route_index`].
+//! Byte radix trees (tries whose edges carry runs of bytes) as flat
+//! arrays of numbers, the building block of [`crate::route_index`] and
+//! [`crate::route_table`].
 //!
 //! A lookup walks the key once from the root and reports every stored key
 //! that is a prefix of it, shortest first: the cost is the key's length
 //! (times a binary search among at most 256 children per node), whatever
 //! the number of keys stored.
+//!
+//! A tree is built in one go from its sorted keys ([`FlatTrees::build`]),
+//! straight into the flat form: no node is ever split or moved, and
+//! building costs a sort plus one pass per level over the keys, without an
+//! allocation per node.
 
-/// Keys are byte strings; each stored key holds one `V`.
-#[derive(Clone)]
-pub(crate) struct Radix<V> {
-    /// `nodes[0]` is the root (empty edge). Nodes are only added, so an
-    /// id stays valid for the tree's life.
-    nodes: Vec<Node>,
-    values: Vec<V>,
+/// A `usize` that is known to fit (node and byte counts of a config that
+/// itself fits in memory); saturates rather than wraps otherwise.
+pub(crate) fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-#[derive(Clone)]
-struct Node {
-    /// The bytes on the edge into this node (empty for the root).
-    edge: Box<[u8]>,
-    /// The first byte of each child's edge, sorted; `children` holds the
-    /// child ids in the same order. No two children share a first byte.
-    firsts: Vec<u8>,
-    children: Vec<usize>,
-    /// Into `values`, when a key ends here.
-    value: Option<usize>,
+/// A node's `value` when no key ends there.
+pub(crate) const NO_VALUE: u32 = u32::MAX;
+
+/// One node of a flattened tree: plain numbers, so a set of trees is a
+/// few flat arrays that can be copied as bytes and used in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FlatNode {
+    /// Its edge: `edges[edge_start..edge_start + edge_len]`.
+    pub edge_start: u32,
+    pub edge_len: u32,
+    /// Its children are the nodes `first_child..first_child + children`,
+    /// sorted by the first byte of their edge.
+    pub first_child: u32,
+    pub children: u32,
+    /// [`NO_VALUE`], or what the tree stores for the key ending here.
+    pub value: u32,
 }
 
-impl Node {
-    fn new(edge: Box<[u8]>) -> Self {
-        Node {
-            edge,
-            firsts: Vec::new(),
-            children: Vec::new(),
-            value: None,
+impl FlatNode {
+    /// A node with this edge, no children and no value yet.
+    fn leaf(edge_start: u32, edge_len: u32) -> Self {
+        FlatNode {
+            edge_start,
+            edge_len,
+            first_child: 0,
+            children: 0,
+            value: NO_VALUE,
         }
     }
 }
 
-impl<V> Default for Radix<V> {
-    fn default() -> Self {
-        Radix {
-            nodes: vec![Node::new(Box::default())],
-            values: Vec::new(),
-        }
-    }
+/// Any number of flattened trees sharing two arrays; a tree is named by
+/// its root's id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FlatTrees {
+    pub nodes: Vec<FlatNode>,
+    pub edges: Vec<u8>,
 }
 
-impl<V> Radix<V> {
-    /// No key stored.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
+/// Why a set of flattened trees cannot be walked safely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlatTreeError {
+    /// A node's edge lies outside the edge bytes.
+    Edge(usize),
+    /// A node's children lie outside the nodes, do not come after it, or
+    /// one of them has an empty edge.
+    Children(usize),
+}
 
-    /// How many nodes the tree has (for sizing reports).
-    pub(crate) fn node_count(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// The value stored under `key`, created with `V::default()` when the
-    /// key is new.
-    pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V
-    where
-        V: Default,
-    {
-        let node = self.insert_node(key);
-        let id = match self.nodes[node].value {
-            Some(id) => id,
-            None => {
-                let id = self.values.len();
-                self.values.push(V::default());
-                self.nodes[node].value = Some(id);
-                id
+impl FlatTrees {
+    /// Adds the tree of `keys` (sorted, no two equal) and returns its
+    /// root's id; `value(i)` is what the tree stores for `keys[i]`.
+    ///
+    /// Breadth-first: each node's children are added together, right
+    /// after each other, and after it (what [`FlatTrees::walk`] relies
+    /// on). A node covers a run of keys sharing its path; its children
+    /// split that run by the next byte, and each child's edge runs to the
+    /// longest prefix its keys share (that of its run's first and last
+    /// key, the keys being sorted).
+    pub(crate) fn build<K: AsRef<[u8]>>(
+        &mut self,
+        keys: &[K],
+        mut value: impl FnMut(usize) -> u32,
+    ) -> u32 {
+        let key = |i: usize| keys.get(i).map_or(&[][..], AsRef::as_ref);
+        let root = self.nodes.len();
+        self.nodes.push(FlatNode::leaf(0, 0));
+        // (node, its keys `lo..hi`, its path's length)
+        let mut queue = vec![(root, 0, keys.len(), 0)];
+        let mut next = 0;
+        while let Some(&(id, mut lo, hi, depth)) = queue.get(next) {
+            next += 1;
+            let mut here = NO_VALUE;
+            // Sorted: the key that ends at this node, if any, comes first.
+            if lo < hi && key(lo).len() == depth {
+                here = value(lo);
+                lo += 1;
             }
-        };
-        &mut self.values[id]
-    }
-
-    /// Every stored value, to finish them once all keys are in.
-    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.values.iter_mut()
-    }
-
-    /// The node `key` ends at, splitting an edge or adding a leaf as
-    /// needed.
-    fn insert_node(&mut self, key: &[u8]) -> usize {
-        let mut node = 0;
-        let mut rest = key;
-        while let Some(&first) = rest.first() {
-            match self.nodes[node].firsts.binary_search(&first) {
-                Err(pos) => {
-                    let leaf = self.nodes.len();
-                    self.nodes.push(Node::new(rest.into()));
-                    let parent = &mut self.nodes[node];
-                    parent.firsts.insert(pos, first);
-                    parent.children.insert(pos, leaf);
-                    return leaf;
-                }
-                Ok(pos) => {
-                    let child = self.nodes[node].children[pos];
-                    let edge = &self.nodes[child].edge;
-                    let common = edge.iter().zip(rest).take_while(|(a, b)| a == b).count();
-                    if let Some(&split_at) = edge.get(common) {
-                        // The key leaves the edge part-way: a new node
-                        // takes the shared bytes, the old child the rest.
-                        let head: Box<[u8]> = edge[..common].into();
-                        let tail: Box<[u8]> = edge[common..].into();
-                        self.nodes[child].edge = tail;
-                        let mid = self.nodes.len();
-                        self.nodes.push(Node {
-                            edge: head,
-                            firsts: vec![split_at],
-                            children: vec![child],
-                            value: None,
-                        });
-                        self.nodes[node].children[pos] = mid;
-                        node = mid;
-                    } else {
-                        node = child;
-                    }
-                    rest = &rest[common..];
-                }
+            let first_child = self.nodes.len();
+            while lo < hi {
+                let byte = key(lo).get(depth).copied();
+                let end = lo
+                    + keys.get(lo..hi).map_or(0, |run| {
+                        run.partition_point(|k| k.as_ref().get(depth).copied() <= byte)
+                    });
+                let (first, last) = (key(lo), key(end.max(lo + 1) - 1));
+                let shared = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+                let edge = first.get(depth..shared).unwrap_or_default();
+                self.nodes
+                    .push(FlatNode::leaf(to_u32(self.edges.len()), to_u32(edge.len())));
+                self.edges.extend_from_slice(edge);
+                queue.push((self.nodes.len() - 1, lo, end.max(lo + 1), shared));
+                lo = end.max(lo + 1);
+            }
+            let children = to_u32(self.nodes.len() - first_child);
+            if let Some(node) = self.nodes.get_mut(id) {
+                node.first_child = to_u32(first_child);
+                node.children = children;
+                node.value = here;
             }
         }
-        node
+        to_u32(root)
     }
 
-    /// Calls `visit(len, value)` for every stored key that is a prefix of
-    /// `key` (including `key` itself), shortest first; `len` is the
-    /// stored key's length.
-    pub(crate) fn walk<'a>(&'a self, key: &[u8], mut visit: impl FnMut(usize, &'a V)) {
-        let Some(mut node) = self.nodes.first() else {
+    /// Checks what [`FlatTrees::walk`] relies on, once, when the trees
+    /// come from bytes: every edge and child in range, children after
+    /// their parent (so a walk ends), every child's edge non-empty.
+    /// Values are not checked here: what they index is the caller's.
+    pub(crate) fn check(&self) -> Result<(), FlatTreeError> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.edge(node).is_none() {
+                return Err(FlatTreeError::Edge(i));
+            }
+            let first = node.first_child as usize;
+            let children = first
+                .checked_add(node.children as usize)
+                .and_then(|end| self.nodes.get(first..end));
+            let ok = node.children == 0
+                || (first > i
+                    && children.is_some_and(|c| c.iter().all(|child| child.edge_len > 0)));
+            if !ok {
+                return Err(FlatTreeError::Children(i));
+            }
+        }
+        Ok(())
+    }
+
+    fn edge(&self, node: &FlatNode) -> Option<&[u8]> {
+        let start = node.edge_start as usize;
+        self.edges
+            .get(start..start.checked_add(node.edge_len as usize)?)
+    }
+
+    /// Calls `visit(len, value)` for every key stored in the tree at
+    /// `root` that is a prefix of `key` (including `key` itself), shortest
+    /// first; `len` is the stored key's length. The cost is `key`'s
+    /// length (times a binary search among at most 256 children per
+    /// node), whatever the number of keys stored.
+    pub(crate) fn walk(&self, root: u32, key: &[u8], mut visit: impl FnMut(usize, u32)) {
+        let Some(mut node) = self.nodes.get(root as usize) else {
             return;
         };
         let mut depth = 0;
         loop {
-            if let Some(value) = node.value.and_then(|id| self.values.get(id)) {
-                visit(depth, value);
+            if node.value != NO_VALUE {
+                visit(depth, node.value);
             }
-            let Some(rest) = key.get(depth..) else {
+            let Some(&first) = key.get(depth) else {
                 return;
             };
-            let Some(first) = rest.first() else {
+            let start = node.first_child as usize;
+            let Some(children) = self
+                .nodes
+                .get(start..start.saturating_add(node.children as usize))
+            else {
                 return;
             };
-            let Ok(pos) = node.firsts.binary_search(first) else {
+            let found = children.binary_search_by_key(&Some(first), |child| {
+                self.edges.get(child.edge_start as usize).copied()
+            });
+            let Some(child) = found.ok().and_then(|pos| children.get(pos)) else {
                 return;
             };
-            let Some(child) = node.children.get(pos).and_then(|&c| self.nodes.get(c)) else {
-                return;
-            };
-            if !rest.starts_with(&child.edge) {
+            let edge = self.edge(child).unwrap_or_default();
+            // An empty edge would not move the walk on (see `check`).
+            if edge.is_empty() || !key.get(depth..).is_some_and(|rest| rest.starts_with(edge)) {
                 return;
             }
-            depth += child.edge.len();
+            depth += edge.len();
             node = child;
         }
+    }
+
+    /// The value stored under exactly `key` in the tree at `root`.
+    pub(crate) fn get(&self, root: u32, key: &[u8]) -> Option<u32> {
+        let mut found = None;
+        self.walk(root, key, |len, value| {
+            if len == key.len() {
+                found = Some(value);
+            }
+        });
+        found
     }
 }
 
@@ -163,42 +207,107 @@ impl<V> Radix<V> {
 mod tests {
     use super::*;
 
-    fn prefixes(tree: &Radix<u32>, key: &str) -> Vec<(usize, u32)> {
+    /// Builds the tree of `keys` (value: the key's position in the
+    /// list), after another one so that ids do not start at 0, and walks
+    /// it as a lookup does.
+    fn prefixes(keys: &[&str], key: &str) -> Vec<(usize, u32)> {
+        let mut sorted: Vec<(&str, u32)> = keys.iter().copied().zip(0..).collect();
+        sorted.sort();
+        let mut flat = FlatTrees::default();
+        flat.build(&["/other", "/x"], |_| 99);
+        let names: Vec<&str> = sorted.iter().map(|&(k, _)| k).collect();
+        let root = flat.build(&names, |i| sorted[i].1);
+        assert_eq!(flat.check(), Ok(()));
         let mut seen = Vec::new();
-        tree.walk(key.as_bytes(), |len, &v| seen.push((len, v)));
+        flat.walk(root, key.as_bytes(), |len, v| seen.push((len, v)));
         seen
     }
 
+    const KEYS: [&str; 6] = ["/echo/deep", "/echo", "/e", "/", "/echofoo", "/x"];
+
     #[test]
     fn walk_reports_every_stored_prefix_shortest_first() {
-        let mut t = Radix::default();
-        for (i, k) in ["/echo/deep", "/echo", "/e", "/", "/echofoo", "/x"]
-            .iter()
-            .enumerate()
-        {
-            *t.entry(k.as_bytes()) = i as u32;
-        }
-        assert_eq!(
-            prefixes(&t, "/echo/deep/er"),
-            [(1, 3), (2, 2), (5, 1), (10, 0)]
-        );
-        assert_eq!(prefixes(&t, "/echofo"), [(1, 3), (2, 2), (5, 1)]);
-        assert_eq!(prefixes(&t, "/echofoo"), [(1, 3), (2, 2), (5, 1), (8, 4)]);
-        assert_eq!(prefixes(&t, "/ech"), [(1, 3), (2, 2)]);
-        assert_eq!(prefixes(&t, "x"), []);
-        assert_eq!(prefixes(&t, ""), []);
+        let p = |key| prefixes(&KEYS, key);
+        assert_eq!(p("/echo/deep/er"), [(1, 3), (2, 2), (5, 1), (10, 0)]);
+        assert_eq!(p("/echofo"), [(1, 3), (2, 2), (5, 1)]);
+        assert_eq!(p("/echofoo"), [(1, 3), (2, 2), (5, 1), (8, 4)]);
+        assert_eq!(p("/ech"), [(1, 3), (2, 2)]);
+        assert_eq!(p("x"), []);
+        assert_eq!(p(""), []);
     }
 
     #[test]
-    fn entry_finds_the_same_value_again() {
-        let mut t: Radix<u32> = Radix::default();
-        assert!(t.is_empty());
-        *t.entry(b"/abc") += 1;
-        *t.entry(b"/ab") += 10;
-        *t.entry(b"/abc") += 1;
-        assert_eq!(prefixes(&t, "/abcd"), [(3, 10), (4, 2)]);
-        // The empty key lives at the root.
-        *t.entry(b"") = 7;
-        assert_eq!(prefixes(&t, "/a"), [(0, 7)]);
+    fn the_empty_key_lives_at_the_root() {
+        assert_eq!(prefixes(&["", "/ab"], "/a"), [(0, 0)]);
+        assert_eq!(prefixes(&["", "/ab"], "/abc"), [(0, 0), (3, 1)]);
+        assert_eq!(prefixes(&[], "/a"), []);
+    }
+
+    #[test]
+    fn get_finds_exact_keys_only() {
+        let mut flat = FlatTrees::default();
+        let keys = ["GET", "POST", "PUT"];
+        let root = flat.build(&keys, |i| i as u32);
+        assert_eq!(flat.get(root, b"PUT"), Some(2));
+        assert_eq!(flat.get(root, b"POST"), Some(1));
+        assert_eq!(flat.get(root, b"PU"), None);
+        assert_eq!(flat.get(root, b"PUTS"), None);
+        // Shared prefixes make one node each: P, then OST and UT.
+        assert_eq!(flat.nodes.len(), 5);
+    }
+
+    /// Every tree built from random sorted keys agrees with a plain
+    /// "which keys are prefixes" scan.
+    #[test]
+    fn built_trees_agree_with_a_scan() {
+        let mut rng = 0x2545_f491_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..300 {
+            let mut keys: Vec<Vec<u8>> = (0..next() % 12)
+                .map(|_| {
+                    (0..next() % 5)
+                        .map(|_| b"ab/"[(next() % 3) as usize])
+                        .collect()
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let mut flat = FlatTrees::default();
+            let root = flat.build(&keys, |i| i as u32);
+            assert_eq!(flat.check(), Ok(()));
+            for _ in 0..20 {
+                let probe: Vec<u8> = (0..next() % 6)
+                    .map(|_| b"ab/"[(next() % 3) as usize])
+                    .collect();
+                let mut seen = Vec::new();
+                flat.walk(root, &probe, |len, v| seen.push((len, v)));
+                let want: Vec<(usize, u32)> = (0..keys.len())
+                    .filter(|&i| probe.starts_with(&keys[i]))
+                    .map(|i| (keys[i].len(), i as u32))
+                    .collect();
+                assert_eq!(seen, want, "{keys:?} {probe:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_a_walk_cannot_follow() {
+        let mut flat = FlatTrees::default();
+        flat.build(&["/a", "/b"], |_| 0);
+        assert_eq!(flat.check(), Ok(()));
+        let mut bad = flat.clone();
+        bad.nodes[1].edge_len = 99;
+        assert_eq!(bad.check(), Err(FlatTreeError::Edge(1)));
+        let mut bad = flat.clone();
+        bad.nodes[0].first_child = 0;
+        assert_eq!(bad.check(), Err(FlatTreeError::Children(0)));
+        let mut bad = flat.clone();
+        bad.nodes[0].children = 9;
+        assert_eq!(bad.check(), Err(FlatTreeError::Children(0)));
     }
 }

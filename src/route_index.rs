@@ -1,20 +1,22 @@
-//! The route index: picks the route
+//! The route index: built once per config from the validated routes, and
+//! compiled into the [`RouteTable`] that routes requests. It picks the
+//! route
 //! [`GatewayConfig::route_position_linear`](crate::gateway::GatewayConfig::route_position_linear)
 //! picks, at a cost that depends on the request and not on how many
 //! routes the config has.
 //!
 //! Three levels, each answering in time bounded by the request:
 //! 1. **Host buckets.** Routes without `hosts` go to one "any host" tree;
-//!    exact hosts to a hash map of trees; `*.suffix` hosts to a tree per
-//!    suffix, found by walking the request host backwards through a radix
-//!    tree of reversed suffixes (so a host with many labels costs its
-//!    length, not one hash per label). A request searches at most its
-//!    exact host's tree, the trees of the wildcards it matches, and the
-//!    any-host tree.
+//!    exact hosts to a tree each, found through a radix tree of hosts;
+//!    `*.suffix` hosts to a tree per suffix, found by walking the request
+//!    host backwards through a radix tree of reversed suffixes (so a host
+//!    with many labels costs its length, not one lookup per label). A
+//!    request searches at most its exact host's tree, the trees of the
+//!    wildcards it matches, and the any-host tree.
 //! 2. **Path tree.** Each bucket is a [`Radix`] over route path bytes;
 //!    one walk along the request path meets every route path that is a
 //!    prefix of it.
-//! 3. **Slots.** Where a route path ends, one [`Slot`] per
+//! 3. **Slots.** Where a route path ends, one slot per
 //!    [`PathMatch`] kind holds, per method, the first listed route with
 //!    that path: since a tie goes to the first listed, no later route
 //!    with the same path, kind and method can ever win, and need not be
@@ -24,241 +26,191 @@
 //! smallest route position, which is the linear rule: a route's match
 //! length is its longest matching path, and the route whose longest
 //! match is longest wins.
+//!
+//! The trees are built from sorted keys straight into the table's flat
+//! arrays ([`FlatTrees::build`]): each route path becomes an entry tagged
+//! with its host bucket, the entries are sorted by bucket and path, and
+//! each run of equal paths becomes one set of slots.
 
-use crate::gateway::{request_path, strip_port, PathMatch, RequestInfo, Route};
-use crate::radix::Radix;
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::fmt;
+use crate::gateway::{PathMatch, Reads, Route};
+use crate::radix::{to_u32, FlatTrees, NO_VALUE};
+use crate::route_table::{Kind, Roots, RouteTable, Slot, Slots};
+use crate::sort::{sort_small, sorted};
 
-/// Built once per config by [`RouteIndex::build`].
-#[derive(Clone, Default)]
-pub(crate) struct RouteIndex {
+/// The host bucket a route path goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Bucket<'a> {
     /// Routes without `hosts`.
-    any_host: PathTree,
-    /// Exact (lower-cased) hosts.
-    exact_hosts: HashMap<Box<str>, PathTree>,
-    /// `*.suffix` patterns: the suffix's bytes reversed → an id in
-    /// `wildcard_trees`.
-    wildcard_suffixes: Radix<Option<usize>>,
-    wildcard_trees: Vec<PathTree>,
-    /// Every method some route names → a small id the slots key on.
-    method_ids: HashMap<Box<str>, u32>,
+    AnyHost,
+    /// An exact (lower-cased) host.
+    Exact(&'a str),
+    /// A `*.suffix` pattern's suffix.
+    Wildcard(&'a str),
 }
 
-type PathTree = Radix<Slots>;
-
-/// What ends at one route path in one host bucket, by kind.
-#[derive(Clone, Default)]
-struct Slots {
-    /// Prefix matches, and segment matches of paths ending in `/`.
-    prefix: Slot,
-    segment: Slot,
-    exact: Slot,
+/// One route path in one bucket.
+struct Entry<'a> {
+    bucket: Bucket<'a>,
+    path: &'a str,
+    kind: Kind,
+    route: u32,
 }
 
-/// The first listed route for each method, and for any method.
-#[derive(Clone, Default)]
-struct Slot {
-    /// The first listed route without `methods`.
-    any_method: Option<usize>,
-    /// `(method id, first listed route naming it)`, sorted by id; only
-    /// routes listed before `any_method` (the others cannot win).
-    by_method: Vec<(u32, usize)>,
-}
-
-impl Slot {
-    fn add(&mut self, route: usize, methods: &[u32]) {
-        if methods.is_empty() {
-            self.any_method = Some(self.any_method.map_or(route, |r| r.min(route)));
-            return;
-        }
-        for &m in methods {
-            match self.by_method.binary_search_by_key(&m, |&(id, _)| id) {
-                Ok(pos) => {
-                    if let Some(entry) = self.by_method.get_mut(pos) {
-                        entry.1 = entry.1.min(route);
-                    }
-                }
-                Err(pos) => self.by_method.insert(pos, (m, route)),
-            }
-        }
-    }
-
-    /// Drops method entries an any-method route listed earlier beats.
-    fn finish(&mut self) {
-        if let Some(any) = self.any_method {
-            self.by_method.retain(|&(_, r)| r < any);
-        }
-        self.by_method.shrink_to_fit();
-    }
-
-    /// The first listed route here that takes `method` (`None`: a method
-    /// no route names).
-    fn best(&self, method: Option<u32>) -> Option<usize> {
-        let named = method.and_then(|m| {
-            self.by_method
-                .binary_search_by_key(&m, |&(id, _)| id)
-                .ok()
-                .and_then(|pos| self.by_method.get(pos))
-                .map(|&(_, r)| r)
-        });
-        match (named, self.any_method) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+fn kind(path_match: PathMatch, path: &str) -> Kind {
+    match path_match {
+        PathMatch::Prefix => Kind::Prefix,
+        // `/a/` as a segment: whatever follows it follows a `/`.
+        PathMatch::Segment if path.ends_with('/') => Kind::Prefix,
+        PathMatch::Segment => Kind::Segment,
+        PathMatch::Exact => Kind::Exact,
     }
 }
 
-impl Slots {
-    fn slot_mut(&mut self, kind: PathMatch, path: &str) -> &mut Slot {
-        match kind {
-            PathMatch::Prefix => &mut self.prefix,
-            // `/a/` as a segment: whatever follows it follows a `/`.
-            PathMatch::Segment if path.ends_with('/') => &mut self.prefix,
-            PathMatch::Segment => &mut self.segment,
-            PathMatch::Exact => &mut self.exact,
-        }
-    }
-
-    fn finish(&mut self) {
-        self.prefix.finish();
-        self.segment.finish();
-        self.exact.finish();
-    }
-}
-
-/// The best match so far: longest, then first listed.
-#[derive(Default)]
-struct Best(Option<(usize, usize)>);
-
-impl Best {
-    fn offer(&mut self, len: usize, route: Option<usize>) {
-        let Some(route) = route else { return };
-        let better = match self.0 {
-            None => true,
-            Some((l, r)) => len > l || (len == l && route < r),
-        };
-        if better {
-            self.0 = Some((len, route));
-        }
-    }
-}
-
-impl RouteIndex {
-    /// Indexes `routes` as [`crate::gateway::GatewayConfig::parse`]
-    /// normalised them (hosts lower-case, methods upper-case).
-    pub(crate) fn build(routes: &[Route]) -> Self {
-        let mut index = RouteIndex::default();
-        for (i, route) in routes.iter().enumerate() {
-            let mut methods: Vec<u32> = route
+/// Indexes `routes` as [`crate::gateway::GatewayConfig::parse`]
+/// normalised them (hosts lower-case, methods upper-case) and compiles
+/// the table.
+pub(crate) fn build(routes: &[Route]) -> RouteTable {
+    // Method ids: positions in the sorted list of every method named.
+    let methods: Vec<&str> = routes
+        .iter()
+        .flat_map(|r| r.methods.iter().map(String::as_str))
+        .collect();
+    let mut methods = sorted(methods, &|a, b| a.cmp(b));
+    methods.dedup();
+    let route_methods: Vec<Vec<u32>> = routes
+        .iter()
+        .map(|r| {
+            let mut ids: Vec<u32> = r
                 .methods
                 .iter()
-                .map(|m| {
-                    let next = u32::try_from(index.method_ids.len()).unwrap_or(u32::MAX);
-                    *index.method_ids.entry(m.as_str().into()).or_insert(next)
-                })
+                .filter_map(|m| methods.binary_search(&m.as_str()).ok())
+                .map(to_u32)
                 .collect();
-            methods.sort_unstable();
-            methods.dedup();
-            if route.hosts.is_empty() {
-                add_route(&mut index.any_host, i, route, &methods);
-            }
-            for host in &route.hosts {
-                let tree = match host.strip_prefix("*.") {
-                    Some(suffix) => {
-                        let reversed: Vec<u8> = suffix.bytes().rev().collect();
-                        let slot = index.wildcard_suffixes.entry(&reversed);
-                        let id = *slot.get_or_insert(index.wildcard_trees.len());
-                        if id == index.wildcard_trees.len() {
-                            index.wildcard_trees.push(PathTree::default());
-                        }
-                        index.wildcard_trees.get_mut(id)
-                    }
-                    None => Some(index.exact_hosts.entry(host.as_str().into()).or_default()),
-                };
-                if let Some(tree) = tree {
-                    add_route(tree, i, route, &methods);
-                }
-            }
-        }
-        let trees = std::iter::once(&mut index.any_host)
-            .chain(index.exact_hosts.values_mut())
-            .chain(index.wildcard_trees.iter_mut());
-        for tree in trees {
-            tree.values_mut().for_each(Slots::finish);
-        }
-        index
-    }
+            sort_small(&mut ids);
+            ids.dedup();
+            ids
+        })
+        .collect();
 
-    /// The position of the route for `req`, as
-    /// [`crate::gateway::GatewayConfig::route_position_linear`] finds it.
-    pub(crate) fn find(&self, req: RequestInfo<'_>) -> Option<usize> {
-        let path = request_path(req.path).as_bytes();
-        // Config hosts are lower-case; most request hosts already are.
-        let host = strip_port(req.host);
-        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(host)
+    let mut entries = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let buckets = route.hosts.iter().map(|h| match h.strip_prefix("*.") {
+            Some(suffix) => Bucket::Wildcard(suffix),
+            None => Bucket::Exact(h),
+        });
+        let buckets: Vec<Bucket<'_>> = match route.hosts.is_empty() {
+            true => vec![Bucket::AnyHost],
+            false => buckets.collect(),
         };
-        let method = self.method_ids.get(req.method).copied();
-        let mut best = Best::default();
-        let mut search = |tree: &PathTree| {
-            tree.walk(path, |len, slots: &Slots| {
-                best.offer(len, slots.prefix.best(method));
-                match path.get(len) {
-                    None => {
-                        best.offer(len, slots.exact.best(method));
-                        best.offer(len, slots.segment.best(method));
-                    }
-                    Some(b'/') => best.offer(len, slots.segment.best(method)),
-                    Some(_) => {}
-                }
-            })
-        };
-        if let Some(tree) = self.exact_hosts.get(host.as_ref()) {
-            search(tree);
+        for bucket in buckets {
+            entries.extend(route.paths.iter().map(|path| Entry {
+                bucket,
+                path,
+                kind: kind(route.path_match, path),
+                route: to_u32(i),
+            }));
         }
-        if !self.wildcard_suffixes.is_empty() {
-            // `*.suffix` matches a host that ends in `.suffix`: backwards,
-            // the suffix followed by a dot.
-            let reversed: Vec<u8> = host.bytes().rev().collect();
-            self.wildcard_suffixes.walk(&reversed, |len, &id| {
-                if reversed.get(len) == Some(&b'.') {
-                    if let Some(tree) = id.and_then(|id| self.wildcard_trees.get(id)) {
-                        search(tree);
-                    }
-                }
-            });
-        }
-        search(&self.any_host);
-        best.0.map(|(_, route)| route)
     }
+    let entries = sorted(entries, &|a, b| (a.bucket, a.path).cmp(&(b.bucket, b.path)));
+
+    let mut upstreams = Vec::with_capacity(routes.len());
+    let mut strings = String::new();
+    for route in routes {
+        upstreams.push((to_u32(strings.len()), to_u32(route.upstream.len())));
+        strings.push_str(&route.upstream);
+    }
+    let mut table = RouteTable {
+        reads: Reads {
+            host: routes.iter().any(|r| !r.hosts.is_empty()),
+            method: routes.iter().any(|r| !r.methods.is_empty()),
+        },
+        upstreams,
+        strings,
+        ..RouteTable::default()
+    };
+
+    // One path tree per bucket, in bucket order.
+    let mut any_host = None;
+    let mut exact = Vec::new();
+    let mut wildcards = Vec::new();
+    for run in entries.chunk_by(|a, b| a.bucket == b.bucket) {
+        let Some(first) = run.first() else { continue };
+        let root = path_tree(&mut table, run, &route_methods);
+        match first.bucket {
+            Bucket::AnyHost => any_host = Some(root),
+            Bucket::Exact(host) => exact.push((host.as_bytes().to_vec(), root)),
+            Bucket::Wildcard(suffix) => wildcards.push((suffix.bytes().rev().collect(), root)),
+        }
+    }
+    let any_host = any_host.unwrap_or_else(|| table.trees.build(&[] as &[&[u8]], |_| NO_VALUE));
+    let hosts = |trees: &mut FlatTrees, list: Vec<(Vec<u8>, u32)>| {
+        let list = sorted(list, &|a, b| a.cmp(b));
+        let keys: Vec<&[u8]> = list.iter().map(|(k, _)| k.as_slice()).collect();
+        trees.build(&keys, |i| list.get(i).map_or(NO_VALUE, |&(_, root)| root))
+    };
+    let exact_hosts = hosts(&mut table.trees, exact);
+    let wildcards = hosts(&mut table.trees, wildcards);
+    let methods = table.trees.build(&methods, to_u32);
+    table.roots = Roots {
+        any_host,
+        exact_hosts,
+        wildcards,
+        methods,
+    };
+    table
 }
 
-fn add_route(tree: &mut PathTree, i: usize, route: &Route, methods: &[u32]) {
-    for path in &route.paths {
-        tree.entry(path.as_bytes())
-            .slot_mut(route.path_match, path)
-            .add(i, methods);
+/// The path tree of one bucket's entries (sorted by path): one set of
+/// slots per distinct path.
+fn path_tree(table: &mut RouteTable, run: &[Entry<'_>], route_methods: &[Vec<u32>]) -> u32 {
+    let paths: Vec<&[Entry<'_>]> = run.chunk_by(|a, b| a.path == b.path).collect();
+    let keys: Vec<&str> = paths
+        .iter()
+        .filter_map(|p| p.first())
+        .map(|e| e.path)
+        .collect();
+    let first_slots = table.slots.len();
+    for same_path in &paths {
+        let slots: Slots = [Kind::Prefix, Kind::Segment, Kind::Exact]
+            .map(|k| slot(&mut table.entries, same_path, k, route_methods));
+        table.slots.push(slots);
     }
+    table.trees.build(&keys, |i| to_u32(first_slots + i))
 }
 
-/// Sizes only: the routes are in the config beside it.
-impl fmt::Debug for RouteIndex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nodes = std::iter::once(&self.any_host)
-            .chain(self.exact_hosts.values())
-            .chain(&self.wildcard_trees)
-            .map(Radix::node_count)
-            .sum::<usize>();
-        f.debug_struct("RouteIndex")
-            .field("exact_hosts", &self.exact_hosts.len())
-            .field("wildcard_suffixes", &self.wildcard_trees.len())
-            .field("methods", &self.method_ids.len())
-            .field("path_nodes", &nodes)
-            .finish()
+/// The slot of `kind` for the routes with one path: the first listed
+/// route for any method, and per method the first listed route naming it
+/// when it comes before that (a later one can never win).
+fn slot(
+    entries: &mut Vec<(u32, u32)>,
+    same_path: &[Entry<'_>],
+    kind: Kind,
+    route_methods: &[Vec<u32>],
+) -> Slot {
+    let of_kind = || same_path.iter().filter(move |e| e.kind == kind);
+    let methods_of = |e: &Entry<'_>| {
+        route_methods
+            .get(e.route as usize)
+            .map_or(&[][..], Vec::as_slice)
+    };
+    let any = of_kind()
+        .filter(|e| methods_of(e).is_empty())
+        .map(|e| e.route)
+        .min()
+        .unwrap_or(NO_VALUE);
+    let mut named: Vec<(u32, u32)> = of_kind()
+        .filter(|e| e.route < any)
+        .flat_map(|e| methods_of(e).iter().map(move |&m| (m, e.route)))
+        .collect();
+    sort_small(&mut named);
+    // Sorted by (method, route): the first of each method is its earliest.
+    named.dedup_by_key(|&mut (m, _)| m);
+    let start = entries.len();
+    entries.extend_from_slice(&named);
+    Slot {
+        any_method: any,
+        entries_start: to_u32(start),
+        entries_len: to_u32(named.len()),
     }
 }
 

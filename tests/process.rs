@@ -315,7 +315,7 @@ fn a_lease_lost_with_the_import_in_flight_applies_nothing() {
     let record = w.procs[0]
         .shared
         .bytes(CONFIG_KEY)
-        .map(|r| published::decode(r).map(|(m, _)| m.revision));
+        .map(|r| published::decode(r).map(|r| r.meta.revision));
     assert_eq!(record, Some(Ok("r0".to_string())));
 }
 

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fallback_config::gateway::{GatewayConfig, RequestInfo};
+use fallback_config::route_table::RouteTable;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use serde_json::json;
@@ -302,11 +303,20 @@ fn ns_per_call(
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn lookup_cost() {
-    println!("routes    parse+index ms   index ns/call   linear ns/call");
+    println!(
+        "routes    parse+index ms   worker load ms   table KB   index ns/call   linear ns/call"
+    );
     for n in [10, 1_000, 20_000] {
         let start = Instant::now();
         let config = realistic(n);
         let build = start.elapsed().as_secs_f64() * 1e3;
+        // What a worker does per change: decode (and check) the table.
+        let bytes = config.table().encode();
+        let start = Instant::now();
+        let table = black_box(RouteTable::decode(black_box(&bytes)).unwrap());
+        let load = start.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(&table, config.table());
+        let kb = bytes.len() / 1024;
         let requests = realistic_requests(n);
         for (host, path, method) in &requests {
             let req = RequestInfo { method, host, path };
@@ -317,6 +327,6 @@ fn lookup_cost() {
         }
         let index = ns_per_call(&config, &requests, GatewayConfig::route_position);
         let linear = ns_per_call(&config, &requests, GatewayConfig::route_position_linear);
-        println!("{n:>6} {build:>16.1} {index:>15.0} {linear:>16.0}");
+        println!("{n:>6} {build:>16.1} {load:>16.2} {kb:>10} {index:>15.0} {linear:>16.0}");
     }
 }

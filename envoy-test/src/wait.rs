@@ -69,6 +69,39 @@ pub fn holds_for(what: &str, period: Duration, f: impl FnMut() -> Result<(), Str
     }
 }
 
+/// Waits until `f` holds, then until it holds for a whole `settle`
+/// period: for what every worker must show, when they take it up one
+/// after another (each at its own tick, see
+/// [`crate::probe::WORKER_LAG`]). Returns the first `Ok`.
+pub fn try_until_settled<T>(
+    what: &str,
+    timeout: Duration,
+    settle: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    let first = try_until(what, timeout, &mut f)?;
+    let left = timeout.saturating_sub(started.elapsed()).max(settle);
+    try_until(&format!("{what} on every worker"), left, || {
+        try_holds_for(what, settle, || f().map(|_| ()))
+    })?;
+    Ok(first)
+}
+
+/// Like [`try_until_settled`] but panics on timeout (for tests).
+#[track_caller]
+pub fn until_settled<T>(
+    what: &str,
+    timeout: Duration,
+    settle: Duration,
+    f: impl FnMut() -> Result<T, String>,
+) -> T {
+    match try_until_settled(what, timeout, settle, f) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,38 +139,5 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("n=2"), "{e}");
         assert!(try_holds_for("always", Duration::from_millis(200), || Ok(())).is_ok());
-    }
-}
-
-/// Waits until `f` holds, then until it holds for a whole `settle`
-/// period: for what every worker must show, when they take it up one
-/// after another (each at its own tick, see
-/// [`crate::probe::WORKER_LAG`]). Returns the first `Ok`.
-pub fn try_until_settled<T>(
-    what: &str,
-    timeout: Duration,
-    settle: Duration,
-    mut f: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let started = Instant::now();
-    let first = try_until(what, timeout, &mut f)?;
-    let left = timeout.saturating_sub(started.elapsed()).max(settle);
-    try_until(&format!("{what} on every worker"), left, || {
-        try_holds_for(what, settle, || f().map(|_| ()))
-    })?;
-    Ok(first)
-}
-
-/// Like [`try_until_settled`] but panics on timeout (for tests).
-#[track_caller]
-pub fn until_settled<T>(
-    what: &str,
-    timeout: Duration,
-    settle: Duration,
-    f: impl FnMut() -> Result<T, String>,
-) -> T {
-    match try_until_settled(what, timeout, settle, f) {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
     }
 }

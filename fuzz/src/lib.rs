@@ -322,6 +322,9 @@ pub mod gateway {
         match &parsed {
             Ok(c) => {
                 assert!(!c.revision.trim().is_empty());
+                // What workers load is what the driver built.
+                let table = fallback_config::route_table::RouteTable::decode(&c.table().encode());
+                assert_eq!(table.as_ref(), Ok(c.table()));
                 for r in &c.routes {
                     assert!(!r.paths.is_empty() && r.paths.iter().all(|p| p.starts_with('/')));
                     assert!(r.hosts.iter().all(|h| *h == h.to_ascii_lowercase()));
@@ -404,12 +407,35 @@ pub mod published {
     use fallback_config::published::{self, DriverRecord};
     use fallback_config::status::{self, StatusRecord};
 
-    pub fn run(data: &[u8]) {
-        if let Ok((meta, config)) = published::decode(data) {
-            let again = published::encode(&meta, config);
-            assert_eq!(published::decode(&again), Ok((meta.clone(), config)));
-            assert_eq!(published::record_generation(data), Some(meta.generation));
+    /// A compiled route table from bytes: one that loads encodes back to
+    /// the same bytes, and routes without panicking.
+    fn route_table(bytes: &[u8]) {
+        use fallback_config::gateway::RequestInfo;
+        use fallback_config::route_table::RouteTable;
+        if let Ok(table) = RouteTable::decode(bytes) {
+            assert_eq!(table.encode(), bytes);
+            for path in ["/", "/a/b", "/x?y"] {
+                let _ = table.route_upstream(RequestInfo {
+                    method: "GET",
+                    host: "a.b.example.com",
+                    path,
+                });
+            }
         }
+    }
+
+    pub fn run(data: &[u8]) {
+        if let Ok(record) = published::decode(data) {
+            let again = published::encode(&record.meta, record.config, record.routes);
+            assert_eq!(published::decode(&again).as_ref(), Ok(&record));
+            assert_eq!(
+                published::record_generation(data),
+                Some(record.meta.generation)
+            );
+            // What a worker loads: refused or usable, never a panic.
+            route_table(record.routes);
+        }
+        route_table(data);
         let _ = published::record_generation(data);
         if let Some(g) = published::decode_generation(data) {
             assert_eq!(

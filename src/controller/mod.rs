@@ -536,7 +536,7 @@ impl Controller {
                 config,
                 body,
                 sha256,
-            } => self.on_cp_config(config.revision, body, sha256, sent, now),
+            } => self.on_cp_config(config, body, sha256, sent, now),
             CpAnswer::NotModified => {
                 self.outputs.push(Output::Metric(Metric::CpReachable(true)));
                 if let Some(e) = self.exporter.as_mut() {
@@ -570,12 +570,13 @@ impl Controller {
 
     fn on_cp_config(
         &mut self,
-        revision: String,
+        config: crate::gateway::GatewayConfig,
         body: Vec<u8>,
         sha256: String,
         sent: Seq,
         now: Now,
     ) {
+        let revision = config.revision.clone();
         self.cp_answered = true;
         self.outputs.push(Output::Metric(Metric::CpReachable(true)));
         if self.importer.cp_answered() {
@@ -621,12 +622,13 @@ impl Controller {
             source: Source::ControlPlane,
             sha256: sha256.clone(),
         });
-        self.outputs.push(Output::Publish(PublishJob {
-            source: Source::ControlPlane,
+        self.outputs.push(Output::Publish(PublishJob::new(
+            Source::ControlPlane,
             revision,
             sha256,
-            config: body,
-        }));
+            body,
+            &config,
+        )));
     }
 
     // ---- import ----
@@ -863,12 +865,13 @@ impl Controller {
         self.outputs.push(Output::Metric(Metric::ConfigSource(
             ConfigSource::Storage.gauge(),
         )));
-        self.outputs.push(Output::Publish(PublishJob {
-            source: Source::Storage,
-            revision: o.revision,
-            sha256: o.sha256,
-            config: o.config_bytes,
-        }));
+        self.outputs.push(Output::Publish(PublishJob::new(
+            Source::Storage,
+            o.revision,
+            o.sha256,
+            o.config_bytes,
+            &o.config,
+        )));
     }
 
     /// An attempt applied nothing. `granted`: it held the process's grant,

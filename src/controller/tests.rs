@@ -8,6 +8,7 @@ use crate::clock::Now;
 use crate::election::LeaseRecord;
 use crate::envelope::{open, seal, sha256_hex, EnvelopeError, Export, Protection, Trust};
 use crate::event::{CpFailure, Event, ImportFailure, Level, LossReason};
+use crate::gateway::GatewayConfig;
 use crate::http::{HttpRequest, HttpResponse, TransportError};
 use crate::process::{ImportRefusal, PublishJob};
 use crate::published::{Meta, Source};
@@ -243,12 +244,14 @@ fn header<'a>(r: &'a HttpRequest, name: &str) -> Option<&'a str> {
 }
 
 fn job(config: &str, revision: &str, source: Source) -> PublishJob {
-    PublishJob {
+    let parsed = GatewayConfig::parse(config.as_bytes()).unwrap();
+    PublishJob::new(
         source,
-        revision: revision.into(),
-        sha256: sha256_hex(config.as_bytes()),
-        config: config.as_bytes().to_vec(),
-    }
+        revision.into(),
+        sha256_hex(config.as_bytes()),
+        config.as_bytes().to_vec(),
+        &parsed,
+    )
 }
 
 /// What a previous driver left in shared data: `config` published from

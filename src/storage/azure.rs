@@ -704,7 +704,7 @@ fn canonicalized_resource(account: &str, path: &str, query: &str) -> String {
             .push(percent_decode(value, false));
     }
     for (name, mut values) in params {
-        crate::sigv4::sort_small(&mut values);
+        crate::sort::sort_small(&mut values);
         out.push('\n');
         out.push_str(&name);
         out.push(':');

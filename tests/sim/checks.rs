@@ -65,7 +65,7 @@ impl Checker {
             .shared
             .bytes(CONFIG_KEY)
             .and_then(|r| published::decode(r).ok())
-            .is_some_and(|(m, _)| m.source == Source::ControlPlane);
+            .is_some_and(|r| r.meta.source == Source::ControlPlane);
         if driver.is_some_and(|d| d.cp_answered) || cp_published {
             return Err(format!(
                 "invariant 4: process {p} sent an import after the CP answered it"
@@ -241,7 +241,7 @@ impl Checker {
             let record = proc
                 .shared
                 .bytes(CONFIG_KEY)
-                .and_then(|r| published::decode(r).ok().map(|(m, _)| m));
+                .and_then(|r| published::decode(r).ok().map(|r| r.meta));
             let Some(meta) = record else {
                 return Err(format!("{id}: nothing published"));
             };
