@@ -202,7 +202,13 @@ impl GatewayConfig {
             })?;
         let revision = raw.revision.clone();
         let routes = validate(raw)?;
-        let table = Arc::new(crate::route_index::build(&routes));
+        let table = RouteTable::from_parts(&crate::route_index::build(&routes)).map_err(|_| {
+            GatewayConfigError::Invalid {
+                field: "routes".into(),
+                reason: "are too many to index",
+            }
+        })?;
+        let table = Arc::new(table);
         Ok(GatewayConfig {
             revision,
             routes,
@@ -210,8 +216,8 @@ impl GatewayConfig {
         })
     }
 
-    /// The compiled table, as workers route with it ([`RouteTable::encode`]
-    /// is what the driver publishes).
+    /// The compiled table, as workers route with it
+    /// ([`RouteTable::encoded`] is what the driver publishes).
     pub fn table(&self) -> &RouteTable {
         &self.table
     }

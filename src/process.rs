@@ -125,7 +125,7 @@ pub struct PublishJob {
     /// The config as served (JSON).
     pub config: Vec<u8>,
     /// Its compiled route table
-    /// ([`RouteTable::encode`](crate::route_table::RouteTable::encode)),
+    /// ([`RouteTable::encoded`](crate::route_table::RouteTable::encoded)),
     /// what workers load.
     pub routes: Vec<u8>,
 }
@@ -144,7 +144,7 @@ impl PublishJob {
             revision,
             sha256,
             config,
-            routes: parsed.table().encode(),
+            routes: parsed.table().encoded().to_vec(),
         }
     }
 }

@@ -79,7 +79,7 @@ pub struct Meta {
 
 /// Record layout:
 /// `<generation> <source> <sha256> <config length> <revision>\n<config><routes>`,
-/// `routes` being [`RouteTable::encode`](crate::route_table::RouteTable::encode)'s bytes. The revision comes last
+/// `routes` being [`RouteTable::encoded`](crate::route_table::RouteTable::encoded)'s bytes. The revision comes last
 /// on the line because it is free text (it never holds a newline: the
 /// CP's JSON string would have escaped it).
 pub fn encode(meta: &Meta, config: &[u8], routes: &[u8]) -> Vec<u8> {

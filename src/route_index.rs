@@ -34,7 +34,7 @@
 
 use crate::gateway::{PathMatch, Reads, Route};
 use crate::radix::{to_u32, FlatTrees, NO_VALUE};
-use crate::route_table::{Kind, Roots, RouteTable, Slot, Slots};
+use crate::route_table::{Kind, Roots, Slot, Slots, TableParts};
 use crate::sort::{sort_small, sorted};
 
 /// The host bucket a route path goes to.
@@ -68,8 +68,8 @@ fn kind(path_match: PathMatch, path: &str) -> Kind {
 
 /// Indexes `routes` as [`crate::gateway::GatewayConfig::parse`]
 /// normalised them (hosts lower-case, methods upper-case) and compiles
-/// the table.
-pub(crate) fn build(routes: &[Route]) -> RouteTable {
+/// the table's parts.
+pub(crate) fn build(routes: &[Route]) -> TableParts {
     // Method ids: positions in the sorted list of every method named.
     let methods: Vec<&str> = routes
         .iter()
@@ -119,14 +119,14 @@ pub(crate) fn build(routes: &[Route]) -> RouteTable {
         upstreams.push((to_u32(strings.len()), to_u32(route.upstream.len())));
         strings.push_str(&route.upstream);
     }
-    let mut table = RouteTable {
+    let mut table = TableParts {
         reads: Reads {
             host: routes.iter().any(|r| !r.hosts.is_empty()),
             method: routes.iter().any(|r| !r.methods.is_empty()),
         },
         upstreams,
         strings,
-        ..RouteTable::default()
+        ..TableParts::default()
     };
 
     // One path tree per bucket, in bucket order.
@@ -162,7 +162,7 @@ pub(crate) fn build(routes: &[Route]) -> RouteTable {
 
 /// The path tree of one bucket's entries (sorted by path): one set of
 /// slots per distinct path.
-fn path_tree(table: &mut RouteTable, run: &[Entry<'_>], route_methods: &[Vec<u32>]) -> u32 {
+fn path_tree(table: &mut TableParts, run: &[Entry<'_>], route_methods: &[Vec<u32>]) -> u32 {
     let paths: Vec<&[Entry<'_>]> = run.chunk_by(|a, b| a.path == b.path).collect();
     let keys: Vec<&str> = paths
         .iter()

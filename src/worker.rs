@@ -164,8 +164,9 @@ impl WorkerCache {
         }
     }
 
-    /// The value of the key [`Self::poll_read`] asked for.
-    pub fn handle_read(&mut self, bytes: Option<&[u8]>) {
+    /// The value of the key [`Self::poll_read`] asked for. Taken by value:
+    /// a record's bytes become the loaded table as they are.
+    pub fn handle_read(&mut self, bytes: Option<Vec<u8>>) {
         let after_config = match self.for_status {
             true => Look::Status,
             false => Look::Idle,
@@ -173,7 +174,7 @@ impl WorkerCache {
         match self.look {
             Look::Idle => {}
             Look::Counter => {
-                let counter = bytes.and_then(published::decode_generation);
+                let counter = bytes.as_deref().and_then(published::decode_generation);
                 self.look = match counter {
                     Some(g) if Some(g) != self.seen => Look::Record(g),
                     _ => after_config,
@@ -186,7 +187,7 @@ impl WorkerCache {
             }
             Look::Status => {
                 self.look = Look::Idle;
-                self.status = bytes.map(<[u8]>::to_vec);
+                self.status = bytes;
             }
         }
     }
@@ -196,17 +197,20 @@ impl WorkerCache {
         self.event.take()
     }
 
-    fn load(&mut self, counter: u64, record: Option<&[u8]>) {
+    fn load(&mut self, counter: u64, record: Option<Vec<u8>>) {
         let Some(record) = record else {
             return self.fail(counter, LoadError::Missing);
         };
-        let generation = published::record_generation(record).unwrap_or(counter);
+        let generation = published::record_generation(&record).unwrap_or(counter);
         if Some(generation) == self.loaded || Some(generation) == self.failed {
             return;
         }
-        let parsed = published::decode(record)
+        // The table is the record's tail: route from inside the record,
+        // without copying it out.
+        let parsed = published::decode(&record)
+            .map(|r| record.len() - r.routes.len())
             .map_err(LoadError::Record)
-            .and_then(|r| RouteTable::decode(r.routes).map_err(LoadError::Routes));
+            .and_then(|start| RouteTable::load(record, start).map_err(LoadError::Routes));
         match parsed {
             Ok(config) => {
                 self.config = Some(config);
@@ -304,8 +308,10 @@ mod tests {
         };
         // A config that does not parse stands for a table that does not
         // load (the driver never publishes one).
-        let routes = crate::gateway::GatewayConfig::parse(config.as_bytes())
-            .map_or_else(|_| config.as_bytes().to_vec(), |c| c.table().encode());
+        let routes = crate::gateway::GatewayConfig::parse(config.as_bytes()).map_or_else(
+            |_| config.as_bytes().to_vec(),
+            |c| c.table().encoded().to_vec(),
+        );
         encode(&meta, config.as_bytes(), &routes)
     }
 
@@ -362,7 +368,7 @@ mod tests {
         fn reads_for(&mut self, c: &mut WorkerCache) -> Option<Event> {
             while let Some(key) = c.poll_read() {
                 *self.reads.entry(key).or_default() += 1;
-                c.handle_read(self.map.get(key).map(Vec::as_slice));
+                c.handle_read(self.map.get(key).cloned());
             }
             c.take_event()
         }

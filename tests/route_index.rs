@@ -311,12 +311,12 @@ fn lookup_cost() {
         let config = realistic(n);
         let build = start.elapsed().as_secs_f64() * 1e3;
         // What a worker does per change: decode (and check) the table.
-        let bytes = config.table().encode();
+        let bytes = config.table().encoded().to_vec();
+        let kb = bytes.len() / 1024;
         let start = Instant::now();
-        let table = black_box(RouteTable::decode(black_box(&bytes)).unwrap());
+        let table = black_box(RouteTable::load(black_box(bytes), 0).unwrap());
         let load = start.elapsed().as_secs_f64() * 1e3;
         assert_eq!(&table, config.table());
-        let kb = bytes.len() / 1024;
         let requests = realistic_requests(n);
         for (host, path, method) in &requests {
             let req = RequestInfo { method, host, path };

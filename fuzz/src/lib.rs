@@ -323,7 +323,8 @@ pub mod gateway {
             Ok(c) => {
                 assert!(!c.revision.trim().is_empty());
                 // What workers load is what the driver built.
-                let table = fallback_config::route_table::RouteTable::decode(&c.table().encode());
+                let bytes = c.table().encoded().to_vec();
+                let table = fallback_config::route_table::RouteTable::load(bytes, 0);
                 assert_eq!(table.as_ref(), Ok(c.table()));
                 for r in &c.routes {
                     assert!(!r.paths.is_empty() && r.paths.iter().all(|p| p.starts_with('/')));
@@ -407,13 +408,13 @@ pub mod published {
     use fallback_config::published::{self, DriverRecord};
     use fallback_config::status::{self, StatusRecord};
 
-    /// A compiled route table from bytes: one that loads encodes back to
-    /// the same bytes, and routes without panicking.
+    /// A compiled route table from bytes: one that loads routes without
+    /// panicking or looping, whatever its numbers say.
     fn route_table(bytes: &[u8]) {
         use fallback_config::gateway::RequestInfo;
         use fallback_config::route_table::RouteTable;
-        if let Ok(table) = RouteTable::decode(bytes) {
-            assert_eq!(table.encode(), bytes);
+        if let Ok(table) = RouteTable::load(bytes.to_vec(), 0) {
+            assert_eq!(table.encoded(), bytes);
             for path in ["/", "/a/b", "/x?y"] {
                 let _ = table.route_upstream(RequestInfo {
                     method: "GET",

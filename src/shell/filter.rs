@@ -22,7 +22,7 @@ pub fn refresh(cache: &RefCell<WorkerCache>, begin: impl FnOnce(&mut WorkerCache
     begin(&mut cache);
     while let Some(key) = cache.poll_read() {
         let value = host::shared_get(key);
-        cache.handle_read(value.bytes.as_deref());
+        cache.handle_read(value.bytes);
     }
     if let Some(event) = cache.take_event() {
         host::log_event(&event);

@@ -266,7 +266,8 @@ impl Checker {
                 // config is loaded).
                 root.worker.begin_tick();
                 while let Some(key) = root.worker.poll_read() {
-                    root.worker.handle_read(proc.shared.bytes(key));
+                    root.worker
+                        .handle_read(proc.shared.bytes(key).map(<[u8]>::to_vec));
                 }
                 if root.worker.generation() != Some(meta.generation) {
                     return Err(format!(

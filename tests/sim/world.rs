@@ -623,7 +623,8 @@ impl World {
                         let root = &mut proc.roots[i];
                         root.worker.begin("/e1");
                         while let Some(key) = root.worker.poll_read() {
-                            root.worker.handle_read(proc.shared.bytes(key));
+                            root.worker
+                                .handle_read(proc.shared.bytes(key).map(<[u8]>::to_vec));
                         }
                         if let Some(e) = root.worker.take_event() {
                             root.events.push(e);
@@ -668,7 +669,8 @@ impl World {
                 // a new generation outside any request.
                 root.worker.begin_tick();
                 while let Some(key) = root.worker.poll_read() {
-                    root.worker.handle_read(proc.shared.bytes(key));
+                    root.worker
+                        .handle_read(proc.shared.bytes(key).map(<[u8]>::to_vec));
                 }
             }
             Callback::Response(token, response) => {
