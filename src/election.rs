@@ -27,9 +27,9 @@
 
 use crate::clock::{Instant, Now};
 use crate::event::{Event, LossReason};
+use crate::json::{self, Reader};
 use crate::settings::ElectionSettings;
 use crate::storage::{Object, PutMode, StorageError};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The lease object, relative to `<prefix>/<version>/`.
@@ -42,7 +42,7 @@ const MAX_MARGIN: Duration = Duration::from_secs(2);
 const MIN_MARGIN: Duration = Duration::from_millis(1200);
 
 /// The stored lease.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRecord {
     pub holder: String,
     pub term: u64,
@@ -52,6 +52,52 @@ pub struct LeaseRecord {
     pub ttl_ms: u64,
     /// By the holder's clock; for people reading the object.
     pub renewed_at: String,
+}
+
+impl LeaseRecord {
+    /// A JSON object with the fields in this order (the bytes serde's
+    /// derive wrote, which other builds of the fleet read).
+    pub fn encode(&self) -> Vec<u8> {
+        json::Object::new()
+            .string("holder", &self.holder)
+            .u64("term", self.term)
+            .u64("renewals", self.renewals)
+            .u64("ttl_ms", self.ttl_ms)
+            .string("renewed_at", &self.renewed_at)
+            .finish()
+    }
+
+    /// `None` unless every field is there, once, with its type; other
+    /// fields are ignored.
+    pub fn decode(bytes: &[u8]) -> Option<LeaseRecord> {
+        Self::read(bytes).ok()
+    }
+
+    fn read(bytes: &[u8]) -> Result<LeaseRecord, json::Error> {
+        let mut r = Reader::new(bytes);
+        let (mut holder, mut term, mut renewals, mut ttl_ms, mut renewed_at) =
+            (None, None, None, None, None);
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "holder" => r.once(&mut holder, "holder", Reader::owned_string)?,
+                "term" => r.once(&mut term, "term", Reader::u64)?,
+                "renewals" => r.once(&mut renewals, "renewals", Reader::u64)?,
+                "ttl_ms" => r.once(&mut ttl_ms, "ttl_ms", Reader::u64)?,
+                "renewed_at" => r.once(&mut renewed_at, "renewed_at", Reader::owned_string)?,
+                _ => r.skip()?,
+            }
+        }
+        let record = LeaseRecord {
+            holder: r.required(holder, "holder")?,
+            term: r.required(term, "term")?,
+            renewals: r.required(renewals, "renewals")?,
+            ttl_ms: r.required(ttl_ms, "ttl_ms")?,
+            renewed_at: r.required(renewed_at, "renewed_at")?,
+        };
+        r.end()?;
+        Ok(record)
+    }
 }
 
 /// What the election wants sent.
@@ -219,7 +265,7 @@ impl Election {
             }
         };
         self.failures = 0;
-        let record: Option<LeaseRecord> = serde_json::from_slice(&object.body).ok();
+        let record = LeaseRecord::decode(&object.body);
         // A leader that lost track of its lease's ETag learns it here.
         if let Role::Leader { term, .. } = self.role {
             let still_mine = record
@@ -478,6 +524,56 @@ mod tests {
         }
     }
 
+    /// The layout serde's derive wrote and read before `encode`.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SerdeLease {
+        holder: String,
+        term: u64,
+        renewals: u64,
+        ttl_ms: u64,
+        renewed_at: String,
+    }
+
+    #[test]
+    fn lease_records_are_the_bytes_serde_wrote() {
+        for holder in ["node-a", "n\"\\\u{7}\u{7f}é😀"] {
+            let r = LeaseRecord {
+                holder: holder.into(),
+                term: u64::MAX,
+                renewals: 3,
+                ttl_ms: 30_000,
+                renewed_at: "2027-01-15T08:00:00Z".into(),
+            };
+            let theirs = SerdeLease {
+                holder: r.holder.clone(),
+                term: r.term,
+                renewals: r.renewals,
+                ttl_ms: r.ttl_ms,
+                renewed_at: r.renewed_at.clone(),
+            };
+            let bytes = r.encode();
+            assert_eq!(bytes, serde_json::to_vec(&theirs).unwrap());
+            assert_eq!(LeaseRecord::decode(&bytes), Some(r));
+        }
+        // Read as serde read it: what it accepted and what it refused.
+        let base = r#""holder":"h","term":1,"renewals":0,"ttl_ms":5,"renewed_at":"""#;
+        let with = |from: &str, to: &str| format!("{{{}}}", base.replace(from, to));
+        for (text, ok) in [
+            (format!("{{{base}}}"), true),
+            (format!(r#"{{"x":{{"y":[null]}},{base}}}"#), true),
+            (format!(r#"{{{base},"term":2}}"#), false),
+            (with(r#""term":1,"#, ""), false),
+            (with(r#""term":1"#, r#""term":-1"#), false),
+            (with(r#""term":1"#, r#""term":1.0"#), false),
+            (with(r#""h""#, "null"), false),
+            (format!("{{{base}}}}}"), false),
+        ] {
+            let theirs = serde_json::from_str::<SerdeLease>(&text).ok();
+            assert_eq!(theirs.is_some(), ok, "{text}");
+            assert_eq!(LeaseRecord::decode(text.as_bytes()).is_some(), ok, "{text}");
+        }
+    }
+
     fn lease(term: u64, age_s: u64, now: Now) -> Result<Object, StorageError> {
         let record = LeaseRecord {
             holder: "node-b".into(),
@@ -487,7 +583,7 @@ mod tests {
             renewed_at: String::new(),
         };
         Ok(Object {
-            body: serde_json::to_vec(&record).unwrap_or_default(),
+            body: record.encode(),
             etag: Some("\"e\"".into()),
             date: Some(now.wall),
             last_modified: Some(Timestamp::from_secs(now.wall.as_secs() - age_s)),

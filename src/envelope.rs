@@ -42,12 +42,12 @@
 //! readable only while no signature is required.
 
 use crate::gateway::{GatewayConfig, GatewayConfigError};
+use crate::json::{self, Reader};
 use crate::keys::{EncryptionKey, SigningKey, TrustedKey};
 use crate::storage::base64::{self as base64_codec, Padding};
 use crate::time::Timestamp;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -88,8 +88,8 @@ struct SignatureField {
 }
 
 /// An envelope as read. Every field is read; a known field given twice
-/// is refused (as serde's derives do), so no two readers can see
-/// different values; unknown fields are ignored.
+/// is refused (as serde's derives refused it), so no two readers can see
+/// different values; unknown fields are skipped (but must be JSON).
 struct EnvelopeIn<'a> {
     format: u64,
     version: String,
@@ -103,260 +103,89 @@ struct EnvelopeIn<'a> {
     sha256: Option<String>,
     encryption: Option<Encryption>,
     /// The config's JSON exactly as stored.
-    config: Option<&'a RawValue>,
+    config: Option<&'a [u8]>,
     ciphertext: Option<String>,
     signature: Option<SignatureField>,
 }
 
-/// The top-level fields of an envelope, in [`EnvelopeIn`]'s order.
-const ENVELOPE_FIELDS: [&str; 11] = [
-    "format",
-    "version",
-    "revision",
-    "exported_at",
-    "exporter",
-    "term",
-    "sha256",
-    "encryption",
-    "config",
-    "ciphertext",
-    "signature",
-];
-
 impl<'a> EnvelopeIn<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<EnvelopeIn<'a>, String> {
-        let [format, version, revision, exported_at, exporter, term, sha256, encryption, config, ciphertext, signature] =
-            json::fields(bytes, &ENVELOPE_FIELDS).map_err(|e| e.to_string())?;
-        let required = |name: &str, raw: Option<&RawValue>| {
-            json::string(name, raw)?.ok_or_else(|| format!("missing field `{name}`"))
-        };
+    /// `null` counts as absent for every field but `term`, whose absence
+    /// means 0 (envelopes from before leader election).
+    fn parse(bytes: &'a [u8]) -> Result<EnvelopeIn<'a>, json::Error> {
+        let mut r = Reader::new(bytes);
+        let (mut format, mut version, mut revision, mut exported_at, mut exporter) =
+            (None, None, None, None, None);
+        let (mut term, mut sha256, mut encryption, mut config, mut ciphertext, mut signature) =
+            (None, None, None, None, None, None);
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "format" => r.once(&mut format, "format", |r| r.opt(Reader::u64))?,
+                "version" => r.once(&mut version, "version", opt_string)?,
+                "revision" => r.once(&mut revision, "revision", opt_string)?,
+                "exported_at" => r.once(&mut exported_at, "exported_at", opt_string)?,
+                "exporter" => r.once(&mut exporter, "exporter", opt_string)?,
+                "term" => r.once(&mut term, "term", Reader::u64)?,
+                "sha256" => r.once(&mut sha256, "sha256", opt_string)?,
+                "encryption" => r.once(&mut encryption, "encryption", |r| {
+                    r.opt(|r| strings(r, &["alg", "key_id", "nonce"]))
+                })?,
+                "config" => r.once(&mut config, "config", Reader::raw_value)?,
+                "ciphertext" => r.once(&mut ciphertext, "ciphertext", opt_string)?,
+                "signature" => r.once(&mut signature, "signature", |r| {
+                    r.opt(|r| strings(r, &["alg", "key_id", "value"]))
+                })?,
+                _ => r.skip()?,
+            }
+        }
+        r.end()?;
         Ok(EnvelopeIn {
-            format: json::u64("format", format)?.ok_or("missing field `format`")?,
-            version: required("version", version)?,
-            revision: required("revision", revision)?,
-            exported_at: required("exported_at", exported_at)?,
-            exporter: required("exporter", exporter)?,
-            term: match term {
-                None => 0,
-                Some(raw) => {
-                    json::u64("term", Some(raw))?.ok_or("invalid type: null for `term`")?
-                }
-            },
-            sha256: json::string("sha256", sha256)?,
-            encryption: json::object("encryption", encryption, &["alg", "key_id", "nonce"])?
-                .map(|[alg, key_id, nonce]| -> Result<_, String> {
-                    Ok(Encryption {
-                        alg: required("alg", alg)?,
-                        key_id: required("key_id", key_id)?,
-                        nonce: required("nonce", nonce)?,
-                    })
-                })
-                .transpose()?,
-            config: config.filter(|raw| raw.get() != "null"),
-            ciphertext: json::string("ciphertext", ciphertext)?,
-            signature: json::object("signature", signature, &["alg", "key_id", "value"])?
-                .map(|[alg, key_id, value]| -> Result<_, String> {
-                    Ok(SignatureField {
-                        alg: required("alg", alg)?,
-                        key_id: required("key_id", key_id)?,
-                        value: required("value", value)?,
-                    })
-                })
-                .transpose()?,
+            format: r.required(format.flatten(), "format")?,
+            version: r.required(version.flatten(), "version")?,
+            revision: r.required(revision.flatten(), "revision")?,
+            exported_at: r.required(exported_at.flatten(), "exported_at")?,
+            exporter: r.required(exporter.flatten(), "exporter")?,
+            term: term.unwrap_or(0),
+            sha256: sha256.flatten(),
+            encryption: encryption.flatten().map(|[alg, key_id, nonce]| Encryption {
+                alg,
+                key_id,
+                nonce,
+            }),
+            config: config.filter(|raw| *raw != b"null"),
+            ciphertext: ciphertext.flatten(),
+            signature: signature
+                .flatten()
+                .map(|[alg, key_id, value]| SignatureField { alg, key_id, value }),
         })
     }
 }
 
-/// JSON read and written without serde derives, whose code for each
-/// type is a large part of the wasm: objects are split into raw member
-/// values by one visitor, scalars read as [`serde_json::Value`]s, and
-/// objects written by [`json::Object`] in a fixed member order.
-pub(crate) mod json {
-    use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
-    use serde_json::value::RawValue;
-    use serde_json::Value;
-    use std::fmt;
+/// A string, or `None` for `null`.
+fn opt_string(r: &mut Reader<'_>) -> Result<Option<String>, json::Error> {
+    r.opt(Reader::owned_string)
+}
 
-    /// The members `names` of the JSON object `bytes`, as raw JSON, in
-    /// the order of `names` (`None`: absent). A member in `names` given
-    /// twice is refused, as serde's derives refuse a duplicate field;
-    /// others are skipped (but must be valid JSON).
-    pub(crate) fn fields<'a, const N: usize>(
-        bytes: &'a [u8],
-        names: &[&str; N],
-    ) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
-        let mut found = [None; N];
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        (&mut de).deserialize_map(Fields {
-            names,
-            found: &mut found,
-        })?;
-        de.end()?;
-        Ok(found)
-    }
-
-    struct Fields<'n, 'f, 'a> {
-        names: &'n [&'n str],
-        found: &'f mut [Option<&'a RawValue>],
-    }
-
-    impl<'a> Visitor<'a> for Fields<'_, '_, 'a> {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(name) = map.next_key::<String>()? {
-                let value = map.next_value::<&'a RawValue>()?;
-                let slot = self
-                    .names
-                    .iter()
-                    .position(|n| *n == name)
-                    .and_then(|i| self.found.get_mut(i));
-                if let Some(slot) = slot {
-                    if slot.is_some() {
-                        return Err(A::Error::custom(format_args!("duplicate field `{name}`")));
-                    }
-                    *slot = Some(value);
-                }
-            }
-            Ok(())
+/// The members `names` of an object, each a string that must be given
+/// (`null` counts as absent); other members are skipped.
+fn strings<const N: usize>(
+    r: &mut Reader<'_>,
+    names: &[&'static str; N],
+) -> Result<[String; N], json::Error> {
+    let mut found: [Option<Option<String>>; N] = std::array::from_fn(|_| None);
+    r.object()?;
+    while let Some(key) = r.next_key()? {
+        let i = names.iter().position(|n| *n == key);
+        match i.and_then(|i| found.get_mut(i).zip(names.get(i))) {
+            Some((slot, name)) => r.once(slot, name, opt_string)?,
+            None => r.skip()?,
         }
     }
-
-    fn value(name: &str, raw: &RawValue) -> Result<Value, String> {
-        serde_json::from_slice(raw.get().as_bytes()).map_err(|e| format!("`{name}`: {e}"))
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for ((out, slot), name) in out.iter_mut().zip(found).zip(names) {
+        *out = r.required(slot.flatten(), name)?;
     }
-
-    /// A string member; `None` when absent or `null`.
-    pub(crate) fn string(name: &str, raw: Option<&RawValue>) -> Result<Option<String>, String> {
-        match raw.map(|raw| value(name, raw)).transpose()? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(format!("invalid type for `{name}`, expected a string")),
-        }
-    }
-
-    /// A non-negative integer member; `None` when absent or `null`.
-    pub(crate) fn u64(name: &str, raw: Option<&RawValue>) -> Result<Option<u64>, String> {
-        match raw.map(|raw| value(name, raw)).transpose()? {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
-            Some(_) => Err(format!("invalid type for `{name}`, expected u64")),
-        }
-    }
-
-    /// An object member's members `names` (see [`fields`]); `None` when
-    /// absent or `null`.
-    pub(crate) fn object<'a, const N: usize>(
-        name: &str,
-        raw: Option<&'a RawValue>,
-        names: &[&str; N],
-    ) -> Result<Option<[Option<&'a RawValue>; N]>, String> {
-        match raw.filter(|raw| raw.get() != "null") {
-            None => Ok(None),
-            Some(raw) => fields(raw.get().as_bytes(), names)
-                .map(Some)
-                .map_err(|e| format!("`{name}`: {e}")),
-        }
-    }
-
-    /// Writes one JSON object, compact, members in the order written: the
-    /// bytes `serde_json::to_vec` gives for a struct with these fields.
-    pub(crate) struct Object(Vec<u8>);
-
-    impl Object {
-        pub(crate) fn new() -> Object {
-            Object(vec![b'{'])
-        }
-
-        fn name(&mut self, name: &str) {
-            if self.0.len() > 1 {
-                self.0.push(b',');
-            }
-            escape(&mut self.0, name);
-            self.0.push(b':');
-        }
-
-        pub(crate) fn string(&mut self, name: &str, value: &str) -> &mut Object {
-            self.name(name);
-            escape(&mut self.0, value);
-            self
-        }
-
-        /// `null` for `None`.
-        pub(crate) fn opt_string(&mut self, name: &str, value: Option<&str>) -> &mut Object {
-            match value {
-                Some(v) => self.string(name, v),
-                None => self.raw(name, b"null"),
-            }
-        }
-
-        pub(crate) fn u64(&mut self, name: &str, value: u64) -> &mut Object {
-            self.name(name);
-            self.0.extend_from_slice(value.to_string().as_bytes());
-            self
-        }
-
-        /// `null` for `None`.
-        pub(crate) fn opt_u64(&mut self, name: &str, value: Option<u64>) -> &mut Object {
-            match value {
-                Some(v) => self.u64(name, v),
-                None => self.raw(name, b"null"),
-            }
-        }
-
-        pub(crate) fn bool(&mut self, name: &str, value: bool) -> &mut Object {
-            let text: &[u8] = if value { b"true" } else { b"false" };
-            self.raw(name, text)
-        }
-
-        /// A member whose value is already JSON.
-        pub(crate) fn raw(&mut self, name: &str, json: &[u8]) -> &mut Object {
-            self.name(name);
-            self.0.extend_from_slice(json);
-            self
-        }
-
-        pub(crate) fn finish(&mut self) -> Vec<u8> {
-            let mut out = std::mem::take(&mut self.0);
-            out.push(b'}');
-            out
-        }
-    }
-
-    /// A JSON string, escaped as serde_json escapes it: `"`, `\\` and the
-    /// control characters, with the short forms where JSON has them.
-    fn escape(out: &mut Vec<u8>, s: &str) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        out.push(b'"');
-        for &b in s.as_bytes() {
-            let short = match b {
-                b'"' => b'"',
-                b'\\' => b'\\',
-                b'\n' => b'n',
-                b'\r' => b'r',
-                b'\t' => b't',
-                0x08 => b'b',
-                0x0c => b'f',
-                0x00..=0x1f => {
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
-                    continue;
-                }
-                _ => {
-                    out.push(b);
-                    continue;
-                }
-            };
-            out.push(b'\\');
-            out.push(short);
-        }
-        out.push(b'"');
-    }
+    Ok(out)
 }
 
 /// What to export: a config the CP sent, already validated.
@@ -484,11 +313,11 @@ pub fn transcript(label: &[u8], fields: &[&[u8]]) -> Vec<u8> {
 
 /// Builds the `config.json` bytes.
 pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, EnvelopeError> {
-    let text =
-        std::str::from_utf8(export.config).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
-    let raw: Box<RawValue> =
-        serde_json::from_slice(text.as_bytes()).map_err(|e| EnvelopeError::Parse(e.to_string()))?;
-    let config_bytes = raw.get().as_bytes();
+    let mut reader = Reader::new(export.config);
+    let config_bytes = reader
+        .raw_value()
+        .and_then(|raw| reader.end().map(|()| raw))
+        .map_err(EnvelopeError::Parse)?;
     let sha256 = match protection.encryption {
         None => sha256_hex(config_bytes),
         Some(_) => String::new(),
@@ -555,7 +384,7 @@ pub fn seal(export: Export<'_>, protection: Protection<'_>) -> Result<Vec<u8>, E
         out.raw("encryption", &fields);
     }
     match &ciphertext {
-        None => out.raw("config", raw.get().as_bytes()),
+        None => out.raw("config", config_bytes),
         Some(c) => out.string("ciphertext", &base64_codec::encode(c)),
     };
     if let Some(signature) = signature {
@@ -610,7 +439,7 @@ impl fmt::Debug for Opened {
 /// Why an envelope was refused. Never holds key material or config text.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EnvelopeError {
-    Parse(String),
+    Parse(json::Error),
     UnsupportedFormat(u64),
     /// No signature, or format 1, while one is required.
     Unsigned,
@@ -719,8 +548,20 @@ impl std::error::Error for EnvelopeError {}
 /// The `term` of a stored envelope, read without verifying anything else.
 /// Only for a node without trusted keys: see [`fence_term`].
 pub fn stored_term(bytes: &[u8]) -> Option<u64> {
-    let [term] = json::fields(bytes, &["term"]).ok()?;
-    json::u64("term", term).ok().flatten()
+    let mut term = None;
+    let mut r = Reader::new(bytes);
+    let mut read = || -> Result<(), json::Error> {
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "term" => r.once(&mut term, "term", |r| r.opt(Reader::u64))?,
+                _ => r.skip()?,
+            }
+        }
+        r.end()
+    };
+    read().ok()?;
+    term.flatten()
 }
 
 /// The leader term a stored envelope fences a writer with. A node that
@@ -780,7 +621,7 @@ fn verified<'a>(bytes: &'a [u8], trust: &Trust<'_>) -> Result<Verified<'a>, Enve
         (None, Some(_), None) if env.sha256.is_none() => {
             return Err(EnvelopeError::Malformed("a plain envelope has `sha256`"))
         }
-        (None, Some(raw), None) => (raw.get().as_bytes().to_vec(), None),
+        (None, Some(raw), None) => (raw.to_vec(), None),
         (Some(enc), None, Some(c)) => {
             let c = base64_codec::decode(c, Padding::Canonical)
                 .ok_or(EnvelopeError::Malformed("ciphertext is not base64"))?;
@@ -965,6 +806,7 @@ mod tests {
     use crate::keys::parse_encryption;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use base64::Engine as _;
+    use serde_json::value::RawValue;
 
     const CONFIG: &str = r#"{ "revision": "r1",
   "routes": [ { "name": "echo", "paths": ["/echo"], "upstream": "echo_service" } ] }"#;
@@ -1077,70 +919,75 @@ mod tests {
         }
     }
 
+    /// The envelope's fields, read as the serde-based reader read them:
+    /// `null` is absent (but `term: null` is refused), a known field given
+    /// twice is refused, unknown ones are skipped if they are JSON, and
+    /// `config` is its bytes exactly.
     #[test]
-    fn json_strings_are_escaped_as_serde_json_escapes_them() {
-        let all: String = (0u8..128).map(char::from).chain("é€😀".chars()).collect();
-        for s in [all.as_str(), "", "plain", "a\"b\\c", "\u{7f}\u{1f}"] {
-            let ours = json::Object::new().string("k\"", s).finish();
-            let theirs = serde_json::to_vec(&serde_json::json!({ "k\"": s })).unwrap();
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                String::from_utf8(theirs).unwrap()
-            );
-        }
-        let mut o = json::Object::new();
-        o.u64("a", u64::MAX)
-            .opt_u64("b", None)
-            .opt_u64("c", Some(0))
-            .opt_string("d", None)
-            .opt_string("e", Some("x"))
-            .bool("f", true)
-            .bool("g", false)
-            .raw("h", b"[1,{}]");
-        assert_eq!(
-            String::from_utf8(o.finish()).unwrap(),
-            r#"{"a":18446744073709551615,"b":null,"c":0,"d":null,"e":"x","f":true,"g":false,"h":[1,{}]}"#
-        );
-        assert_eq!(json::Object::new().finish(), b"{}");
-    }
-
-    #[test]
-    fn json_fields_are_read_like_serde_fields() {
-        let names = ["a", "b"];
-        let got = |text: &str| {
-            json::fields(text.as_bytes(), &names)
-                .map(|f| f.map(|r| r.map(|r| r.get().to_string())))
+    fn envelope_fields_are_read_like_serde_fields() {
+        let head = r#""format":2,"version":"v","revision":"r","exported_at":"t","exporter":"e""#;
+        let parse = |rest: &str| {
+            let text = format!("{{{head}{rest}}}");
+            EnvelopeIn::parse(text.as_bytes())
+                .map(|env| {
+                    let config = env.config.map(|c| String::from_utf8(c.to_vec()).unwrap());
+                    let enc = env.encryption.map(|e| (e.alg, e.key_id, e.nonce));
+                    (env.term, env.sha256, config, enc)
+                })
                 .map_err(|e| e.to_string())
         };
+        assert_eq!(parse(""), Ok((0, None, None, None)));
         assert_eq!(
-            got(r#" {"b": [1, 2] , "z":1, "a":"x", "z":{"q":null}} "#),
-            Ok([Some("\"x\"".into()), Some("[1, 2]".into())])
+            parse(r#","z":{"q":[1,{"r":null}]},"term":7,"sha256":null,"config": [1, 2] "#),
+            Ok((7, None, Some("[1, 2]".into()), None))
         );
-        assert_eq!(got("{}"), Ok([None, None]));
-        // A known name twice is refused; an unknown one is not looked at.
-        assert!(got(r#"{"a":1,"a":1}"#)
-            .unwrap_err()
-            .contains("duplicate field `a`"));
-        for bad in ["[]", "1", "null", "{", r#"{"a":1} x"#, r#"{"z":tru}"#, ""] {
-            assert!(got(bad).is_err(), "{bad}");
-        }
-        let raw = |t: &str| serde_json::from_str::<Box<RawValue>>(t).unwrap();
+        assert_eq!(parse(r#","config":null"#), Ok((0, None, None, None)));
         assert_eq!(
-            json::string("s", Some(&raw(r#""\u00e9""#))),
-            Ok(Some("é".into()))
+            parse(r#","encryption":{"nonce":"n","x":1,"key_id":"k","alg":"\u0041"}"#),
+            Ok((0, None, None, Some(("A".into(), "k".into(), "n".into()))))
         );
-        assert_eq!(json::string("s", Some(&raw("null"))), Ok(None));
-        assert_eq!(json::string("s", None), Ok(None));
-        assert!(json::string("s", Some(&raw("1"))).is_err());
-        assert_eq!(json::u64("n", Some(&raw("7"))), Ok(Some(7)));
-        for bad in ["-1", "1.0", "1e3", "18446744073709551616", "\"1\""] {
-            assert!(json::u64("n", Some(&raw(bad))).is_err(), "{bad}");
+        assert_eq!(parse(r#","encryption":null"#), Ok((0, None, None, None)));
+        for (rest, error) in [
+            (r#","term":null"#, "invalid type: null, expected u64"),
+            (r#","term":-1"#, "invalid value: integer, expected u64"),
+            (
+                r#","term":1.5"#,
+                "invalid type: floating point, expected u64",
+            ),
+            (r#","revision":"r""#, "duplicate field `revision`"),
+            (r#","config":null,"config":1"#, "duplicate field `config`"),
+            (r#","sha256":7"#, "invalid type: integer, expected a string"),
+            (
+                r#","encryption":[]"#,
+                "invalid type: sequence, expected a map",
+            ),
+            (
+                r#","encryption":{"alg":"a","key_id":"k"}"#,
+                "missing field `nonce`",
+            ),
+            (
+                r#","signature":{"alg":"a","key_id":"k","value":null}"#,
+                "missing field `value`",
+            ),
+            (
+                r#","signature":{"alg":"a","alg":"b","key_id":"k","value":"v"}"#,
+                "duplicate field `alg`",
+            ),
+            (r#","z":tru"#, "expected ident"),
+        ] {
+            let e = parse(rest).unwrap_err();
+            assert!(e.starts_with(error), "{rest}: {e}");
         }
-        assert!(matches!(
-            json::object("o", Some(&raw("null")), &names),
-            Ok(None)
-        ));
-        assert!(json::object("o", Some(&raw("[]")), &names).is_err());
+        for bad in ["[]", "1", "null", "{", r#"{"format":2} x"#, ""] {
+            assert!(EnvelopeIn::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let missing = EnvelopeIn::parse(br#"{"format":null}"#).err().unwrap();
+        assert_eq!(missing.kind(), &json::ErrorKind::MissingField("format"));
+        // The term alone, as a node without keys reads it.
+        assert_eq!(stored_term(br#"{"x":[],"term":3}"#), Some(3));
+        assert_eq!(stored_term(br#"{"term":null}"#), None);
+        assert_eq!(stored_term(br#"{"term":3,"term":3}"#), None);
+        assert_eq!(stored_term(br#"{"term":3} 1"#), None);
     }
 
     fn json(bytes: &[u8]) -> serde_json::Value {
@@ -1655,16 +1502,15 @@ mod tests {
         assert_eq!(fence_term(&forged, &[]), u64::MAX);
     }
 
-    /// serde quotes what it cannot use; from an encrypted config that
-    /// must not reach a log.
+    /// No error quotes a value of the config; a parse error may name a
+    /// field the config has, which from an encrypted config must not
+    /// reach a log either.
     #[test]
     fn errors_from_an_encrypted_config_quote_none_of_it() {
         let k = keys();
-        let bad =
-            r#"{"revision":"r1","routes":[{"name":"n","paths":"/secret-path","upstream":"u"}]}"#;
-        let seal_with = |encryption| {
+        let seal_with = |config, encryption| {
             seal(
-                export(bad),
+                export(config),
                 Protection {
                     signing: Some(&k.signing),
                     encryption,
@@ -1672,18 +1518,31 @@ mod tests {
             )
             .unwrap()
         };
-        let plain = open(&seal_with(None), "0.1.0", &trust(&k)).unwrap_err();
-        assert!(plain.to_string().contains("/secret-path"), "{plain}");
-        let e = open(
-            &seal_with(Some((&k.enc[0], [9; NONCE_LEN]))),
-            "0.1.0",
-            &trust(&k),
-        )
-        .unwrap_err();
-        let text = e.to_string();
-        assert!(matches!(e, EnvelopeError::InvalidConfig(_)));
-        assert!(!text.contains("secret-path"), "{text}");
-        assert!(text.contains("line 1 column"), "{text}");
+        let bad_value =
+            r#"{"revision":"r1","routes":[{"name":"n","paths":"/secret-path","upstream":"u"}]}"#;
+        let bad_field = r#"{"revision":"r1","routes":[],"secret-field":1}"#;
+        let plain = open(&seal_with(bad_value, None), "0.1.0", &trust(&k)).unwrap_err();
+        assert!(!plain.to_string().contains("secret-path"), "{plain}");
+        assert!(
+            plain
+                .to_string()
+                .contains("invalid type: string, expected a sequence at line 1 column 48"),
+            "{plain}"
+        );
+        let plain = open(&seal_with(bad_field, None), "0.1.0", &trust(&k)).unwrap_err();
+        assert!(plain.to_string().contains("`secret-field`"), "{plain}");
+        for bad in [bad_value, bad_field] {
+            let e = open(
+                &seal_with(bad, Some((&k.enc[0], [9; NONCE_LEN]))),
+                "0.1.0",
+                &trust(&k),
+            )
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, EnvelopeError::InvalidConfig(_)));
+            assert!(!text.contains("secret"), "{text}");
+            assert!(text.contains("line 1 column"), "{text}");
+        }
         let other = r#"{"revision":"r2","routes":[]}"#;
         let sealed = seal(
             Export {

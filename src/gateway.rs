@@ -12,8 +12,8 @@
 //! index must choose exactly what that linear scan chooses, which the
 //! property test `tests/route_index.rs` and the fuzz target check.
 
+use crate::json::{self, Reader};
 use crate::route_table::RouteTable;
-use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
 
@@ -80,8 +80,7 @@ impl PathMatch {
         ("exact", PathMatch::Exact),
     ];
 
-    /// `"prefix"`, `"segment"` or `"exact"` (lower case only, as serde
-    /// enum names are).
+    /// `"prefix"`, `"segment"` or `"exact"` (lower case only).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::NAMES
             .iter()
@@ -104,9 +103,9 @@ impl PathMatch {
     }
 }
 
-/// The JSON as the CP sends it, before validation.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The JSON as the CP sends it, before validation. Read as serde's
+/// derive read it: unknown and duplicate fields are refused, `hosts`,
+/// `methods` and `path_match` may be left out.
 struct RawConfig {
     revision: String,
     routes: Vec<RawRoute>,
@@ -115,30 +114,102 @@ struct RawConfig {
 /// A route as sent: `path_match` is a string here so that a bad value is
 /// refused by validation, naming `routes[i].path_match`, as every other
 /// bad value is.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     name: String,
     paths: Vec<String>,
-    #[serde(default)]
+    /// `null` counts as absent.
     path_match: Option<String>,
-    #[serde(default)]
     hosts: Vec<String>,
-    #[serde(default)]
     methods: Vec<String>,
     upstream: String,
+}
+
+impl RawConfig {
+    const FIELDS: &'static [&'static str] = &["revision", "routes"];
+
+    fn read(bytes: &[u8]) -> Result<RawConfig, json::Error> {
+        let mut r = Reader::new(bytes);
+        let (mut revision, mut routes) = (None, None);
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "revision" => r.once(&mut revision, "revision", Reader::owned_string)?,
+                "routes" => r.once(&mut routes, "routes", RawRoute::read_all)?,
+                other => return Err(r.unknown_field(other, Self::FIELDS)),
+            }
+        }
+        let config = RawConfig {
+            revision: r.required(revision, "revision")?,
+            routes: r.required(routes, "routes")?,
+        };
+        r.end()?;
+        Ok(config)
+    }
+}
+
+impl RawRoute {
+    const FIELDS: &'static [&'static str] = &[
+        "name",
+        "paths",
+        "path_match",
+        "hosts",
+        "methods",
+        "upstream",
+    ];
+
+    fn read_all(r: &mut Reader<'_>) -> Result<Vec<RawRoute>, json::Error> {
+        let mut routes = Vec::new();
+        r.array()?;
+        while r.next_item()? {
+            routes.push(RawRoute::read(r)?);
+        }
+        Ok(routes)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<RawRoute, json::Error> {
+        let (mut name, mut paths, mut path_match, mut hosts, mut methods, mut upstream) =
+            (None, None, None, None, None, None);
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "name" => r.once(&mut name, "name", Reader::owned_string)?,
+                "paths" => r.once(&mut paths, "paths", strings)?,
+                "path_match" => r.once(&mut path_match, "path_match", |r| {
+                    r.opt(Reader::owned_string)
+                })?,
+                "hosts" => r.once(&mut hosts, "hosts", strings)?,
+                "methods" => r.once(&mut methods, "methods", strings)?,
+                "upstream" => r.once(&mut upstream, "upstream", Reader::owned_string)?,
+                other => return Err(r.unknown_field(other, Self::FIELDS)),
+            }
+        }
+        Ok(RawRoute {
+            name: r.required(name, "name")?,
+            paths: r.required(paths, "paths")?,
+            path_match: path_match.flatten(),
+            hosts: hosts.unwrap_or_default(),
+            methods: methods.unwrap_or_default(),
+            upstream: r.required(upstream, "upstream")?,
+        })
+    }
+}
+
+/// An array of strings.
+fn strings(r: &mut Reader<'_>) -> Result<Vec<String>, json::Error> {
+    let mut items = Vec::new();
+    r.array()?;
+    while r.next_item()? {
+        items.push(r.owned_string()?);
+    }
+    Ok(items)
 }
 
 /// Why a gateway config was refused. Names the offending field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GatewayConfigError {
-    /// Not JSON, or not of the config's shape (serde's message names the
-    /// field, and may quote a value: see [`GatewayConfigError::redacted`]).
-    Parse {
-        message: String,
-        line: usize,
-        column: usize,
-    },
+    /// Not JSON, or not of the config's shape (the message may name a
+    /// field the config has: see [`GatewayConfigError::redacted`]).
+    Parse(json::Error),
     /// A field has a value we cannot route with.
     Invalid { field: String, reason: &'static str },
 }
@@ -146,9 +217,7 @@ pub enum GatewayConfigError {
 impl fmt::Display for GatewayConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            GatewayConfigError::Parse { message, .. } => {
-                write!(f, "gateway config does not parse: {message}")
-            }
+            GatewayConfigError::Parse(e) => write!(f, "gateway config does not parse: {e}"),
             GatewayConfigError::Invalid { field, reason } => {
                 write!(f, "gateway config field `{field}` {reason}")
             }
@@ -159,13 +228,16 @@ impl fmt::Display for GatewayConfigError {
 impl std::error::Error for GatewayConfigError {}
 
 impl GatewayConfigError {
-    /// The message without anything taken from the config's text: serde
-    /// quotes the values it cannot use, which must not reach a log when
-    /// the config was encrypted. Field paths and reasons hold no values.
+    /// The message without anything taken from the config's text, for a
+    /// config that was encrypted: a parse error may name an unknown field
+    /// the config has (values are never quoted). Field paths and reasons
+    /// of validation hold no text of the config.
     pub fn redacted(&self) -> String {
         match self {
-            GatewayConfigError::Parse { line, column, .. } => format!(
-                "gateway config does not parse at line {line} column {column} (details withheld: the config was encrypted)"
+            GatewayConfigError::Parse(e) => format!(
+                "gateway config does not parse at line {} column {} (details withheld: the config was encrypted)",
+                e.line(),
+                e.column()
             ),
             GatewayConfigError::Invalid { .. } => self.to_string(),
         }
@@ -194,12 +266,7 @@ impl GatewayConfig {
     /// Parses and validates the JSON the control plane sent, and builds
     /// the route index.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayConfigError> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| GatewayConfigError::Parse {
-                message: e.to_string(),
-                line: e.line(),
-                column: e.column(),
-            })?;
+        let raw = RawConfig::read(bytes).map_err(GatewayConfigError::Parse)?;
         let revision = raw.revision.clone();
         let routes = validate(raw)?;
         let table = RouteTable::from_parts(&crate::route_index::build(&routes)).map_err(|_| {
@@ -453,6 +520,87 @@ mod tests {
         assert!(e(r#"{"routes":[]}"#).contains("revision"));
     }
 
+    /// The config's reader before `RawConfig::read`: serde's derive.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SerdeConfig {
+        revision: String,
+        routes: Vec<SerdeRoute>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SerdeRoute {
+        name: String,
+        paths: Vec<String>,
+        #[serde(default)]
+        path_match: Option<String>,
+        #[serde(default)]
+        hosts: Vec<String>,
+        #[serde(default)]
+        methods: Vec<String>,
+        upstream: String,
+    }
+
+    /// What serde's derive accepted, read alike; what it refused, refused
+    /// with its message (but never a value).
+    #[test]
+    fn configs_are_read_as_serdes_derive_read_them() {
+        let route = r#""name":"a","paths":["/a"],"upstream":"u""#;
+        let config = |routes: &str| format!(r#"{{"revision":"r","routes":[{routes}]}}"#);
+        for (text, error) in [
+            (config(&format!("{{{route}}}")), None),
+            (
+                config(&format!(
+                    r#"{{{route},"path_match":null,"hosts":[],"methods":["GET"]}},{{{route}}}"#
+                )),
+                None,
+            ),
+            (format!(" {} ", config("")), None),
+            (config(&format!(r#"{{{route},"hosts":null}}"#)), Some("invalid type: null, expected a sequence")),
+            (config(&format!(r#"{{{route},"hosts":[1]}}"#)), Some("invalid type: integer")),
+            (config(&format!(r#"{{{route},"name":"b"}}"#)), Some("duplicate field `name`")),
+            (
+                config(&format!(r#"{{{route},"weight":1}}"#)),
+                Some("unknown field `weight`, expected one of `name`, `paths`, `path_match`, `hosts`, `methods`, `upstream`"),
+            ),
+            (config(r#"{"name":"a","paths":["/a"]}"#), Some("missing field `upstream`")),
+            (config("1"), Some("invalid type: integer")),
+            (r#"{"revision":"r","routes":{}}"#.into(), Some("invalid type: map")),
+            (r#"{"revision":"r","routes":[],"routes":[]}"#.into(), Some("duplicate field `routes`")),
+            (r#"{"revision":null,"routes":[]}"#.into(), Some("invalid type: null, expected a string")),
+            (r#"{"revision":"r","routes":[]} []"#.into(), Some("trailing characters")),
+            ("{}".into(), Some("missing field `revision`")),
+        ] {
+            let ours = RawConfig::read(text.as_bytes());
+            let theirs = serde_json::from_str::<SerdeConfig>(&text);
+            match (&ours, &theirs, error) {
+                (Ok(o), Ok(t), None) => {
+                    assert_eq!(o.revision, t.revision);
+                    assert_eq!(o.routes.len(), t.routes.len());
+                    for (o, t) in o.routes.iter().zip(&t.routes) {
+                        assert_eq!(
+                            (&o.name, &o.paths, &o.path_match, &o.hosts, &o.methods, &o.upstream),
+                            (&t.name, &t.paths, &t.path_match, &t.hosts, &t.methods, &t.upstream)
+                        );
+                    }
+                }
+                (Err(o), Err(t), Some(message)) => {
+                    assert!(o.to_string().starts_with(message), "{text}: {o}");
+                    assert!(t.to_string().starts_with(message), "{text}: {t}");
+                }
+                _ => panic!("{text}: ours {:?}, serde's {:?}", ours.err(), theirs.err()),
+            }
+        }
+        // The one difference, on purpose: serde's derive also took a
+        // struct as the array of its fields in order, which no CP sends.
+        let as_array = config(r#"["a",["/a"],null,[],[],"u"]"#);
+        assert!(serde_json::from_str::<SerdeConfig>(&as_array).is_ok());
+        assert!(RawConfig::read(as_array.as_bytes()).is_err_and(|e| e
+            .to_string()
+            .starts_with("invalid type: sequence, expected a map")));
+    }
+
     #[test]
     fn path_match_is_checked() {
         let route = |kind: &str| {
@@ -482,10 +630,10 @@ mod tests {
             );
             assert!(!e.redacted().contains("regex"));
         }
-        // Not a string: serde's error, as for any field of the wrong type.
+        // Not a string: a parse error, as for any field of the wrong type.
         assert!(matches!(
             GatewayConfig::parse(route("1").as_bytes()),
-            Err(GatewayConfigError::Parse { .. })
+            Err(GatewayConfigError::Parse(_))
         ));
     }
 

@@ -46,6 +46,7 @@ pub mod envelope;
 pub mod event;
 pub mod gateway;
 pub mod http;
+pub mod json;
 pub mod keys;
 pub mod process;
 pub mod published;

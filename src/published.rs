@@ -19,8 +19,8 @@
 //! under the same VM id) then has two independent sets, each with its own
 //! driver, instead of one build reading records of another layout.
 
+use crate::json::{self, Reader};
 use crate::route_table::RouteTableError;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Shared-data key of the driver record.
@@ -201,7 +201,7 @@ impl std::error::Error for LoadError {}
 /// Every change is a compare-and-swap of the whole record by the root
 /// that holds it (or takes it over), so its fields change together or
 /// not at all.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriverRecord {
     /// The root context that drives the process (unique per root);
     /// meaningless when `released`.
@@ -224,18 +224,72 @@ pub struct DriverRecord {
     /// Import attempts this process started.
     pub import_attempts: u32,
     /// An attempt was granted and not yet reported finished: a new
-    /// driver waits out its timeout before starting another.
-    #[serde(default)]
+    /// driver waits out its timeout before starting another. Absent in
+    /// records of earlier builds: `false`.
     pub import_in_flight: bool,
 }
 
 impl DriverRecord {
+    /// A JSON object with the fields in this order (the bytes serde's
+    /// derive wrote).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        json::Object::new()
+            .string("owner", &self.owner)
+            .u64("epoch", self.epoch)
+            .u64("renewals", self.renewals)
+            .bool("released", self.released)
+            .string("node_id", &self.node_id)
+            .u64("generation", self.generation)
+            .bool("cp_answered", self.cp_answered)
+            .u64("import_attempts", u64::from(self.import_attempts))
+            .bool("import_in_flight", self.import_in_flight)
+            .finish()
     }
 
+    /// `None` unless every field but `import_in_flight` is there, once,
+    /// with its type; other fields are ignored.
     pub fn decode(bytes: &[u8]) -> Option<DriverRecord> {
-        serde_json::from_slice(bytes).ok()
+        Self::read(bytes).ok()
+    }
+
+    fn read(bytes: &[u8]) -> Result<DriverRecord, json::Error> {
+        let mut r = Reader::new(bytes);
+        let (mut owner, mut epoch, mut renewals, mut released, mut node_id) =
+            (None, None, None, None, None);
+        let (mut generation, mut cp_answered, mut import_attempts, mut import_in_flight) =
+            (None, None, None, None);
+        r.object()?;
+        while let Some(key) = r.next_key()? {
+            match &*key {
+                "owner" => r.once(&mut owner, "owner", Reader::owned_string)?,
+                "epoch" => r.once(&mut epoch, "epoch", Reader::u64)?,
+                "renewals" => r.once(&mut renewals, "renewals", Reader::u64)?,
+                "released" => r.once(&mut released, "released", Reader::bool)?,
+                "node_id" => r.once(&mut node_id, "node_id", Reader::owned_string)?,
+                "generation" => r.once(&mut generation, "generation", Reader::u64)?,
+                "cp_answered" => r.once(&mut cp_answered, "cp_answered", Reader::bool)?,
+                "import_attempts" => {
+                    r.once(&mut import_attempts, "import_attempts", Reader::u32)?
+                }
+                "import_in_flight" => {
+                    r.once(&mut import_in_flight, "import_in_flight", Reader::bool)?
+                }
+                _ => r.skip()?,
+            }
+        }
+        let record = DriverRecord {
+            owner: r.required(owner, "owner")?,
+            epoch: r.required(epoch, "epoch")?,
+            renewals: r.required(renewals, "renewals")?,
+            released: r.required(released, "released")?,
+            node_id: r.required(node_id, "node_id")?,
+            generation: r.required(generation, "generation")?,
+            cp_answered: r.required(cp_answered, "cp_answered")?,
+            import_attempts: r.required(import_attempts, "import_attempts")?,
+            import_in_flight: import_in_flight.unwrap_or(false),
+        };
+        r.end()?;
+        Ok(record)
     }
 }
 
@@ -289,5 +343,81 @@ mod tests {
         };
         assert_eq!(DriverRecord::decode(&r.encode()), Some(r));
         assert_eq!(DriverRecord::decode(b"owner 123"), None);
+    }
+
+    /// The layout serde's derive wrote and read before `encode`.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SerdeDriverRecord {
+        owner: String,
+        epoch: u64,
+        renewals: u64,
+        released: bool,
+        node_id: String,
+        generation: u64,
+        cp_answered: bool,
+        import_attempts: u32,
+        #[serde(default)]
+        import_in_flight: bool,
+    }
+
+    #[test]
+    fn driver_records_are_the_bytes_serde_wrote() {
+        for (owner, released, import_in_flight) in
+            [("root-7-00ff", false, true), ("a\"b\\c\u{1}é", true, false)]
+        {
+            let r = DriverRecord {
+                owner: owner.into(),
+                epoch: u64::MAX,
+                renewals: 0,
+                released,
+                node_id: "node-1".into(),
+                generation: 12,
+                cp_answered: !released,
+                import_attempts: u32::MAX,
+                import_in_flight,
+            };
+            let theirs = SerdeDriverRecord {
+                owner: r.owner.clone(),
+                epoch: r.epoch,
+                renewals: r.renewals,
+                released: r.released,
+                node_id: r.node_id.clone(),
+                generation: r.generation,
+                cp_answered: r.cp_answered,
+                import_attempts: r.import_attempts,
+                import_in_flight: r.import_in_flight,
+            };
+            assert_eq!(
+                String::from_utf8(r.encode()).unwrap(),
+                serde_json::to_string(&theirs).unwrap()
+            );
+        }
+        // Read as serde read it: what it accepted and what it refused.
+        let base = r#""owner":"o","epoch":1,"renewals":2,"released":false,"node_id":"n","generation":3,"cp_answered":true,"import_attempts":4"#;
+        for (text, ok) in [
+            (format!("{{{base}}}"), true),
+            (
+                format!(" {{{base},\"import_in_flight\":true,\"later\":[{{}}]}} "),
+                true,
+            ),
+            (format!("{{{base},\"epoch\":1}}"), false),
+            (format!("{{{base},\"import_attempts\":4294967296}}"), false),
+            (format!("{{{base}}} x"), false),
+            (format!("{{{}}}", base.replace(r#""epoch":1,"#, "")), false),
+            (format!("{{{}}}", base.replace(r#""o""#, "null")), false),
+            (format!("{{{}}}", base.replace("false", "0")), false),
+            (format!("[{base}]"), false),
+        ] {
+            let ours = DriverRecord::decode(text.as_bytes());
+            let theirs = serde_json::from_str::<SerdeDriverRecord>(&text);
+            assert_eq!(ours.is_some(), ok, "{text}");
+            assert_eq!(theirs.is_ok(), ok, "{text}");
+            if let (Some(o), Ok(t)) = (ours, theirs) {
+                assert_eq!(
+                    (o.import_attempts, o.import_in_flight, o.owner),
+                    (t.import_attempts, t.import_in_flight, t.owner)
+                );
+            }
+        }
     }
 }

@@ -6,10 +6,9 @@
 //! it only for a request of exactly `status_path`, and answers it itself,
 //! `200` once it serves a config, `503` before, never routing it upstream.
 
-use crate::envelope::json;
+use crate::json::{self, Value};
 use crate::published::Source;
 use crate::time::Timestamp;
-use serde_json::Value;
 
 /// Where the process stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +130,7 @@ impl StatusRecord {
     /// every field present has its type (`null` for an absent option;
     /// other fields are ignored).
     pub fn decode(bytes: &[u8]) -> Option<StatusRecord> {
-        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(bytes) else {
+        let Ok(Value::Object(fields)) = json::parse(bytes) else {
             return None;
         };
         let text = |name: &str| match fields.get(name) {

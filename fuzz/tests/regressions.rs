@@ -106,7 +106,7 @@ fn lease_with_the_last_terms_is_not_taken_over_with_term_0() {
     ] {
         let data = regression(path);
         let response = input::response(&data);
-        let record: LeaseRecord = serde_json::from_slice(&response.body).unwrap();
+        let record = LeaseRecord::decode(&response.body).unwrap();
         assert_eq!(record.term, stored);
         let result = fallback_config_fuzz::s3_store().read_result(response);
         let settings = ElectionSettings {

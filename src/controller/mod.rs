@@ -998,7 +998,7 @@ impl Controller {
         let key = store.key(&self.version, LEASE_OBJECT);
         let (request, call) = match (step, kind) {
             (Step::Write { mode, record }, Some(kind)) => {
-                let body = serde_json::to_vec(&record).unwrap_or_default();
+                let body = record.encode();
                 (
                     store.put(&key, body, &mode, now),
                     (CallKind::LeaseWrite, Some((kind, now.mono))),

@@ -460,14 +460,13 @@ impl Sim {
                         ttl_ms: 30_000,
                         renewed_at: "earlier".into(),
                     };
-                    let body = serde_json::to_string(&record).unwrap();
+                    let body = String::from_utf8(record.encode()).unwrap();
                     with_etag(200, &body, "\"lease-0\"")
                 }
                 None => resp(404, NO_SUCH_KEY),
             };
         }
-        let record: LeaseRecord =
-            serde_json::from_slice(call.request.body.as_deref().unwrap()).unwrap();
+        let record = LeaseRecord::decode(call.request.body.as_deref().unwrap()).unwrap();
         assert_eq!(record.holder, self.node);
         assert!(
             header(&call.request, "if-match").is_some()
@@ -3359,7 +3358,7 @@ fn an_inherited_status_does_not_claim_a_leadership_this_driver_does_not_hold() {
     };
     s.answer(
         read.token,
-        with_etag(200, &serde_json::to_string(&other).unwrap(), "\"l\""),
+        with_etag(200, &String::from_utf8(other.encode()).unwrap(), "\"l\""),
     );
     s.tick_cp(5_000, cp_ok(CFG2, "\"e2\""));
     assert!(!s

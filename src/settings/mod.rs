@@ -6,6 +6,7 @@
 //! this message. Unknown fields are refused so that a typo never silently
 //! disables import or export.
 
+use crate::json::{self, Map, Value};
 use crate::keys::{self, KeyError, SnapshotKeys};
 use crate::role::Role;
 use crate::secret::Secret;
@@ -20,7 +21,6 @@ use crate::storage::s3::{
 use crate::storage::{
     Backend, S3Addressing, S3Settings, Scheme, Signing, StorageLocation, StorageSettings,
 };
-use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -162,7 +162,7 @@ impl Settings {
         let root = if json.iter().all(u8::is_ascii_whitespace) {
             Map::new()
         } else {
-            match serde_json::from_slice::<Value>(json) {
+            match json::parse(json) {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => return err("(root)", "must be a JSON object"),
                 Err(e) => return err("(root)", format!("is not valid JSON: {e}")),
@@ -710,7 +710,7 @@ fn s3_put_options(root: &mut Fields) -> Result<Option<S3PutOptions>, SettingsErr
         None => return Ok(None),
         Some(Value::Object(m)) => m,
         Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
-        Some(Value::String(text)) => match serde_json::from_slice::<Value>(text.as_bytes()) {
+        Some(Value::String(text)) => match json::parse(text.as_bytes()) {
             Ok(Value::Object(m)) => m,
             Ok(other) => {
                 return err(
@@ -738,7 +738,7 @@ fn s3_put_options(root: &mut Fields) -> Result<Option<S3PutOptions>, SettingsErr
     let context = f.string("SSEKMSEncryptionContext")?;
     let bucket_key = f.bool("BucketKeyEnabled")?;
     let class = f.string("StorageClass")?;
-    if let Some(k) = f.map.keys().find(|k| S3_UNSUPPORTED.contains(&k.as_str())) {
+    if let Some(k) = f.map.keys().find(|k| S3_UNSUPPORTED.contains(k)) {
         return err(
             f.name(k),
             format!("is a PutObject parameter the filter does not send (it sends {S3_SUPPORTED})"),
@@ -888,11 +888,11 @@ fn validate_header_name(field: &str, name: &str) -> Result<(), SettingsError> {
 /// so that [`Fields::finish`] can refuse the unknown ones.
 struct Fields {
     path: String,
-    map: Map<String, Value>,
+    map: Map,
 }
 
 impl Fields {
-    fn new(path: &str, map: Map<String, Value>) -> Self {
+    fn new(path: &str, map: Map) -> Self {
         Fields {
             path: path.to_string(),
             map,

@@ -15,9 +15,9 @@
 use super::base64::{self as base64_codec, Padding};
 use super::endpoint::{split_url, EndpointError, UrlScheme};
 use super::rs256::RsaKey;
+use crate::json::{self, Map, Value};
 use crate::secret::Secret;
 use crate::time::Timestamp;
-use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -170,13 +170,13 @@ impl ServiceAccount {
     /// PKCS#1 (`BEGIN RSA PRIVATE KEY`, what older tools write). Newlines
     /// escaped twice (a literal `\n` left by shell quoting) are accepted.
     pub fn parse(json: &str) -> Result<ServiceAccount, ServiceAccountError> {
-        // Parse to a `Value` rather than a typed struct: serde's type errors
-        // quote the offending value, and here every value may be secret.
-        let value: Value =
-            serde_json::from_slice(json.as_bytes()).map_err(|e| ServiceAccountError::NotJson {
-                line: e.line(),
-                column: e.column(),
-            })?;
+        // Only the position of a syntax error is kept: every value may be
+        // secret (the reader quotes none, but the key file's text is not
+        // for logs at all).
+        let value = json::parse(json.as_bytes()).map_err(|e| ServiceAccountError::NotJson {
+            line: e.line(),
+            column: e.column(),
+        })?;
         let object = value.as_object().ok_or(ServiceAccountError::NotAnObject)?;
         let kind = required(object, "type")?;
         if kind != "service_account" {
@@ -248,10 +248,7 @@ impl ServiceAccount {
     }
 }
 
-fn required<'a>(
-    object: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<&'a str, ServiceAccountError> {
+fn required<'a>(object: &'a Map, field: &'static str) -> Result<&'a str, ServiceAccountError> {
     let value = optional(object, field)?.ok_or(ServiceAccountError::Missing(field))?;
     if value.trim().is_empty() {
         return Err(ServiceAccountError::Empty(field));
@@ -260,7 +257,7 @@ fn required<'a>(
 }
 
 fn optional<'a>(
-    object: &'a Map<String, Value>,
+    object: &'a Map,
     field: &'static str,
 ) -> Result<Option<&'a str>, ServiceAccountError> {
     match object.get(field) {
@@ -424,22 +421,25 @@ impl std::error::Error for JwtError {}
 /// "Token must be a short-lived token … in a reasonable timeframe"), and
 /// the [`TokenError`] says so.
 pub fn jwt_assertion(account: &ServiceAccount, now: Timestamp) -> Result<Secret, JwtError> {
-    let mut header = json!({"alg": "RS256", "typ": "JWT"});
-    if let (Some(id), Some(fields)) = (&account.private_key_id, header.as_object_mut()) {
-        fields.insert("kid".into(), Value::String(id.clone()));
+    // Members in name order, as serde_json wrote these objects.
+    let mut header = json::Object::new();
+    header.string("alg", "RS256");
+    if let Some(id) = &account.private_key_id {
+        header.string("kid", id);
     }
+    let header = header.string("typ", "JWT").finish();
     let iat = now.as_secs();
-    let claims = json!({
-        "iss": account.client_email,
-        "scope": SCOPE,
-        "aud": account.token_uri,
-        "iat": iat,
-        "exp": iat.saturating_add(ASSERTION_LIFETIME_SECS),
-    });
+    let claims = json::Object::new()
+        .string("aud", &account.token_uri)
+        .u64("exp", iat.saturating_add(ASSERTION_LIFETIME_SECS))
+        .u64("iat", iat)
+        .string("iss", &account.client_email)
+        .string("scope", SCOPE)
+        .finish();
     let signing_input = format!(
         "{}.{}",
-        base64_codec::encode_url(header.to_string()),
-        base64_codec::encode_url(claims.to_string())
+        base64_codec::encode_url(header),
+        base64_codec::encode_url(claims)
     );
     let signature = sign_rs256(&account.key.0, signing_input.as_bytes())?;
     Ok(Secret::new(format!(
@@ -462,6 +462,7 @@ pub(crate) mod tests {
     use base64::Engine as _;
     use rsa::pkcs8::DecodePublicKey;
     use rsa::{Pkcs1v15Sign, RsaPublicKey};
+    use serde_json::{json, Value};
 
     // TEST-ONLY throwaway key pair, generated for these tests with
     // `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`
@@ -908,5 +909,36 @@ iVI76jXKLtllfQz7oiKByvxNtl8w8HlB1G5uRj/3fXQM0Vyc/qNf2sGF\n\
         let a = ServiceAccount::parse(&without("private_key_id")).unwrap();
         let (header, _) = verify(jwt_assertion(&a, now).unwrap().expose());
         assert_eq!(header, json!({"alg": "RS256", "typ": "JWT"}));
+    }
+
+    /// The header and claims are the bytes serde_json's `json!` wrote
+    /// before `json::Object` (names sorted), with and without a `kid`,
+    /// and with text that needs escaping.
+    #[test]
+    fn assertion_segments_are_the_bytes_serde_json_wrote() {
+        let now = Timestamp::from_secs(1_700_000_000);
+        let escaped = with("client_email", json!("a\"b\\c\u{1}é@x"));
+        for text in [
+            account_json(TEST_KEY_PKCS8),
+            without("private_key_id"),
+            escaped,
+        ] {
+            let a = ServiceAccount::parse(&text).unwrap();
+            let jwt = jwt_assertion(&a, now).unwrap();
+            let parts: Vec<&str> = jwt.expose().split('.').collect();
+            let mut header = json!({"alg": "RS256", "typ": "JWT"});
+            if let Some(id) = a.private_key_id() {
+                header["kid"] = id.into();
+            }
+            let claims = json!({
+                "iss": a.client_email(),
+                "scope": SCOPE,
+                "aud": a.token_uri(),
+                "iat": 1_700_000_000u64,
+                "exp": 1_700_003_600u64,
+            });
+            assert_eq!(b64(parts[0]), header.to_string().into_bytes());
+            assert_eq!(b64(parts[1]), claims.to_string().into_bytes());
+        }
     }
 }

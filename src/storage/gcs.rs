@@ -15,9 +15,9 @@
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json::{self, Value};
 use crate::secret::Secret;
 use crate::sigv4::uri_encode;
-use serde_json::Value;
 
 /// The public JSON API endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -195,7 +195,7 @@ pub fn list_result(response: HttpResponse) -> Result<ListPage, StorageError> {
         what: "objects list answer",
         detail: response.body_excerpt(80),
     };
-    let v: Value = serde_json::from_slice(&response.body).map_err(|_| unreadable())?;
+    let v = json::parse(&response.body).map_err(|_| unreadable())?;
     let prefixes = match v.get("prefixes") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
@@ -286,13 +286,14 @@ pub fn read_result(response: HttpResponse) -> Result<Object, StorageError> {
 pub fn write_result(response: &HttpResponse) -> Result<Option<String>, StorageError> {
     match response.status {
         200..=299 => {
-            let from_body = serde_json::from_slice::<Value>(&response.body)
-                .ok()
-                .and_then(|v| match v.get("generation") {
-                    Some(Value::String(s)) => Some(s.clone()),
-                    Some(Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
-                });
+            let from_body =
+                json::parse(&response.body)
+                    .ok()
+                    .and_then(|v| match v.get("generation") {
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    });
             Ok(from_body.or_else(|| response.header("x-goog-generation").map(str::to_string)))
         }
         _ => Err(classify_error(response)),
@@ -305,7 +306,7 @@ pub fn write_result(response: &HttpResponse) -> Result<Option<String>, StorageEr
 /// `message` is `error.message`. Any other body (the proxy's own
 /// `upstream connect error`, an emulator's plain text) becomes the message.
 pub fn classify_error(response: &HttpResponse) -> StorageError {
-    let error = serde_json::from_slice::<Value>(&response.body)
+    let error = json::parse(&response.body)
         .ok()
         .and_then(|v| v.get("error").cloned());
     let text = |v: Option<&Value>| {
@@ -315,7 +316,7 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
     };
     let code = error
         .as_ref()
-        .and_then(|e| text(e.pointer("/errors/0/reason")).or_else(|| text(e.get("status"))));
+        .and_then(|e| text(first_reason(e)).or_else(|| text(e.get("status"))));
     match response.status {
         404 => StorageError::NotFound { code },
         412 => StorageError::PreconditionFailed,
@@ -331,6 +332,15 @@ pub fn classify_error(response: &HttpResponse) -> StorageError {
             }
         }
     }
+}
+
+/// `errors[0].reason` of a GCS error object.
+fn first_reason(error: &Value) -> Option<&Value> {
+    error
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|errors| errors.first())
+        .and_then(|e| e.get("reason"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::credentials::Credential;
 use super::endpoint::{Endpoint, EndpointError, UrlScheme};
 use super::model::{ListPage, Object, PutMode, StorageError, Via};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json;
 use crate::sigv4::{self, Credentials, PayloadHash, SignableRequest, SigningError, SigningParams};
 use crate::time::Timestamp;
 use std::fmt;
@@ -211,12 +212,12 @@ impl EncryptionContext {
     pub fn parse(value: &str) -> Result<Self, S3OptionError> {
         let bytes = base64_codec::decode(value, Padding::Canonical)
             .ok_or(S3OptionError::ContextNotBase64)?;
-        let pairs = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(serde_json::Value::Object(pairs)) => pairs,
+        let pairs = match json::parse(&bytes) {
+            Ok(json::Value::Object(pairs)) => pairs,
             _ => return Err(S3OptionError::ContextNotJsonObject),
         };
         if let Some((name, _)) = pairs.iter().find(|(_, v)| !v.is_string()) {
-            return Err(S3OptionError::ContextValueNotString(name.clone()));
+            return Err(S3OptionError::ContextValueNotString(name.to_string()));
         }
         Ok(EncryptionContext(value.to_string()))
     }

@@ -5,10 +5,10 @@
 use super::oauth::refusal;
 use super::{Credential, Failure, Fetched, Malformed, Progress, Step};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json::{self, Value};
 use crate::secret::Secret;
 use crate::sigv4::{uri_encode, Credentials};
 use crate::time::Timestamp;
-use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
 
@@ -162,7 +162,7 @@ pub(super) fn parse_credentials(
     // `LastUpdated`): an object whose fields read here are strings or
     // `null`; other fields are not looked at.
     let not_json = || Failure::Malformed(Malformed::NotJson);
-    let Ok(Value::Object(mut json)) = serde_json::from_slice::<Value>(&response.body) else {
+    let Ok(Value::Object(mut json)) = json::parse(&response.body) else {
         return Err(not_json());
     };
     let mut text = |name: &str| match json.remove(name) {

@@ -5,10 +5,10 @@
 
 use super::{Credential, Failure, Fetched, Malformed};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json::{self, Value};
 use crate::secret::Secret;
 use crate::sigv4::uri_encode;
 use crate::storage::gcp_auth::ServiceAccount;
-use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
 
@@ -192,8 +192,7 @@ pub(super) fn parse_token_response(response: &HttpResponse) -> Result<Fetched, F
     if response.status != 200 {
         return Err(refusal(response));
     }
-    let body: Value = serde_json::from_slice(&response.body)
-        .map_err(|_| Failure::Malformed(Malformed::NotJson))?;
+    let body = json::parse(&response.body).map_err(|_| Failure::Malformed(Malformed::NotJson))?;
     let token = body
         .get("access_token")
         .and_then(Value::as_str)
@@ -231,7 +230,7 @@ pub(super) fn parse_token_response(response: &HttpResponse) -> Result<Fetched, F
 /// AWS's `Code` / `Message`), else (the proxy's own text, a status-0
 /// reason) an excerpt.
 pub(super) fn refusal(response: &HttpResponse) -> Failure {
-    let body: Option<Value> = serde_json::from_slice(&response.body).ok();
+    let body = json::parse(&response.body).ok();
     let text = |value: Option<&Value>| {
         value
             .and_then(Value::as_str)
