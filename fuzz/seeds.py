@@ -349,4 +349,25 @@ put("version", "chain", "1.0.0\n1.0.0-alpha\n1.0.0-alpha.1\n1.0.0-alpha.beta\n1.
                         "1.0.0-beta.11\n1.0.0-rc.1\n0.9.9+build.5\n0.1.0\n")
 put("version", "folders", "0.2.0\n0.1.0\n0.1.0\n0.10.0\nlatest\n01.2.3\n0.1.1-rc.1+sha.5114f85\n0.0.9\n")
 
+# --- JSON: the filter's reader against serde_json -------------------------------------------------
+put("json", "config", CONFIGS["full"])
+put("json", "escapes", r'["\"\\\/\b\f\n\r\t", "\u00e9\u20AC\u0000\u001f", "\ud83d\ude00\uDBFF\uDFFF", "é€😀", ""]')
+put("json", "lone-surrogates", r'["\ud800", "\udc00", "\ud800\u0041", "\ud83d\n"]')
+put("json", "numbers", "[0, -0, 7, -1, 18446744073709551615, 18446744073709551616, -9223372036854775808, "
+                       "-9223372036854775809, 1.5, -0.0, 1e3, 1E-3, 2.5e+10, 4.9e-324, 1e-400, "
+                       "1.7976931348623157e308, 1.7976931348623158e308, 0e99999999999]")
+put("json", "out-of-range", "[1.7976931348623159e308, 1e309]")
+put("json", "bad-numbers", "[01, -, 1., .5, 1e, +1, 0x1]")
+put("json", "nested", "[" * 60 + '{"a":' * 67 + "0" + "}" * 67 + "]" * 60)
+put("json", "too-deep", "[" * 128 + "]" * 128)
+put("json", "duplicate-keys", '{"k":1,"b":[2,{"z":null,"z":false}],"k":{"x":"y"},"a":true,"":{}}')
+put("json", "white-space", ' \n\t\r{ "a" :\n[ 1 ,\t2 ] , "b":{ } }\r\n ')
+put("json", "trailing", '{"a":1} {"b":2}')
+put("json", "trailing-commas", '{"a":[1,2,],"b":3,}')
+put("json", "control-and-utf8", b'["tab\there", "\xff\xfe", "\xed\xa0\x80", "ok \xc3\xa9"]')
+put("json", "plugin", plugin("s3://my-bucket/gw", storage={"endpoint": "http://127.0.0.1:9000", "timeout_ms": 5000},
+                             cluster_fallback_export_s3_config='{"ServerSideEncryption":"aws:kms"}'))
+put("json", "gcs-error", json.dumps({"error": {"code": 403, "message": "denied \u2014 no access",
+                                               "errors": [{"reason": "forbidden", "domain": "global"}]}}))
+
 print("seeds written")

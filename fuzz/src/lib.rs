@@ -1190,3 +1190,69 @@ pub mod http {
     }
 }
 
+/// The filter's JSON reader against serde_json, which it replaced: any
+/// bytes. Both accept the same documents, into the same trees (serde_json
+/// with `float_roundtrip`, so that its floats are correctly rounded, as
+/// Rust's `str::parse` rounds ours); skipping a value and taking its raw
+/// bytes accept exactly what parses; what parses is written back to text
+/// that parses to the same tree; the typed reads of a scalar agree with
+/// the tree.
+pub mod json {
+    use fallback_config::json::{self, Number, Reader, Value};
+
+    pub fn run(data: &[u8]) {
+        let ours = json::parse(data);
+        let theirs = serde_json::from_slice::<serde_json::Value>(data);
+        match (&ours, &theirs) {
+            (Ok(o), Ok(t)) => assert_eq!(&to_serde(o), t),
+            (Err(e), Err(_)) => {
+                let _ = e.to_string();
+            }
+            _ => panic!("ours: {ours:?}, serde_json: {theirs:?}"),
+        }
+        let mut r = Reader::new(data);
+        let skipped = r.skip().and_then(|()| r.end());
+        assert_eq!(skipped.is_ok(), ours.is_ok());
+        let mut r = Reader::new(data);
+        let raw = r.raw_value().and_then(|raw| r.end().map(|()| raw));
+        assert_eq!(raw.is_ok(), ours.is_ok());
+        let (Ok(raw), Ok(value)) = (raw, ours) else {
+            return;
+        };
+        assert_eq!(raw, data.trim_ascii());
+        let text = value.to_string();
+        assert_eq!(json::parse(text.as_bytes()).as_ref(), Ok(&value), "{text}");
+        match &value {
+            Value::Number(Number::U64(n)) => assert_eq!(Reader::new(data).u64(), Ok(*n)),
+            Value::Number(Number::I64(n)) => assert_eq!(Reader::new(data).i64(), Ok(*n)),
+            Value::Number(Number::Float(_)) => assert!(Reader::new(data).u64().is_err()),
+            Value::String(s) => assert_eq!(Reader::new(data).string().as_deref(), Ok(s.as_str())),
+            Value::Bool(b) => assert_eq!(Reader::new(data).bool(), Ok(*b)),
+            Value::Null => assert_eq!(Reader::new(data).null(), Ok(true)),
+            Value::Array(_) | Value::Object(_) => {}
+        }
+    }
+
+    /// Ours as serde_json's tree, a float through Rust's own parser.
+    fn to_serde(v: &Value) -> serde_json::Value {
+        match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Number(Number::U64(n)) => (*n).into(),
+            Value::Number(Number::I64(n)) => (*n).into(),
+            Value::Number(Number::Float(text)) => {
+                let f: f64 = text.parse().expect("a float the reader accepted");
+                serde_json::Number::from_f64(f)
+                    .expect("a finite float")
+                    .into()
+            }
+            Value::String(s) => s.as_str().into(),
+            Value::Array(items) => items.iter().map(to_serde).collect(),
+            Value::Object(map) => serde_json::Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.to_string(), to_serde(v)))
+                    .collect(),
+            ),
+        }
+    }
+}

@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Run)] = &[
     ("gateway", fallback_config_fuzz::gateway::run),
     ("gcs_response", fallback_config_fuzz::gcs_response::run),
     ("http", fallback_config_fuzz::http::run),
+    ("json", fallback_config_fuzz::json::run),
     ("published", fallback_config_fuzz::published::run),
     ("s3_response", fallback_config_fuzz::s3_response::run),
     (
