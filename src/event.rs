@@ -222,6 +222,12 @@ pub enum Event {
         generation: u64,
         error: LoadError,
     },
+    /// A `role: worker` root found no driver record in shared data this
+    /// long after it started: nothing in this process drives, so nothing
+    /// will ever be published for it to serve.
+    NoDriver {
+        waited: std::time::Duration,
+    },
 
     // ---- control plane ----
     CpFetched {
@@ -398,6 +404,7 @@ impl Event {
             | CreateCasRefused
             | DriverRecordUnreadable
             | RecordUnusable { .. }
+            | NoDriver { .. }
             | ExportFailed { .. }
             | ExportRefusedNoEtag { .. }
             | LeaseUnparseable
@@ -505,6 +512,11 @@ impl fmt::Display for Event {
             RecordUnusable { generation, error } => write!(
                 f,
                 "cannot load the published config (generation {generation}): {error}"
+            ),
+            NoDriver { waited } => write!(
+                f,
+                "role \"worker\": no driver in this Envoy {} s after start (no driver record in shared data), so there is no config to serve; run the filter module as an envoy.bootstrap.wasm service with {{\"role\": \"driver\"}} and the filter's vm_id (see wasm/envoy.yaml), or give the filter role \"any\"",
+                waited.as_secs()
             ),
             CpFetched { revision } => write!(f, "CP fetched revision {revision}; applying it"),
             CpUnchanged { revision } => write!(f, "CP config unchanged (revision {revision})"),

@@ -179,9 +179,13 @@ impl Root {
     /// The request path's cache for this root's thread, as configured: one
     /// that never loads a config when this root serves no requests.
     pub fn worker_cache(&self) -> WorkerCache {
-        match self.role().serves() {
+        let cache = match self.role().serves() {
             true => WorkerCache::with_status_path(self.status_path().map(str::to_string)),
-            false => WorkerCache::idle(),
+            false => return WorkerCache::idle(),
+        };
+        match self.role() {
+            Role::Worker => cache.watching_for_driver(),
+            Role::Any | Role::Driver => cache,
         }
     }
 

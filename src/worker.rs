@@ -23,10 +23,18 @@
 //! generation names one record: each is copied and loaded once per worker,
 //! and one that fails to load is remembered, warned about once, and never
 //! copied again.
+//!
+//! A `role: worker` root never drives: it serves what a driver elsewhere
+//! in the process publishes. Configured without one (no bootstrap
+//! service, or one with another `vm_id`), it would answer 503 forever
+//! without a word, so when nothing was published [`NO_DRIVER_AFTER`]
+//! after it started it reads the driver record once, and warns
+//! ([`Event::NoDriver`]) if there is none.
 
 use crate::event::Event;
 use crate::gateway::RequestInfo;
-use crate::published::{self, LoadError, CONFIG_KEY, GENERATION_KEY, STATUS_KEY};
+use crate::process::WORKER_TICK;
+use crate::published::{self, LoadError, CONFIG_KEY, DRIVER_KEY, GENERATION_KEY, STATUS_KEY};
 use crate::route_table::RouteTable;
 use crate::status;
 use crate::time::Timestamp;
@@ -62,6 +70,31 @@ impl Verdict<'_> {
     }
 }
 
+/// How long a `role: worker` root waits for a first publication before
+/// it looks for a driver: far longer than a bootstrap service takes to
+/// start, far shorter than an operator would wait to learn why nothing
+/// is served.
+pub const NO_DRIVER_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether this cache still looks for a sign of a driver (see the module
+/// documentation). Counted in ticks of [`WORKER_TICK`], the tick of a
+/// root that never drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DriverWatch {
+    /// Not a `role: worker` root, or a driver was seen.
+    Off,
+    /// Ticks so far without a published generation.
+    Waiting(u32),
+    /// Warned: no driver record after [`NO_DRIVER_AFTER`].
+    Warned,
+}
+
+/// [`NO_DRIVER_AFTER`] in ticks.
+fn no_driver_ticks() -> u32 {
+    let tick = WORKER_TICK.as_millis().max(1);
+    u32::try_from(NO_DRIVER_AFTER.as_millis() / tick).unwrap_or(u32::MAX)
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Look {
     /// Nothing to read.
@@ -73,6 +106,9 @@ enum Look {
     Record(u64),
     /// A request for the status path: read the driver's status.
     Status,
+    /// Nothing was published for [`NO_DRIVER_AFTER`]: read the driver
+    /// record, to tell "no driver" from "a driver with nothing yet".
+    Driver,
 }
 
 /// One worker's view of the published config.
@@ -95,6 +131,7 @@ pub struct WorkerCache {
     for_status: bool,
     /// The driver's status, read for this request.
     status: Option<Vec<u8>>,
+    driver_watch: DriverWatch,
 }
 
 impl Default for WorkerCache {
@@ -110,6 +147,7 @@ impl Default for WorkerCache {
             status_path: None,
             for_status: false,
             status: None,
+            driver_watch: DriverWatch::Off,
         }
     }
 }
@@ -120,6 +158,15 @@ impl WorkerCache {
         WorkerCache {
             status_path,
             ..WorkerCache::default()
+        }
+    }
+
+    /// For a `role: worker` root: warn when no driver shows up (see the
+    /// module documentation).
+    pub fn watching_for_driver(self) -> Self {
+        WorkerCache {
+            driver_watch: DriverWatch::Waiting(0),
+            ..self
         }
     }
 
@@ -161,6 +208,7 @@ impl WorkerCache {
             Look::Counter => Some(GENERATION_KEY),
             Look::Record(_) => Some(CONFIG_KEY),
             Look::Status => Some(STATUS_KEY),
+            Look::Driver => Some(DRIVER_KEY),
         }
     }
 
@@ -178,6 +226,29 @@ impl WorkerCache {
                 self.look = match counter {
                     Some(g) if Some(g) != self.seen => Look::Record(g),
                     _ => after_config,
+                };
+                self.driver_watch = match (self.driver_watch, counter) {
+                    (DriverWatch::Waiting(_), Some(_)) => DriverWatch::Off,
+                    (DriverWatch::Waiting(ticks), None) => {
+                        let ticks = ticks.saturating_add(1);
+                        if ticks >= no_driver_ticks() && self.look == Look::Idle {
+                            self.look = Look::Driver;
+                        }
+                        DriverWatch::Waiting(ticks)
+                    }
+                    (watch, _) => watch,
+                };
+            }
+            Look::Driver => {
+                self.look = Look::Idle;
+                self.driver_watch = match bytes {
+                    Some(_) => DriverWatch::Off,
+                    None => {
+                        self.event = Some(Event::NoDriver {
+                            waited: NO_DRIVER_AFTER,
+                        });
+                        DriverWatch::Warned
+                    }
                 };
             }
             Look::Record(counter) => {
@@ -372,6 +443,82 @@ mod tests {
             }
             c.take_event()
         }
+    }
+
+    /// The ticks of a `role: worker` root until it has waited
+    /// [`NO_DRIVER_AFTER`], with the events they gave.
+    fn wait_for_a_driver(s: &mut Shared, c: &mut WorkerCache) -> Vec<Event> {
+        (0..no_driver_ticks()).filter_map(|_| s.tick(c)).collect()
+    }
+
+    #[test]
+    fn a_worker_without_a_driver_says_so_once() {
+        assert_eq!(
+            u64::from(no_driver_ticks()) * 50,
+            10_000,
+            "10 s of 50 ms ticks"
+        );
+        let (mut s, mut c) = (
+            Shared::default(),
+            WorkerCache::default().watching_for_driver(),
+        );
+        // One tick short: no look at the driver record yet.
+        for _ in 1..no_driver_ticks() {
+            assert_eq!(s.tick(&mut c), None);
+        }
+        assert_eq!(s.reads.get(DRIVER_KEY), None);
+        let warned = s.tick(&mut c);
+        assert_eq!(s.reads[DRIVER_KEY], 1);
+        let Some(event @ Event::NoDriver { .. }) = warned else {
+            panic!("no warning: {warned:?}");
+        };
+        let text = event.to_string();
+        assert!(
+            text.contains(r#"{"role": "driver"}"#) && text.contains("vm_id"),
+            "{text}"
+        );
+        assert_eq!(event.level(), crate::event::Level::Warn);
+        // Once: later ticks neither read the record nor warn again.
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        assert_eq!(s.reads[DRIVER_KEY], 1);
+        // A driver that turns up late is served as usual.
+        s.publish(1, CFG);
+        assert_eq!(s.tick(&mut c), None);
+        assert!(matches!(
+            verdict(&c),
+            Verdict::Forward {
+                upstream: "echo_service"
+            }
+        ));
+    }
+
+    #[test]
+    fn a_driver_with_nothing_published_yet_is_no_warning() {
+        let (mut s, mut c) = (
+            Shared::default(),
+            WorkerCache::default().watching_for_driver(),
+        );
+        // The CP is down and the import keeps failing: a record, no config.
+        s.map.insert(DRIVER_KEY, b"{}".to_vec());
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        assert_eq!(s.reads[DRIVER_KEY], 1, "looked once, then stopped");
+    }
+
+    #[test]
+    fn a_published_config_ends_the_watch_and_other_roles_never_watch() {
+        let (mut s, mut c) = (
+            Shared::default(),
+            WorkerCache::default().watching_for_driver(),
+        );
+        s.publish(1, CFG);
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        s.map.clear();
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        let (mut s, mut c) = (Shared::default(), WorkerCache::default());
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        assert!(wait_for_a_driver(&mut s, &mut c).is_empty());
+        assert_eq!(s.reads.get(DRIVER_KEY), None);
     }
 
     #[test]

@@ -68,3 +68,39 @@ fn a_bootstrap_service_drives_on_the_main_thread_and_workers_serve() {
     assert!(elsewhere >= 2, "roots on the workers: {configured:?}");
     envoy.check_alive().unwrap();
 }
+
+/// The filter as `role: worker` and no bootstrap service: nothing drives,
+/// so the workers answer 503 and, 10 s after start, each of the filter's
+/// root contexts (main thread and workers: they cannot agree without a
+/// driver) says why in the log, once.
+#[test]
+fn workers_without_a_driver_say_so() {
+    let stack = Stack::new("service-no-driver", true);
+    let mut cfg = stack
+        .envoy_config(&stack.importer_plugin())
+        .log_levels("info", Some("wasm:debug"));
+    if let Some(filter) = cfg.wasm.as_mut() {
+        filter.plugin_json = r#"{"role": "worker"}"#.into();
+    }
+    let started = std::time::Instant::now();
+    let mut envoy = stack.start_envoy_config("service-no-driver", cfg, &stack.store_env());
+    ok(wait_status(&envoy, "/echo/1", 503, TIMEOUT));
+    let line = ok(envoy.wait_log("no driver in this Envoy", Duration::from_secs(30)));
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "warned after {:?}: {line}",
+        started.elapsed()
+    );
+    assert!(line.contains(r#"{"role": "driver"}"#), "{line}");
+    // Once per root: the main thread's and the two workers'.
+    wait::holds_for(
+        "one warning per root",
+        Duration::from_secs(2),
+        || match envoy.log_lines("no driver in this Envoy").len() {
+            1..=3 => Ok(()),
+            n => Err(format!("{n} warnings")),
+        },
+    );
+    assert_eq!(envoy.log_lines("now drives this process").len(), 0);
+    envoy.check_alive().unwrap();
+}
